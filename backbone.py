@@ -1,0 +1,264 @@
+"""Pre-trained audio encoders f_e behind one interface: load, preprocess, mean-pool, save.
+
+Shared by pairtune.py, probe.py and finetune.py so that the three stages load, pool and save an
+encoder the same way. Two families are supported:
+
+- raw-waveform encoders (wav2vec2, HuBERT, WavLM, data2vec-audio, ...) through AutoModel and
+  AutoFeatureExtractor; each model's own feature-extractor settings decide normalisation and
+  whether the model is given an attention mask (wav2vec2-base is not: it was trained without one);
+- Whisper encoders (openai/whisper-* or a local copy), log-mel input, encoder only, without
+  padding every clip to 30 s.
+
+The pooled representation r is the mean of the last hidden layer over valid (non-padding) frames.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import transformers
+from tqdm.auto import tqdm
+
+import data
+
+ALIASES = {
+    "wav2vec2": "facebook/wav2vec2-base",
+    "hubert": "facebook/hubert-base-ls960",
+    "wavlm": "microsoft/wavlm-base",
+}
+TINY = "tiny"  # a randomly initialised 2-layer wav2vec2 (hidden size 32) for smoke runs and tests
+
+
+def display_name(backbone: str) -> str:
+    """'wav2vec2' for the alias, the folder name for a local path, the hub id otherwise."""
+    if backbone in ALIASES or backbone == TINY:
+        return backbone
+    if os.path.isdir(backbone):
+        return Path(backbone).resolve().name
+    return backbone
+
+
+def tiny_wav2vec2():
+    """A 2-layer, 32-wide wav2vec2 with random weights (seeded, so every run builds the same one)."""
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8),  # 320x, as in base
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer", do_stable_layer_norm=True, mask_time_prob=0.0, vocab_size=8)
+    extractor = transformers.Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True,
+        return_attention_mask=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transformers.Wav2Vec2Model(config)
+    return model, extractor
+
+
+def load_encoder(backbone: str, random_init: bool = False, seed: int = 0) -> "AudioEncoder":
+    """Alias, hub id or local directory -> AudioEncoder. Hub ids and directories share one code path
+    (transformers' from_pretrained takes either).
+
+    random_init=True builds the same architecture with freshly initialised weights (seeded), the
+    control that shows what pre-training contributes.
+    """
+    source = ALIASES.get(backbone, backbone)
+    if source == TINY:
+        model, extractor = tiny_wav2vec2()
+        return AudioEncoder(model, extractor, name=TINY, random_init=True)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source)
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(source)
+    except OSError as error:
+        raise OSError(
+            f"cannot load backbone '{backbone}' ({source}): {error}\nGive an alias "
+            f"({', '.join([*ALIASES, TINY])}), a local directory with config.json, or a hub id "
+            "(needs network access, or a filled Hugging Face cache).") from None
+    whisper = config.model_type == "whisper"
+    model_class = transformers.WhisperForAudioClassification if whisper else transformers.AutoModel
+    if random_init:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = model_class.from_config(config) if not whisper else model_class(config)
+    else:
+        model, info = model_class.from_pretrained(source, output_loading_info=True)
+        # A checkpoint that does not match the architecture loads with random weights and only a
+        # log line; refuse instead, unless the missing weights are heads we never use.
+        missing = [k for k in info["missing_keys"]
+                   if not k.startswith(("projector.", "classifier.", "masked_spec_embed"))]
+        if missing:
+            raise ValueError(f"backbone '{backbone}': {len(missing)} encoder weights missing from the "
+                             f"checkpoint (e.g. {missing[0]}); it would run with random weights.")
+    if whisper:
+        return AudioEncoder(model, extractor, name=display_name(backbone), random_init=random_init)
+    if not hasattr(model, "_get_feat_extract_output_lengths") or extractor.feature_size != 1:
+        raise ValueError(
+            f"backbone '{backbone}' (model_type {config.model_type}) is neither a raw-waveform encoder "
+            "(wav2vec2, HuBERT, WavLM, data2vec-audio, ...) nor Whisper; it is not supported.")
+    return AudioEncoder(model, extractor, name=display_name(backbone), random_init=random_init)
+
+
+class Preprocessor:
+    """Waveforms -> padded model inputs, through the model's own feature extractor.
+
+    Kept apart from the model so DataLoader workers can run it without a copy of the weights.
+    Always asks for the attention mask: it marks valid samples/frames for pooling, whether or not
+    the model itself is given it.
+    """
+
+    def __init__(self, extractor, whisper: bool):
+        self.extractor, self.whisper = extractor, whisper
+
+    def __call__(self, waves: list[np.ndarray]) -> dict:
+        # "longest" instead of Whisper's default 30 s padding: 10-20x less compute on short clips.
+        return dict(self.extractor(waves, sampling_rate=self.extractor.sampling_rate, padding="longest",
+                                   return_attention_mask=True, return_tensors="pt"))
+
+
+class AudioEncoder(nn.Module):
+    """f_e: model inputs -> r, the mean over valid frames of the last hidden layer [B, hidden_size]."""
+
+    def __init__(self, model, extractor, name: str, random_init: bool):
+        super().__init__()
+        self.whisper = isinstance(model, transformers.WhisperForAudioClassification)
+        self.model = model  # for Whisper, a WhisperForAudioClassification whose .encoder we run
+        self.extractor = extractor
+        self.name, self.random_init = name, random_init
+        self.sample_rate = extractor.sampling_rate
+        self.hidden_size = model.config.hidden_size if not self.whisper else model.config.d_model
+        self.preprocess = Preprocessor(extractor, self.whisper)
+        # Raw-waveform models whose extractor does not return a mask (wav2vec2-base, HuBERT-base)
+        # were trained on zero-padded batches without one; giving them a mask changes their outputs.
+        self.model_takes_mask = self.whisper or bool(getattr(extractor, "return_attention_mask", False))
+
+    @property
+    def max_seconds(self) -> float | None:
+        """Longest input the encoder accepts (Whisper: 30 s of positions), None if unbounded."""
+        if self.whisper:
+            return self.model.config.max_source_positions * 2 * self.extractor.hop_length / self.sample_rate
+        return None
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        hidden, frame_mask = (self._whisper_frames if self.whisper else self._waveform_frames)(inputs)
+        frame_mask = frame_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+        return (hidden * frame_mask).sum(1) / frame_mask.sum(1).clamp(min=1)  # [B, d]
+
+    def _waveform_frames(self, inputs):
+        sample_mask = inputs["attention_mask"]  # [B, samples]
+        output = self.model(inputs["input_values"],
+                            attention_mask=sample_mask if self.model_takes_mask else None)
+        hidden = output.last_hidden_state  # [B, T, d]
+        lengths = self.model._get_feat_extract_output_lengths(sample_mask.sum(-1))
+        frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]
+        return hidden, frame_mask
+
+    def _whisper_frames(self, inputs):
+        # transformers' WhisperEncoder.forward insists on 3000 mel frames (30 s). Its positional table
+        # is fixed (sinusoidal), so we run the same layers on unpadded input with the first T
+        # positions, and mask padded frames out of attention so a clip's features do not depend on
+        # what it was batched with.
+        encoder = self.model.encoder
+        features, mel_mask = inputs["input_features"], inputs["attention_mask"]  # [B, 80, F], [B, F]
+        # Zero what lies past each clip before each conv, as a clip alone would be zero-padded there.
+        valid_mel = mel_mask[:, None, :].to(encoder.conv1.weight.dtype)  # [B, 1, F]
+        x = nn.functional.gelu(encoder.conv1(features.to(valid_mel.dtype) * valid_mel))
+        x = nn.functional.gelu(encoder.conv2(x * valid_mel)).permute(0, 2, 1)  # [B, T, d], T = ceil(F/2)
+        frames = x.shape[1]
+        if frames > encoder.embed_positions.num_embeddings:
+            raise ValueError(f"Whisper takes at most {self.max_seconds:.0f} s per chunk; lower --max-seconds.")
+        x = x + encoder.embed_positions.weight[:frames]
+        x = nn.functional.dropout(x, p=encoder.dropout, training=self.training)
+        lengths = (mel_mask.sum(-1) - 1) // 2 + 1  # conv2 has stride 2
+        frame_mask = torch.arange(frames, device=x.device)[None] < lengths[:, None]  # [B, T]
+        additive = torch.zeros(frame_mask.shape, dtype=x.dtype, device=x.device)
+        additive = additive.masked_fill(~frame_mask, torch.finfo(x.dtype).min)[:, None, None, :]
+        for layer in encoder.layers:
+            if self.training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop:
+                continue  # LayerDrop, as in transformers' encoder
+            x = layer(x, additive)
+        return encoder.layer_norm(x), frame_mask
+
+    def save(self, out_dir):
+        """save_pretrained of the encoder and its feature extractor: reloadable with transformers alone
+        (AutoModel, or WhisperForAudioClassification for Whisper) and with load_encoder(out_dir)."""
+        self.model.save_pretrained(out_dir)
+        self.extractor.save_pretrained(out_dir)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else as given (cuda, cuda:1, cpu)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(inputs: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=enabled and device.type == "cuda")
+
+
+@torch.no_grad()
+def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, device,
+                     batch_size: int = 16, num_workers: int = 0, desc: str = "encoding"):
+    """Pooled features of whole clips, deterministic: [N, d] float32 and labels [N], in clip order.
+
+    A clip longer than max_seconds is cut into near-equal chunks; its feature is the mean of the
+    chunks' pooled features (a 30-s GTZAN clip is scored on all 30 s). Clips are batched in order of
+    length to keep padding small.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    dataset = data.EvalClips(clips, classes, encoder.sample_rate, max_seconds)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers,
+        sampler=data.length_sorted_order(clips), collate_fn=data.CollateEval(encoder.preprocess))
+    features = torch.zeros(len(clips), encoder.hidden_size)
+    labels = torch.zeros(len(clips), dtype=torch.long)
+    for inputs, owner, batch_labels, indices in tqdm(loader, desc=desc, leave=False, disable=None):
+        with autocast(device):
+            pooled = encoder(to_device(inputs, device)).float().cpu()  # [chunks, d]
+        summed = torch.zeros(len(indices), pooled.shape[1]).index_add_(0, owner, pooled)
+        counts = torch.bincount(owner, minlength=len(indices)).unsqueeze(1)
+        features[indices] = summed / counts
+        labels[indices] = batch_labels
+    encoder.train(was_training)
+    return features, labels
+
+
+def package_versions() -> dict:
+    import platform
+    import torchaudio
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchaudio": torchaudio.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__}
+
+
+def git_revision() -> dict:
+    """Commit and dirty flag of the code that produced a run (None outside a git checkout)."""
+    import subprocess
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True,
+                                    text=True).stdout.strip())
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def seed_everything(seed: int):
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_json(path, obj):
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,183 @@
+"""FineTune, the baseline: end-to-end cross-entropy, encoder + linear head, nothing frozen.
+
+    encoder f_e -> masked mean pool -> linear -> softmax cross-entropy
+
+Held to the same rules as PairTune + probe: same data, seeds, epochs, batch size, crop length and
+optimiser; the epoch is chosen on valid accuracy and test is read once, at that epoch.
+
+    python finetune.py --dataset gtzan --backbone wav2vec2
+    python finetune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo-ft
+
+Writes to --out: run.json, log.jsonl (epoch, train_loss, valid_acc, seconds), results.json (test_acc
+at the best-valid epoch, valid_acc, best_epoch, confusion), encoder/ and head.pt of the best-valid
+epoch, checkpoint.pt and best.pt (to resume with --resume).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import backbone
+import data
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
+    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
+    p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files with a warning instead of stopping")
+    p.add_argument("--backbone", default="wav2vec2",
+                   help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
+    p.add_argument("--out", default="out-finetune", help="output folder")
+    p.add_argument("--epochs", type=int, default=40, help="passes over the training set (paper: 40)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per batch")
+    p.add_argument("--max-seconds", type=float, default=10.0,
+                   help="training crop length; evaluation averages features over chunks of this length")
+    p.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and crops")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
+    p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def evaluate(encoder, head, clips, classes, args, device, desc):
+    """Accuracy and predictions on whole clips (chunk features averaged, then the linear head)."""
+    features, labels = backbone.extract_features(encoder, clips, classes, args.max_seconds, device,
+                                                 args.eval_batch_size, args.num_workers, desc=desc)
+    head_was_training = head.training
+    head.eval()
+    predictions = head(features.to(device)).argmax(1).cpu()
+    head.train(head_was_training)
+    return (predictions == labels).float().mean().item(), predictions, labels
+
+
+def train_one_epoch(encoder, head, loader, optimizer, device, epoch):
+    encoder.train()
+    head.train()
+    total, batches = 0.0, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    for inputs, labels in progress:
+        labels = labels.to(device)
+        with backbone.autocast(device):
+            logits = head(encoder(backbone.to_device(inputs, device)))  # [B, classes]
+        loss = F.cross_entropy(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, batches = total + loss.item(), batches + 1
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(batches, 1)
+
+
+def atomic_save(obj, path):
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = backbone.resolve_device(args.device)
+    if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
+        args.num_workers = 4 if device.type == "cuda" else 0
+    backbone.seed_everything(args.seed)
+
+    # ---------------- preparing data ----------------
+    splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
+    print(f"data: {data.dataset_name(args.dataset)}: " + ", ".join(f"{s} {len(c)}" for s, c in splits.items())
+          + f" clips, {len(classes)} classes")
+
+    # ---------------- building networks ----------------
+    encoder = backbone.load_encoder(args.backbone).to(device)
+    if encoder.max_seconds is not None and args.max_seconds > encoder.max_seconds:
+        sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes ({encoder.max_seconds:.0f} s)")
+    head = nn.Linear(encoder.hidden_size, len(classes)).to(device)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr)
+    print(f"backbone: {encoder.name}{' (RANDOM INIT)' if encoder.random_init else ''}, "
+          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M parameters, device {device}")
+
+    train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+        collate_fn=data.CollateTrain(encoder.preprocess), pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(args.seed))  # seeds shuffling and the workers' crops
+
+    run = {"stage": "finetune", "args": vars(args), "dataset": data.dataset_name(args.dataset),
+           "manifest": str(data.resolve_dataset(args.dataset, args.data_root).resolve()), "backbone": encoder.name, "backbone_random_init": encoder.random_init,
+           "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
+           "versions": backbone.package_versions(), "git": backbone.git_revision(), "finished": False}
+    backbone.write_json(out / "run.json", run)
+
+    # ---------------- resuming ----------------
+    start_epoch, history, best = 1, [], {"epoch": 0, "valid_acc": -1.0}
+    checkpoint_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    if args.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        encoder.model.load_state_dict(state["encoder"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
+    elif (out / "log.jsonl").exists():
+        (out / "log.jsonl").unlink()
+
+    # ---------------- training, selecting on valid ----------------
+    for epoch in range(start_epoch, args.epochs + 1):
+        started = time.time()
+        train_loss = train_one_epoch(encoder, head, loader, optimizer, device, epoch)
+        valid_acc, _, _ = evaluate(encoder, head, splits["valid"], classes, args, device, "valid")
+        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
+                "seconds": round(time.time() - started, 2)}
+        history.append(line)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
+              f"{line['seconds']:.1f}s")
+        if valid_acc > best["valid_acc"]:  # strict: ties keep the earlier epoch
+            best = {"epoch": epoch, "valid_acc": valid_acc}
+            atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(), **best}, best_path)
+        atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
+                     "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best},
+                    checkpoint_path)
+
+    # ---------------- testing the best-valid epoch, once ----------------
+    state = torch.load(best_path, map_location=device, weights_only=True)
+    encoder.model.load_state_dict(state["encoder"])
+    head.load_state_dict(state["head"])
+    test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test")
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
+    encoder.save(out / "encoder")
+    torch.save(head.state_dict(), out / "head.pt")
+    results = {"method": "finetune", "dataset": run["dataset"], "backbone": encoder.name,
+               "backbone_random_init": encoder.random_init, "seed": args.seed, "fold": args.fold,
+               "test_acc": test_acc, "valid_acc": best["valid_acc"], "best_epoch": best["epoch"],
+               "epochs": args.epochs, "classes": classes, "confusion": confusion.tolist()}
+    backbone.write_json(out / "results.json", results)
+    run.update(finished=True, epochs_run=len(history), best_epoch=best["epoch"])
+    backbone.write_json(out / "run.json", run)
+    print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
+          f"wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except data.DataError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,247 @@
+"""Supervised-contrastive loss with optional pair mining (the AudioConFit objective).
+
+This module is the eager reference implementation. Everything is vectorised over
+the batch and free of data-dependent Python control flow, so a compiled or fused
+version can be checked against it.
+
+Notation
+--------
+z        [B, p]  L2-normalised embeddings, so s_ij = z_i . z_j is a cosine.
+labels   [B]     integer class ids.
+tau      > 0     temperature.
+P(i)             positives of anchor i: {k != i : y_k = y_i}.
+N(i)             negatives of anchor i: {j : y_j != y_i}.
+Pairs (i, i) are never used.
+
+SupCon, L_out form (Khosla et al. 2020, "Supervised Contrastive Learning", eq. 2):
+
+    L_i = -1/|P(i)| * sum_{k in P(i)} log( exp(s_ik/tau) / sum_{a != i} exp(s_ia/tau) )
+    L   = mean of L_i over anchors with |P(i)| >= 1
+
+Multi-similarity mining (Wang et al. 2019, "Multi-Similarity Loss with General
+Pair Weighting for Deep Metric Learning", sec. 4.1, pair mining with margin eps):
+
+    keep negative j  iff  s_ij + eps > min_{k in P(i)} s_ik
+    keep positive k  iff  s_ik - eps < max_{j in N(i)} s_ij
+
+Every mode computes the same restricted SupCon term over kept pairs P'(i), N'(i):
+
+    L_i = -1/|P'(i)| * sum_{k in P'(i)} [ s_ik/tau - logsumexp_{a in P'(i) u N'(i)} s_ia/tau ]
+    L   = mean of L_i over anchors with |P'(i)| >= 1
+
+    mining="none"        P' = P, N' = N; the denominator then runs over all a != i,
+                         which is exactly L_out above.
+    mining="ms"          P', N' from multi-similarity mining (default).
+    mining="batch-hard"  P' = {hardest positive (lowest cosine)},
+                         N' = {hardest negative (highest cosine)}, so
+                         L_i = softplus((s_in* - s_ik*)/tau). An anchor that lacks a
+                         positive or a negative keeps neither, so the mean runs over
+                         anchors that have both: an anchor with only a positive would
+                         add a constant log(1) = 0 term and just dilute the mean.
+
+For MS mining an anchor keeps some positive iff it keeps some negative (if some
+positive k is kept, then min_pos - eps <= s_ik - eps < max_neg, so the hardest
+negative is kept, and the converse holds the same way), up to rounding at the margin.
+
+Edge cases (none gives NaN or inf in the loss or its gradient)
+--------------------------------------------------------------
+* An anchor with no (kept) positive, e.g. the only member of its class, adds no
+  term and is not counted, though it still appears in other anchors' denominators.
+* If no anchor has a kept positive (B <= 1, all classes singletons, nothing mined,
+  or an all-same-label batch under "ms"/"batch-hard") the loss is 0. The 0 is
+  still connected to z, so backward() works and gives zero gradients.
+* All-same-label batch under "none": there are no negatives, and L_out is still
+  defined (positives-only denominator). It is 0 for B = 2 and > 0 for B >= 3.
+* bf16/fp16 inputs or autocast: the similarities and logsumexp run in float32
+  (float64 stays float64) with autocast turned off, and the loss comes back in
+  that dtype.
+
+Differences from pytorch-metric-learning
+----------------------------------------
+`losses.SupConLoss(temperature=tau)` together with
+`miners.MultiSimilarityMiner(epsilon=eps)` (pml 2.9) gives the same value and
+gradient as mining="ms", and SupConLoss without a miner gives the same as
+mining="none", except in these cases:
+  1. pml averages with AvgNonZeroReducer, i.e. over anchors whose loss is > 0,
+     whereas we average over anchors with >= 1 kept positive. The two differ only
+     when an anchor's loss is exactly 0: an anchor whose only kept pair is one
+     positive (log 1 = 0), or a float underflow when every kept negative is far
+     below the positives (about 17 logits apart in float32).
+  2. pml returns 0 if the kept pairs contain no positive pair or no negative
+     pair anywhere in the batch. So for an all-same-label batch under "none" we
+     return L_out with its positives-only denominator, and pml returns 0.
+  3. pml (GenericPairLoss) also returns 0 if at most one positive pair and at
+     most one negative pair are kept; we return that single anchor's loss.
+  4. pml L2-normalises the embeddings again inside CosineSimilarity; we use z
+     as given. This makes no difference for unit-norm z, and the gradients with
+     respect to a tensor before normalisation also agree.
+pml puts finfo.max/min sentinels where we use +-inf for the mining thresholds.
+For finite similarities both give the same masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["MINING_MODES", "mining_masks", "supcon_loss"]
+
+MINING_MODES = ("none", "ms", "batch-hard")
+
+
+def _check_mining(mining: str) -> None:
+    if mining not in MINING_MODES:
+        raise ValueError(f"unknown mining mode {mining!r}; expected one of {MINING_MODES}")
+
+
+def mining_masks(
+    sim: Tensor, labels: Tensor, mining: str = "ms", epsilon: float = 0.1
+) -> tuple[Tensor, Tensor]:
+    """Select the anchor-positive and anchor-negative pairs that enter the loss.
+
+    Args:
+        sim: [B, B] similarity matrix (cosines); row i holds anchor i.
+        labels: [B] integer class ids.
+        mining: "none", "ms" or "batch-hard" (see the module docstring).
+        epsilon: MS margin; ignored by the other modes.
+
+    Returns:
+        (pos_mask, neg_mask), both bool [B, B] with a False diagonal. pos_mask[i, k]
+        means pair (i, k) is a kept positive of anchor i, and neg_mask the same for
+        negatives. The masks are computed without gradient: mining only chooses
+        pairs and is piecewise constant in sim.
+    """
+    _check_mining(mining)
+    if sim.dim() != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"sim must be a square [B, B] matrix, got shape {tuple(sim.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != sim.shape[0]:
+        raise ValueError(
+            f"labels must have shape [{sim.shape[0]}] to match sim, got {tuple(labels.shape)}"
+        )
+
+    with torch.no_grad():
+        sim = sim.detach()
+        batch = sim.shape[0]
+        same = labels[:, None] == labels[None, :]
+        not_self = ~torch.eye(batch, dtype=torch.bool, device=sim.device)
+        pos = same & not_self
+        neg = ~same  # the diagonal is "same", so it is already excluded here
+        if mining == "none" or batch == 0:  # amin/amax reject empty rows
+            return pos, neg
+
+        # +-inf stand in for "no positive" / "no negative". They are only compared,
+        # never used in arithmetic, so they make no NaN: with no positive, no negative
+        # is kept (x > +inf is false), and with no negative, no positive is kept.
+        hardest_pos_sim = sim.masked_fill(~pos, math.inf)
+        hardest_neg_sim = sim.masked_fill(~neg, -math.inf)
+
+        if mining == "ms":
+            min_pos = hardest_pos_sim.amin(dim=1, keepdim=True)
+            max_neg = hardest_neg_sim.amax(dim=1, keepdim=True)
+            keep_neg = neg & (sim + epsilon > min_pos)
+            keep_pos = pos & (sim - epsilon < max_neg)
+            return keep_pos, keep_neg
+
+        # batch-hard: one-hot rows. Ties go to the lowest index (argmin/argmax
+        # return the first extremum).
+        has_both = (pos.any(dim=1) & neg.any(dim=1))[:, None]
+        pos_idx = hardest_pos_sim.argmin(dim=1, keepdim=True)
+        neg_idx = hardest_neg_sim.argmax(dim=1, keepdim=True)
+        keep_pos = torch.zeros_like(pos).scatter_(1, pos_idx, True) & has_both
+        keep_neg = torch.zeros_like(neg).scatter_(1, neg_idx, True) & has_both
+        return keep_pos, keep_neg
+
+
+def _masked_logsumexp(x: Tensor, mask: Tensor) -> Tensor:
+    """Row-wise logsumexp over mask; rows with an empty mask give 0.
+
+    The fill value is finite, not -inf, so every intermediate stays finite. With
+    -inf an empty row's logsumexp is -inf, and later arithmetic on it (-inf - -inf,
+    0 * -inf) gives NaN. Eager torch.logsumexp's backward happens to mask that case,
+    but a hand-written or fused kernel need not. Empty rows get 0, so callers never
+    see the fill value.
+    """
+    filled = x.masked_fill(~mask, torch.finfo(x.dtype).min)
+    out = torch.logsumexp(filled, dim=1)  # subtracts the row max internally
+    return torch.where(mask.any(dim=1), out, torch.zeros_like(out))
+
+
+def _autocast_disabled(device_type: str):
+    # Under CPU/CUDA autocast, matmul would run in bf16/fp16 even on float32
+    # inputs, and a temperature of 0.1 magnifies that rounding tenfold.
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _validate(z: Tensor, labels: Tensor, temperature: float, mining: str, epsilon: float) -> None:
+    if not isinstance(z, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError("z and labels must be torch tensors")
+    if z.dim() != 2:
+        raise ValueError(f"z must be 2-D [B, p], got shape {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be 1-D [B], got shape {tuple(labels.shape)}")
+    if labels.shape[0] != z.shape[0]:
+        raise ValueError(
+            f"batch size mismatch: z has {z.shape[0]} rows but labels has {labels.shape[0]}"
+        )
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    _check_mining(mining)
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    if not math.isfinite(float(epsilon)):
+        raise ValueError(f"epsilon must be finite, got {epsilon}")
+
+
+def supcon_loss(
+    z: Tensor,
+    labels: Tensor,
+    temperature: float = 0.1,
+    mining: str = "ms",
+    epsilon: float = 0.1,
+) -> Tensor:
+    """Supervised-contrastive loss (Khosla et al. 2020, L_out) over mined pairs.
+
+    Args:
+        z: [B, p] L2-normalised embeddings (not renormalised here). Any float dtype.
+        labels: [B] integer class ids.
+        temperature: tau > 0.
+        mining: "ms" (multi-similarity, Wang et al. 2019), "none" (all pairs),
+            or "batch-hard" (hardest positive and hardest negative per anchor).
+        epsilon: MS mining margin (cosine units).
+
+    Returns:
+        Scalar loss, in float32 (float64 if z is float64), differentiable w.r.t. z.
+        The equations and edge cases are in the module docstring.
+
+    Raises:
+        ValueError: wrong dimensions, mismatched batch sizes, non-integer labels,
+            unknown mining mode, non-positive temperature or non-finite epsilon.
+    """
+    _validate(z, labels, temperature, mining, epsilon)
+    compute_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+
+    with _autocast_disabled(z.device.type):
+        zc = z.to(compute_dtype)
+        sim = zc @ zc.T  # [B, B]
+        pos, neg = mining_masks(sim, labels, mining, epsilon)
+
+        logits = sim / temperature
+        log_denom = _masked_logsumexp(logits, pos | neg)  # [B]
+
+        n_pos = pos.sum(dim=1)
+        has_pos = n_pos > 0
+        # clamp only guards anchors without positives; torch.where discards them.
+        mean_pos_logit = torch.where(pos, logits, 0.0).sum(dim=1) / n_pos.clamp_min(1)
+        per_anchor = torch.where(has_pos, log_denom - mean_pos_logit, 0.0)
+
+        # Dividing a sum of (possibly all) zeros keeps the result attached to z,
+        # so "nothing mined" still gives a backward-able 0 with zero gradients.
+        return per_anchor.sum() / has_pos.sum().clamp_min(1)

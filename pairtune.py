@@ -1,0 +1,204 @@
+"""PairTune, stage 1 of AudioConFit: supervised-contrastive fine-tuning of a pre-trained audio encoder.
+
+    encoder f_e -> masked mean pool -> r (L2-normalised) -> linear f_p to 256 -> z (L2-normalised)
+    -> SupCon loss (tau 0.1) over hard pairs mined by cosine (multi-similarity mining)
+
+The projection head f_p is discarded afterwards: `--out/encoder/` holds only the fine-tuned encoder,
+which probe.py (stage 2) freezes and reads out with a linear classifier.
+
+    python pairtune.py --dataset gtzan --backbone wav2vec2            # the paper's defaults
+    python pairtune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo
+    python probe.py --ckpt out/demo
+
+Writes to --out: run.json (arguments, data, versions), log.jsonl (one line per epoch: epoch,
+train_loss, valid_acc, seconds), checkpoint.pt (to resume with --resume), encoder/ (final encoder
+and feature extractor, loadable with transformers alone).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import backbone
+import data
+from losses import supcon_loss
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
+    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
+    p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files with a warning instead of stopping")
+    p.add_argument("--backbone", default="wav2vec2",
+                   help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
+    p.add_argument("--out", default="out", help="output folder")
+    p.add_argument("--epochs", type=int, default=40, help="passes over the training set (paper: 40)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per batch = classes per batch x --clips-per-class")
+    p.add_argument("--clips-per-class", type=int, default=4, help="K clips of each class in a batch (>= 2, so anchors have positives)")
+    p.add_argument("--max-seconds", type=float, default=10.0,
+                   help="training crop length; evaluation averages features over chunks of this length")
+    p.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
+    p.add_argument("--temperature", type=float, default=0.1, help="SupCon temperature tau (paper: 0.1)")
+    p.add_argument("--projection-dim", type=int, default=256, help="size p of the projection head (paper: 256)")
+    p.add_argument("--mining", choices=["ms", "batch-hard", "none"], default="ms",
+                   help="hard-pair mining: multi-similarity (default), hardest pair per anchor, or all pairs")
+    p.add_argument("--epsilon", type=float, default=0.1, help="margin of multi-similarity mining")
+    p.add_argument("--centroid-clips-per-class", type=int, default=32,
+                   help="train clips per class used for the class centroids of the per-epoch valid accuracy")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and crops")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
+    p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation: nearest class centroid on valid (cheap; feeds the convergence curve)
+# ------------------------------------------------------------------------------------------------
+
+def centroid_subset(train_clips, per_class):
+    """The first `per_class` clips of each class, by path: the same subset every epoch."""
+    chosen, counts = [], {}
+    for clip in sorted(train_clips, key=lambda c: c.path):
+        if counts.get(clip.label, 0) < per_class:
+            chosen.append(clip)
+            counts[clip.label] = counts.get(clip.label, 0) + 1
+    return chosen
+
+
+def centroid_accuracy(encoder, centroid_clips, valid_clips, classes, args, device):
+    """Nearest-class-centroid accuracy with L2-normalised encoder features (r, not z)."""
+    kwargs = dict(max_seconds=args.max_seconds, device=device, batch_size=args.eval_batch_size,
+                  num_workers=args.num_workers)
+    train_feats, train_labels = backbone.extract_features(encoder, centroid_clips, classes, desc="centroids", **kwargs)
+    valid_feats, valid_labels = backbone.extract_features(encoder, valid_clips, classes, desc="valid", **kwargs)
+    train_feats, valid_feats = F.normalize(train_feats, dim=1), F.normalize(valid_feats, dim=1)
+    centroids = torch.zeros(len(classes), train_feats.shape[1]).index_add_(0, train_labels, train_feats)
+    predictions = (valid_feats @ F.normalize(centroids, dim=1).T).argmax(1)
+    return (predictions == valid_labels).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+
+def train_one_epoch(encoder, head, loader, optimizer, args, device, epoch):
+    encoder.train()
+    head.train()
+    total, batches = 0.0, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    for inputs, labels in progress:
+        labels = labels.to(device)
+        with backbone.autocast(device):
+            pooled = encoder(backbone.to_device(inputs, device))  # [B, d]
+        r = F.normalize(pooled.float(), dim=1)  # representation on the unit sphere
+        z = F.normalize(head(r), dim=1)  # [B, p] projection on the unit sphere
+        loss = supcon_loss(z, labels, temperature=args.temperature, mining=args.mining, epsilon=args.epsilon)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, batches = total + loss.item(), batches + 1
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(batches, 1)
+
+
+def save_checkpoint(path, encoder, head, optimizer, epoch, history):
+    """One dict, unwrapped weights; written to a temporary file first so a kill never corrupts it."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = backbone.resolve_device(args.device)
+    if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
+        args.num_workers = 4 if device.type == "cuda" else 0
+    backbone.seed_everything(args.seed)
+
+    # ---------------- preparing data ----------------
+    splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
+    print(f"data: {data.dataset_name(args.dataset)}: " + ", ".join(f"{s} {len(c)}" for s, c in splits.items())
+          + f" clips, {len(classes)} classes")
+
+    # ---------------- building networks ----------------
+    encoder = backbone.load_encoder(args.backbone).to(device)
+    if encoder.max_seconds is not None and args.max_seconds > encoder.max_seconds:
+        sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes ({encoder.max_seconds:.0f} s)")
+    head = nn.Linear(encoder.hidden_size, args.projection_dim).to(device)  # f_p, discarded after training
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr)
+    print(f"backbone: {encoder.name}{' (RANDOM INIT)' if encoder.random_init else ''}, "
+          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M parameters, device {device}")
+
+    train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
+    class_index = {c: i for i, c in enumerate(classes)}
+    sampler = data.ClassBalancedBatchSampler([class_index[c.label] for c in splits["train"]],
+                                             classes_per_batch=max(1, args.batch_size // args.clips_per_class),
+                                             clips_per_class=args.clips_per_class, seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=sampler, num_workers=args.num_workers,
+        collate_fn=data.CollateTrain(encoder.preprocess), pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(args.seed))  # seeds the workers' crops
+    centroid_clips = centroid_subset(splits["train"], args.centroid_clips_per_class)
+
+    run = {"stage": "pairtune", "args": vars(args), "dataset": data.dataset_name(args.dataset),
+           "manifest": str(data.resolve_dataset(args.dataset, args.data_root).resolve()), "backbone": encoder.name, "backbone_random_init": encoder.random_init,
+           "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
+           "versions": backbone.package_versions(), "git": backbone.git_revision(), "finished": False}
+    backbone.write_json(out / "run.json", run)
+
+    # ---------------- resuming ----------------
+    start_epoch, history = 1, []
+    checkpoint_path = out / "checkpoint.pt"
+    if args.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        encoder.model.load_state_dict(state["encoder"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
+    elif (out / "log.jsonl").exists():
+        (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
+
+    # ---------------- training ----------------
+    for epoch in range(start_epoch, args.epochs + 1):
+        started = time.time()
+        sampler.set_epoch(epoch)
+        train_loss = train_one_epoch(encoder, head, loader, optimizer, args, device, epoch)
+        valid_acc = centroid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
+        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
+                "seconds": round(time.time() - started, 2)}
+        history.append(line)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/centroid_acc {valid_acc:.4f}  "
+              f"{line['seconds']:.1f}s")
+        save_checkpoint(checkpoint_path, encoder, head, optimizer, epoch, history)
+
+    # ---------------- saving ----------------
+    encoder.save(out / "encoder")
+    run.update(finished=True, epochs_run=len(history))
+    backbone.write_json(out / "run.json", run)
+    print(f"saved the fine-tuned encoder to {out / 'encoder'}; next: python probe.py --ckpt {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except data.DataError as error:
+        sys.exit(f"error: {error}")

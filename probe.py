@@ -1,0 +1,199 @@
+"""Linear probe, stage 2 of AudioConFit: freeze the encoder, train linear + softmax on pooled features.
+
+    python probe.py --ckpt out/                                # a PairTune run: dataset etc. from run.json
+    python probe.py --ckpt wav2vec2 --dataset gtzan            # the frozen pre-trained encoder, no PairTune
+    python probe.py --ckpt ../shared/models/whisper-tiny.en-encoder --dataset data/fsdd-digit --random-init
+
+Each split is encoded once (whole clips, chunked, as in the other stages) and the features are cached
+next to the checkpoint (CKPT/features/). A grid over learning rates and batch sizes is trained on the
+cached train features; the configuration and epoch are chosen on valid accuracy (ties: lower valid
+loss, then grid order); test is read once, with the chosen classifier.
+
+Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ otherwise): test_acc,
+valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import backbone
+import data
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True,
+                   help="a pairtune.py output folder, or a backbone alias, hub id or directory (frozen pre-trained encoder)")
+    p.add_argument("--dataset", default=None, help="overrides the run's dataset (needed when --ckpt is a backbone)")
+    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv")
+    p.add_argument("--fold", type=int, default=None, help="overrides the run's fold")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files with a warning")
+    p.add_argument("--max-seconds", type=float, default=None, help="evaluation chunk length (default: the run's, else 10)")
+    p.add_argument("--random-init", action="store_true", help="probe the backbone's architecture with random weights (a control)")
+    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--lrs", default="1e-4,1e-3,1e-2", help="comma-separated Adam learning rates of the grid")
+    p.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes of the grid")
+    p.add_argument("--epochs", type=int, default=100, help="epochs per grid point (on cached features: cheap)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's, else 0)")
+    p.add_argument("--device", default="auto", help="device for encoding: auto, cuda, cpu")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
+    p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------
+# Features, encoded once and cached
+# ------------------------------------------------------------------------------------------------
+
+def cached_features(encoder, splits, classes, cache_dir: Path, max_seconds, device, args):
+    """{split: (features [N, d], labels [N])}; the cache is reused only for the very same clips."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    features = {}
+    for split in ("train", "valid", "test"):
+        key = {"paths": [c.path for c in splits[split]], "classes": classes, "max_seconds": max_seconds}
+        file = cache_dir / f"{split}.pt"
+        if file.exists():
+            saved = torch.load(file, weights_only=False)
+            if saved["key"] == key:
+                features[split] = (saved["features"], saved["labels"])
+                continue
+        started = time.time()
+        feats, labels = backbone.extract_features(encoder, splits[split], classes, max_seconds, device,
+                                                  args.eval_batch_size, args.num_workers, desc=f"encoding {split}")
+        torch.save({"key": key, "features": feats, "labels": labels}, file)
+        print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
+        features[split] = (feats, labels)
+    return features
+
+
+# ------------------------------------------------------------------------------------------------
+# The linear classifier and its grid search
+# ------------------------------------------------------------------------------------------------
+
+def train_linear(train_x, train_y, valid_x, valid_y, n_classes, lr, batch_size, epochs, seed):
+    """Adam on linear + softmax; returns the best-valid epoch's (state, valid_acc, valid_loss, epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = nn.Linear(train_x.shape[1], n_classes)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    best = None
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(train_y), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            logits = head(valid_x)
+            acc = (logits.argmax(1) == valid_y).float().mean().item()
+            valid_loss = F.cross_entropy(logits, valid_y).item()
+        if best is None or (acc, -valid_loss) > (best[1], -best[2]):
+            best = ({k: v.clone() for k, v in head.state_dict().items()}, acc, valid_loss, epoch)
+    return best
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ckpt = Path(args.ckpt)
+    run_file = ckpt / "run.json"
+    device = backbone.resolve_device(args.device)
+    if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
+        args.num_workers = 4 if device.type == "cuda" else 0
+
+    # ---------------- what to probe ----------------
+    run = None
+    if run_file.exists():  # a PairTune run
+        run = json.loads(run_file.read_text())
+        if not run.get("finished"):
+            sys.exit(f"error: {ckpt} is an unfinished run (no final encoder); finish it with pairtune.py --resume")
+        run_args = run["args"]
+        method, backbone_name, random_init = "pairtune", run["backbone"], run["backbone_random_init"]
+        encoder = backbone.load_encoder(str(ckpt / "encoder"))
+        dataset = args.dataset or run["manifest"]
+        data_root = args.data_root or run_args.get("data_root")
+        fold = args.fold if args.fold is not None else run_args.get("fold")
+        max_seconds = args.max_seconds or run_args["max_seconds"]
+        seed = args.seed if args.seed is not None else run_args["seed"]
+        out = Path(args.out) if args.out else ckpt / "probe"
+        cache_root = ckpt / "features"
+    else:  # a backbone: the frozen pre-trained (or, with --random-init, untrained) encoder
+        if not args.dataset:
+            sys.exit("error: --ckpt is not a pairtune run folder (no run.json), so --dataset is needed")
+        method = "frozen"
+        seed = args.seed if args.seed is not None else 0
+        encoder = backbone.load_encoder(args.ckpt, random_init=args.random_init, seed=seed)
+        backbone_name, random_init = encoder.name, encoder.random_init
+        dataset, data_root, fold = args.dataset, args.data_root, args.fold
+        max_seconds = args.max_seconds or 10.0
+        tag = backbone_name.replace("/", "_") + ("-random" if random_init else "")
+        out = Path(args.out) if args.out else Path("out") / f"probe-{tag}"
+        cache_root = out / "features"
+    encoder = encoder.to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    if encoder.max_seconds is not None:
+        max_seconds = min(max_seconds, encoder.max_seconds)
+
+    # ---------------- preparing data ----------------
+    splits, classes = data.load_splits(dataset, data_root, fold, args.skip_bad)
+    dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
+    cache_dir = cache_root / f"{dataset_label}{'' if fold is None else f'-fold{fold}'}"
+    features = cached_features(encoder, splits, classes, cache_dir, max_seconds, device, args)
+    (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
+    # Standardise with train statistics: an affine map the linear layer could absorb, so the model
+    # class is unchanged, but one lr grid then suits every backbone's feature scale.
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    standardise = lambda x: (x - mean) / std
+
+    # ---------------- grid search on valid ----------------
+    grid, best = [], None
+    lrs = [float(v) for v in args.lrs.split(",")]
+    batch_sizes = [int(v) for v in args.batch_sizes.split(",")]
+    started = time.time()
+    for lr in lrs:
+        for batch_size in batch_sizes:
+            state, valid_acc, valid_loss, epoch = train_linear(
+                standardise(train_x), train_y, standardise(valid_x), valid_y, len(classes), lr, batch_size,
+                args.epochs, seed)
+            grid.append({"lr": lr, "batch_size": batch_size, "valid_acc": valid_acc,
+                         "valid_loss": valid_loss, "best_epoch": epoch})
+            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  epoch {epoch}")
+            if best is None or (valid_acc, -valid_loss) > (best[1]["valid_acc"], -best[1]["valid_loss"]):
+                best = (state, grid[-1])
+
+    # ---------------- testing the chosen classifier, once ----------------
+    state, chosen = best
+    head = nn.Linear(train_x.shape[1], len(classes))
+    head.load_state_dict(state)
+    test_x, test_y = features["test"]
+    with torch.no_grad():
+        predictions = head(standardise(test_x)).argmax(1)
+    test_acc = (predictions == test_y).float().mean().item()
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
+    torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
+    results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
+               "backbone_random_init": random_init, "seed": seed, "fold": fold,
+               "test_acc": test_acc, "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
+               "batch_size": chosen["batch_size"], "best_epoch": chosen["best_epoch"], "grid": grid,
+               "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
+               "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2)}
+    backbone.write_json(out / "results.json", results)
+    print(f"{method} probe of {backbone_name}{' (RANDOM INIT)' if random_init else ''} on {dataset_label}: "
+          f"test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, lr {chosen['lr']:g}, "
+          f"batch {chosen['batch_size']}); wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except data.DataError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,48 @@
+"""Shared test fixtures: the repository on sys.path, the demo dataset, and the real material in
+../shared (FSDD recordings, the Whisper tiny.en encoder), skipped cleanly where it is absent."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+FSDD = SHARED / "data" / "fsdd"
+WHISPER = SHARED / "models" / "whisper-tiny.en-encoder"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network in tests
+
+
+def run_script(script: str, *args, cwd=None, check=True) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts as a user would, in a subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
+                            capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(tmp_path_factory) -> Path:
+    import data
+    out = tmp_path_factory.mktemp("demo")
+    data.prepare_demo(out)
+    return out / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def fsdd_root() -> Path:
+    if not (FSDD / "recordings").is_dir():
+        pytest.skip("../shared/data/fsdd is absent (a fresh clone has no ../shared)")
+    return FSDD
+
+
+@pytest.fixture(scope="session")
+def whisper_dir() -> Path:
+    if not (WHISPER / "model.safetensors").is_file():
+        pytest.skip("../shared/models/whisper-tiny.en-encoder is absent")
+    return WHISPER

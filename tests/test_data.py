@@ -1,0 +1,289 @@
+"""data.py: manifests and their errors, audio loading, crops and chunks, the balanced sampler,
+and dataset preparation (demo, FSDD)."""
+import csv
+import math
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import data
+
+
+def write_wav(path, samples, rate=16_000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, samples, rate, subtype="PCM_16")
+    return path
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """Two classes, train/valid/test, with a relative and an absolute path."""
+    rng = np.random.default_rng(0)
+    for name in ["a1", "a2", "a3", "b1", "b2", "b3", "a4", "b4"]:
+        write_wav(tmp_path / "audio" / f"{name}.wav", 0.1 * rng.standard_normal(8000))
+    rows = [["audio/a1.wav", "a", "train", "s1", "ignored"], ["audio/a2.wav", "a", "train", "s2", "x"],
+            ["audio/b1.wav", "b", "train", "s1", ""], ["audio/b2.wav", "b", "train", "", ""],
+            ["audio/a3.wav", "a", "valid", "", ""], ["audio/b3.wav", "b", "valid", "", ""],
+            [str(tmp_path / "audio/a4.wav"), "a", "test", "", ""], ["audio/b4.wav", "b", "test", "", ""]]
+    return write_csv(tmp_path / "manifest.csv", ["path", "label", "split", "speaker", "notes"], rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Manifests
+# ------------------------------------------------------------------------------------------------
+
+def test_manifest_parses_paths_optional_columns_and_lines(small_dataset, tmp_path):
+    clips = data.read_manifest(small_dataset)
+    assert len(clips) == 8
+    assert clips[0].path == str(tmp_path / "audio/a1.wav")  # relative to the manifest's folder
+    assert clips[6].path == str(tmp_path / "audio/a4.wav")  # absolute kept
+    assert clips[0].speaker == "s1" and clips[3].speaker is None and clips[0].fold is None
+    assert clips[2].where.endswith("manifest.csv line 4")
+    splits, classes = data.load_splits(str(small_dataset))
+    assert classes == ["a", "b"]
+    assert [len(splits[s]) for s in data.SPLITS] == [4, 2, 2]
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label"], [["x.wav", "a"]])
+    with pytest.raises(data.DataError, match=r"m\.csv: missing required column\(s\) split"):
+        data.read_manifest(manifest)
+
+
+@pytest.mark.parametrize("row, message", [
+    (["x.wav", "a", "training"], r"line 2: split 'training' is not one of train, valid, test"),
+    (["", "a", "train"], r"line 2: empty path or label"),
+    (["x.wav", "a", "train", "one"], r"line 2: fold 'one' is not an integer"),
+])
+def test_bad_rows_name_the_line(tmp_path, row, message):
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split", "fold"][:len(row)], [row])
+    with pytest.raises(data.DataError, match=message):
+        data.read_manifest(manifest)
+
+
+def test_missing_unreadable_and_empty_files_are_named(tmp_path):
+    write_wav(tmp_path / "good.wav", np.zeros(800))
+    (tmp_path / "garbage.wav").write_bytes(b"this is not audio at all" * 10)
+    sf.write(tmp_path / "empty.wav", np.zeros(0), 16_000)
+    for name, message in [("nothere.wav", "file not found"), ("garbage.wav", "cannot be read as audio"),
+                          ("empty.wav", r"file is empty \(0 samples\)")]:
+        manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
+                             [["good.wav", "a", "train"], [name, "a", "train"]])
+        with pytest.raises(data.DataError, match=rf"m\.csv line 3: .*{name}: {message}.*--skip-bad"):
+            data.load_splits(str(manifest))
+
+
+def test_skip_bad_skips_with_warning_and_count(tmp_path, capsys):
+    write_wav(tmp_path / "good.wav", np.zeros(800))
+    write_wav(tmp_path / "good2.wav", np.zeros(800))
+    (tmp_path / "garbage.wav").write_bytes(b"not audio" * 10)
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
+                         [["good.wav", "a", "train"], ["garbage.wav", "a", "train"], ["good2.wav", "a", "test"]])
+    with pytest.warns(UserWarning, match="skipping .*garbage.wav"):
+        splits, _ = data.load_splits(str(manifest), skip_bad=True)
+    assert [c.path.endswith("good.wav") for c in splits["train"]] == [True]
+    assert "skipped 1 unreadable file(s) of 3" in capsys.readouterr().err
+
+
+def test_label_unseen_in_train_is_an_error(tmp_path):
+    write_wav(tmp_path / "x.wav", np.zeros(800))
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
+                         [["x.wav", "a", "train"], ["x.wav", "a", "train"], ["x.wav", "zebra", "test"]])
+    with pytest.raises(data.DataError, match=r"line 4: label 'zebra' appears in test but never in train"):
+        data.load_splits(str(manifest))
+
+
+def test_resolve_dataset_by_name_root_env_and_path(tmp_path, monkeypatch, small_dataset):
+    (tmp_path / "root" / "mine").mkdir(parents=True)
+    target = tmp_path / "root" / "mine" / "manifest.csv"
+    target.write_text(small_dataset.read_text())
+    assert data.resolve_dataset("mine", str(tmp_path / "root")) == target
+    monkeypatch.setenv("CONFIT_DATA", str(tmp_path / "root"))
+    assert data.resolve_dataset("mine") == target
+    assert data.resolve_dataset(str(small_dataset)) == small_dataset
+    assert data.resolve_dataset(str(tmp_path / "root" / "mine")) == target
+    with pytest.raises(data.DataError, match=r"dataset 'gtzan' not found.*data\.py prepare gtzan"):
+        data.resolve_dataset("gtzan")
+    assert data.dataset_name(str(target)) == "mine" and data.dataset_name("gtzan") == "gtzan"
+
+
+def test_folds_make_fold_k_the_test_set(tmp_path):
+    rows = []
+    for fold in (1, 2, 3):
+        for label in ("a", "b"):
+            for take in range(5):
+                name = f"{fold}-{label}-{take}.wav"
+                write_wav(tmp_path / name, np.zeros(400))
+                rows.append([name, label, "train", fold])
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split", "fold"], rows)
+    splits, classes = data.load_splits(str(manifest), fold=2)
+    assert {c.fold for c in splits["test"]} == {2} and len(splits["test"]) == 10
+    assert {c.fold for c in splits["train"] + splits["valid"]} == {1, 3}
+    assert len(splits["valid"]) == 2 and len(splits["train"]) == 18  # 10% of each class carved
+    assert not {c.path for c in splits["train"]} & {c.path for c in splits["valid"]}
+    with pytest.raises(data.DataError, match="--fold 7 not among the folds"):
+        data.load_splits(str(manifest), fold=7)
+
+
+def test_carve_valid_is_stratified_deterministic_and_keeps_singletons():
+    train = [data.Clip(f"/x/{label}{i}.wav", label, "train") for label, n in (("a", 20), ("b", 10), ("c", 1))
+             for i in range(n)]
+    keep, valid = data.carve_valid(list(reversed(train)), 0.1)
+    assert Counter(c.label for c in valid) == {"a": 2, "b": 1}
+    assert len(keep) + len(valid) == len(train) and not set(keep) & set(valid)
+    keep2, valid2 = data.carve_valid(train, 0.1)  # the order given does not matter
+    assert set(valid2) == set(valid)
+
+
+# ------------------------------------------------------------------------------------------------
+# Audio
+# ------------------------------------------------------------------------------------------------
+
+def test_stereo_becomes_the_mean_of_its_channels(tmp_path):
+    left, right = np.full(1600, 0.5), np.full(1600, -0.25)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), 16_000, subtype="FLOAT")
+    audio = data.load_audio(str(path), 16_000)
+    assert audio.dtype == np.float32 and audio.ndim == 1 and len(audio) == 1600
+    np.testing.assert_allclose(audio, 0.125, atol=1e-6)
+
+
+def test_resampling_keeps_duration_and_pitch(tmp_path):
+    rate = 8_000
+    t = np.arange(rate) / rate  # one second of 440 Hz
+    path = write_wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 440 * t), rate)
+    audio = data.load_audio(str(path), 16_000)
+    assert len(audio) == 16_000
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    peak_hz = np.fft.rfftfreq(len(audio), 1 / 16_000)[spectrum.argmax()]
+    assert abs(peak_hz - 440) <= 1.0
+    assert abs(np.sqrt(np.mean(audio[1000:-1000] ** 2)) - 0.5 / np.sqrt(2)) < 0.01  # level kept
+
+
+def test_random_crop_is_a_contiguous_window_and_pads_nothing():
+    wave = np.arange(1000, dtype=np.float32)
+    generator = torch.Generator().manual_seed(0)
+    starts = set()
+    for _ in range(20):
+        crop = data.random_crop(wave, 300, generator)
+        assert len(crop) == 300 and np.all(np.diff(crop) == 1)
+        starts.add(int(crop[0]))
+    assert len(starts) > 5  # really random
+    assert len(data.random_crop(wave[:100], 300)) == 100  # short clips are padded per batch, not here
+
+
+@pytest.mark.parametrize("n, max_samples, expected", [(100, 100, 1), (200, 100, 2), (201, 100, 3), (50, 100, 1)])
+def test_chunks_cover_the_whole_clip(n, max_samples, expected):
+    wave = np.arange(n, dtype=np.float32)
+    chunks = data.split_into_chunks(wave, max_samples)
+    assert len(chunks) == expected == max(1, math.ceil(n / max_samples))
+    assert all(len(c) <= max_samples for c in chunks)
+    assert max(len(c) for c in chunks) - min(len(c) for c in chunks) <= 1  # near-equal
+    np.testing.assert_array_equal(np.concatenate(chunks), wave)
+
+
+# ------------------------------------------------------------------------------------------------
+# The class-balanced sampler
+# ------------------------------------------------------------------------------------------------
+
+def test_balanced_batches_have_positives_for_every_anchor():
+    labels = [c for c in range(10) for _ in range(12)]
+    sampler = data.ClassBalancedBatchSampler(labels, classes_per_batch=4, clips_per_class=3, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 10  # ceil(120 / 12)
+    for batch in batches:
+        counts = Counter(labels[i] for i in batch)
+        assert len(counts) == 4 and set(counts.values()) == {3}
+        assert len(set(batch)) == 12  # classes of 12 clips never repeat a clip within a batch
+    used = Counter(i for b in batches for i in b)
+    assert len(used) == 120  # one epoch is one pass: every clip once
+
+
+def test_sampler_with_far_more_classes_than_p_and_tiny_classes():
+    labels = [c for c in range(630) for _ in range(3)] + [630]  # 630 speakers and one singleton
+    sampler = data.ClassBalancedBatchSampler(labels, classes_per_batch=8, clips_per_class=4, seed=0)
+    batches = list(sampler)
+    seen = {labels[i] for b in batches for i in b}
+    assert seen == set(range(631))  # every class visited in one epoch
+    for batch in batches:
+        counts = Counter(labels[i] for i in batch)
+        assert len(counts) == 8 and set(counts.values()) == {4}
+
+
+def test_sampler_is_deterministic_per_seed_and_epoch():
+    labels = [c for c in range(5) for _ in range(8)]
+    a = data.ClassBalancedBatchSampler(labels, 2, 4, seed=3)
+    b = data.ClassBalancedBatchSampler(labels, 2, 4, seed=3)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+    with pytest.raises(ValueError, match="clips_per_class"):
+        data.ClassBalancedBatchSampler(labels, 2, 1)
+
+
+def test_sampler_with_fewer_classes_than_p():
+    labels = [0] * 10 + [1] * 10
+    batches = list(data.ClassBalancedBatchSampler(labels, classes_per_batch=8, clips_per_class=4))
+    assert all(Counter(labels[i] for i in b) == {0: 4, 1: 4} for b in batches)
+
+
+# ------------------------------------------------------------------------------------------------
+# Preparing datasets
+# ------------------------------------------------------------------------------------------------
+
+def test_demo_dataset_is_deterministic_and_well_formed(demo_manifest, tmp_path):
+    clips = data.read_manifest(demo_manifest)
+    assert Counter(c.split for c in clips) == {"train": 240, "valid": 80, "test": 80}
+    assert len({c.label for c in clips}) == 10
+    info = sf.info(clips[0].path)
+    assert info.samplerate == 16_000 and info.channels == 1
+    data.prepare_demo(tmp_path)  # a second build, same seed: byte-identical audio
+    for clip in clips[::37]:
+        relative = os.path.relpath(clip.path, demo_manifest.parent)
+        assert (tmp_path / relative).read_bytes() == open(clip.path, "rb").read()
+
+
+def test_demo_classes_are_not_separable_by_loudness_or_duration(demo_manifest):
+    """Nearest class mean on (duration, RMS, peak) must stay near chance (10%)."""
+    clips = data.read_manifest(demo_manifest)
+    classes = sorted({c.label for c in clips})
+
+    def stats(split):
+        rows = [(c, sf.read(c.path)[0]) for c in clips if c.split == split]
+        x = np.array([[len(a) / 16_000, np.sqrt(np.mean(a ** 2)), np.abs(a).max()] for _, a in rows])
+        return x, np.array([classes.index(c.label) for c, _ in rows])
+
+    train_x, train_y = stats("train")
+    test_x, test_y = stats("test")
+    mean, std = train_x.mean(0), train_x.std(0)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    centroids = np.stack([train_x[train_y == k].mean(0) for k in range(len(classes))])
+    predicted = ((test_x[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert (predicted == test_y).mean() < 0.3
+
+
+def test_fsdd_official_split(fsdd_root, tmp_path):
+    data.prepare_fsdd(fsdd_root, tmp_path / "digit", "digit")
+    clips = data.read_manifest(tmp_path / "digit" / "manifest.csv")
+    assert Counter(c.split for c in clips) == {"train": 2400, "valid": 300, "test": 300}
+    for clip in clips:
+        digit, speaker, take = os.path.basename(clip.path)[:-4].split("_")
+        assert clip.label == digit and clip.speaker == speaker
+        assert clip.split == ("test" if int(take) <= 4 else "valid" if int(take) <= 9 else "train")
+        assert os.path.isfile(clip.path)
+    data.prepare_fsdd(fsdd_root, tmp_path / "speaker", "speaker")
+    speakers = data.read_manifest(tmp_path / "speaker" / "manifest.csv")
+    assert len({c.label for c in speakers}) == 6 and Counter(c.split for c in speakers)["test"] == 300

@@ -1,0 +1,407 @@
+"""Tests for eval.py's ``table`` subcommand on hand-built runs trees."""
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EVAL_PY = REPO_ROOT / "eval.py"
+
+# Load eval.py by path: the module name "eval" shadows a builtin and the repo
+# root is not necessarily on sys.path when pytest runs from tests/.
+_spec = importlib.util.spec_from_file_location("audioconfit_eval", EVAL_PY)
+ev = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ev)
+
+
+def write_run(root, subdir, method="finetune", dataset="gtzan", backbone="wav2vec2",
+              seed=0, fold=None, test_acc=0.8, random_init=False, **extra):
+    """Write one results.json under root/subdir and return its path."""
+    run_dir = Path(root) / subdir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "method": method,
+        "dataset": dataset,
+        "backbone": backbone,
+        "backbone_random_init": random_init,
+        "seed": seed,
+        "fold": fold,
+        "test_acc": test_acc,
+        "valid_acc": 0.5,
+        **extra,
+    }
+    path = run_dir / "results.json"
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def parse_markdown(md):
+    """Markdown table -> {(backbone, METHOD): {dataset: cell text}}, in order."""
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    datasets = header[2:]
+    table = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[(cells[0], cells[1])] = dict(zip(datasets, cells[2:]))
+    return table
+
+
+def run_table(runs_dir, capsys, *extra):
+    """Run ``eval.py table`` in-process; return (exit code, stdout, stderr)."""
+    code = ev.main(["table", str(runs_dir), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --------------------------------------------------------------------------
+# Numbers and cell formatting
+# --------------------------------------------------------------------------
+
+
+def test_mean_and_sample_std_match_hand_computation(tmp_path, capsys):
+    # mean 0.80; deviations -0.1, 0, +0.1 -> sample var 0.02/2 = 0.01 -> std 0.10
+    for seed, acc in enumerate([0.70, 0.80, 0.90]):
+        write_run(tmp_path, f"ft/s{seed}", seed=seed, test_acc=acc)
+    write_run(tmp_path, "pt/s0", method="pairtune", test_acc=0.90)
+
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    table = parse_markdown(out)
+    assert table[("wav2vec2", "FINETUNE")]["gtzan"] == "80.00 ± 10.00 (n=3)"
+
+    cell = ev.summarise(ev.collect_results(tmp_path))["backbones"]["wav2vec2"]["finetune"]["gtzan"]
+    assert cell["n"] == 3
+    assert cell["mean"] == pytest.approx(80.0)
+    assert cell["std"] == pytest.approx(10.0)  # ddof=1; population std would be 8.16
+
+
+def test_single_run_has_no_std(tmp_path, capsys):
+    write_run(tmp_path, "ft", test_acc=0.761)
+    write_run(tmp_path, "pt", method="pairtune", test_acc=0.70)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    cell = parse_markdown(out)[("wav2vec2", "FINETUNE")]["gtzan"]
+    assert cell == "**76.10 (n=1)**"
+    assert "±" not in cell
+
+
+def test_missing_cell_is_dash(tmp_path, capsys):
+    # FINETUNE ran on both datasets, PAIRTUNE only on gtzan.
+    write_run(tmp_path, "a", dataset="gtzan", test_acc=0.5)
+    write_run(tmp_path, "b", dataset="esc50", test_acc=0.6)
+    write_run(tmp_path, "c", dataset="gtzan", method="pairtune", test_acc=0.7)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    table = parse_markdown(out)
+    assert table[("wav2vec2", "PAIRTUNE")]["esc50"] == "–"
+    assert table[("wav2vec2", "FINETUNE")]["esc50"] == "60.00 (n=1)"  # no bold: other arm missing
+
+
+def test_pairtune_row_shown_even_without_any_pairtune_runs(tmp_path, capsys):
+    write_run(tmp_path, "a", test_acc=0.5)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    assert parse_markdown(out)[("wav2vec2", "PAIRTUNE")] == {"gtzan": "–"}
+
+
+# --------------------------------------------------------------------------
+# Bold marking
+# --------------------------------------------------------------------------
+
+
+def test_bold_marks_only_the_better_arm(tmp_path, capsys):
+    # gtzan: FINETUNE 80 vs PAIRTUNE 85 -> PAIRTUNE bold.
+    # esc50: FINETUNE 90 vs PAIRTUNE 60 -> FINETUNE bold.
+    for seed, acc in enumerate([0.70, 0.80, 0.90]):
+        write_run(tmp_path, f"g/ft{seed}", seed=seed, test_acc=acc)
+    write_run(tmp_path, "g/pt", method="pairtune", test_acc=0.85)
+    write_run(tmp_path, "e/ft", dataset="esc50", fold=1, seed=None, test_acc=0.90)
+    write_run(tmp_path, "e/pt", dataset="esc50", method="pairtune", fold=1, seed=None, test_acc=0.60)
+
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    table = parse_markdown(out)
+    assert table[("wav2vec2", "PAIRTUNE")]["gtzan"] == "**85.00 (n=1)**"
+    assert table[("wav2vec2", "FINETUNE")]["gtzan"] == "80.00 ± 10.00 (n=3)"
+    assert table[("wav2vec2", "FINETUNE")]["esc50"] == "**90.00 (n=1)**"
+    assert table[("wav2vec2", "PAIRTUNE")]["esc50"] == "60.00 (n=1)"
+
+
+def test_tie_is_not_bold(tmp_path, capsys):
+    write_run(tmp_path, "ft/s0", seed=0, test_acc=0.70)
+    write_run(tmp_path, "ft/s1", seed=1, test_acc=0.90)
+    write_run(tmp_path, "pt/s0", method="pairtune", test_acc=0.80)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    assert "**" not in out.split("\n\n")[0]  # the table part, before the legend
+    row = parse_markdown(out)
+    assert row[("wav2vec2", "FINETUNE")]["gtzan"].startswith("80.00 ±")
+    assert row[("wav2vec2", "PAIRTUNE")]["gtzan"] == "80.00 (n=1)"
+
+
+def test_frozen_never_gets_bold_even_when_highest(tmp_path, capsys):
+    write_run(tmp_path, "ft", test_acc=0.50)
+    write_run(tmp_path, "pt", method="pairtune", test_acc=0.60)
+    write_run(tmp_path, "fr", method="frozen", test_acc=0.99)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    table = parse_markdown(out)
+    assert table[("wav2vec2", "FROZEN")]["gtzan"] == "99.00 (n=1)"
+    assert table[("wav2vec2", "PAIRTUNE")]["gtzan"] == "**60.00 (n=1)**"
+
+
+# --------------------------------------------------------------------------
+# Rows: FROZEN, ordering, random-init label
+# --------------------------------------------------------------------------
+
+
+def test_frozen_row_only_when_present(tmp_path, capsys):
+    write_run(tmp_path, "w/ft", test_acc=0.5)
+    write_run(tmp_path, "w/pt", method="pairtune", test_acc=0.6)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    assert "FROZEN" not in out.split("\n\n")[0]
+
+    # Add a frozen run for a second backbone only: wav2vec2 still has no FROZEN row.
+    write_run(tmp_path, "h/fr", backbone="hubert", method="frozen", test_acc=0.4)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    rows = list(parse_markdown(out))
+    assert rows == [
+        ("hubert", "FINETUNE"),
+        ("hubert", "PAIRTUNE"),
+        ("hubert", "FROZEN"),
+        ("wav2vec2", "FINETUNE"),
+        ("wav2vec2", "PAIRTUNE"),
+    ]
+
+
+def test_datasets_are_sorted_columns(tmp_path, capsys):
+    for ds in ["nsynth", "esc50", "gtzan"]:
+        write_run(tmp_path, ds, dataset=ds)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    header = out.splitlines()[0]
+    assert header == "| Backbone | Method | esc50 | gtzan | nsynth |"
+
+
+def test_random_init_backbone_is_labelled_and_kept_apart(tmp_path, capsys):
+    write_run(tmp_path, "r", backbone="tiny", random_init=True, test_acc=0.10)
+    write_run(tmp_path, "p", backbone="tiny", random_init=False, test_acc=0.90)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    table = parse_markdown(out)
+    assert table[("tiny (random init)", "FINETUNE")]["gtzan"] == "10.00 (n=1)"
+    assert table[("tiny", "FINETUNE")]["gtzan"] == "90.00 (n=1)"
+    # Pre-trained first, its random-init twin right after.
+    assert [b for b, _ in table][::2] == ["tiny", "tiny (random init)"]
+
+
+# --------------------------------------------------------------------------
+# Bad inputs
+# --------------------------------------------------------------------------
+
+
+def test_duplicate_run_warns_with_both_paths_and_counts_once(tmp_path, capsys):
+    first = write_run(tmp_path, "a/run", seed=3, test_acc=0.70)
+    second = write_run(tmp_path, "b/deeper/copy", seed=3, test_acc=0.10)
+    write_run(tmp_path, "c/run", seed=4, test_acc=0.90)  # different seed: not a duplicate
+
+    code, out, err = run_table(tmp_path, capsys)
+    assert code == 0
+    assert "duplicate" in err
+    assert str(first) in err and str(second) in err
+    # The first file in sorted order is kept: (70 + 90) / 2 = 80, n=2.
+    assert parse_markdown(out)[("wav2vec2", "FINETUNE")]["gtzan"].startswith("80.00 ± ")
+    assert "(n=2)" in parse_markdown(out)[("wav2vec2", "FINETUNE")]["gtzan"]
+
+
+def test_same_seed_different_fold_is_not_a_duplicate(tmp_path, capsys):
+    write_run(tmp_path, "f1", dataset="esc50", seed=0, fold=1, test_acc=0.6)
+    write_run(tmp_path, "f2", dataset="esc50", seed=0, fold=2, test_acc=0.8)
+    code, out, err = run_table(tmp_path, capsys)
+    assert code == 0
+    assert "duplicate" not in err
+    assert "(n=2)" in parse_markdown(out)[("wav2vec2", "FINETUNE")]["esc50"]
+
+
+def test_broken_and_incomplete_files_are_skipped_with_warning(tmp_path, capsys):
+    write_run(tmp_path, "good", test_acc=0.75)
+    broken = tmp_path / "broken" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text("{not json")
+    incomplete = tmp_path / "incomplete" / "results.json"
+    incomplete.parent.mkdir()
+    incomplete.write_text(json.dumps({"method": "finetune", "dataset": "gtzan", "backbone": "wav2vec2", "seed": 1}))
+    percent = write_run(tmp_path, "percent", seed=2, test_acc=81.2)  # percent, not a fraction
+
+    code, out, err = run_table(tmp_path, capsys)
+    assert code == 0
+    warning_lines = err.splitlines()
+    assert any(str(broken) in line and "JSON" in line for line in warning_lines)
+    assert any(str(incomplete) in line and "test_acc" in line for line in warning_lines)
+    assert any(str(percent) in line and "test_acc" in line for line in warning_lines)
+    assert parse_markdown(out)[("wav2vec2", "FINETUNE")]["gtzan"] == "75.00 (n=1)"
+
+
+@pytest.mark.parametrize(
+    "payload, problem",
+    [
+        ([1, 2, 3], "JSON object"),
+        ({"method": "lora", "dataset": "g", "backbone": "b", "seed": 0, "test_acc": 0.5}, "unknown method"),
+        ({"method": "finetune", "dataset": "g", "backbone": "b", "test_acc": 0.5}, "seed"),
+        ({"method": "finetune", "dataset": "g", "backbone": "b", "seed": "0", "test_acc": 0.5}, "seed"),
+        ({"method": "finetune", "dataset": "", "backbone": "b", "seed": 0, "test_acc": 0.5}, "dataset"),
+        ({"method": "finetune", "dataset": "g", "backbone": "b", "seed": 0, "test_acc": True}, "test_acc"),
+    ],
+)
+def test_parse_result_rejects_bad_payloads(payload, problem):
+    result, message = ev.parse_result(payload)
+    assert result is None
+    assert problem in message
+
+
+def test_parse_result_accepts_fold_only_and_defaults_random_init():
+    result, message = ev.parse_result(
+        {"method": "PAIRTUNE", "dataset": "esc50", "backbone": "b", "fold": 3, "test_acc": 1}
+    )
+    assert message is None
+    assert result["method"] == "pairtune"
+    assert result["seed"] is None and result["fold"] == 3
+    assert result["backbone_random_init"] is False
+
+
+def test_empty_dir_exits_1_with_message(tmp_path, capsys):
+    code, out, err = run_table(tmp_path, capsys)
+    assert code == 1
+    assert str(tmp_path) in err
+    assert "no usable results.json" in err
+    assert out == ""
+    assert not (tmp_path / "table.md").exists()
+
+
+def test_only_broken_files_exits_1(tmp_path, capsys):
+    broken = tmp_path / "x" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text("")
+    code, _, err = run_table(tmp_path, capsys)
+    assert code == 1
+    assert str(broken) in err and str(tmp_path) in err
+
+
+def test_nonexistent_dir_exits_1(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    code, _, err = run_table(missing, capsys)
+    assert code == 1
+    assert str(missing) in err
+
+
+# --------------------------------------------------------------------------
+# Output files
+# --------------------------------------------------------------------------
+
+
+def _mixed_tree(root):
+    for seed, acc in enumerate([0.70, 0.80, 0.90]):
+        write_run(root, f"w/ft/s{seed}", seed=seed, test_acc=acc)
+    write_run(root, "w/pt/s0", method="pairtune", seed=0, test_acc=0.85)
+    write_run(root, "w/pt/s1", method="pairtune", seed=1, test_acc=0.95)
+    write_run(root, "w/fr/s0", method="frozen", seed=0, test_acc=0.4)
+    for fold, acc in [(1, 0.5), (2, 0.6)]:
+        write_run(root, f"t/esc/f{fold}", backbone="tiny", random_init=True,
+                  dataset="esc50", seed=None, fold=fold, test_acc=acc)
+
+
+def test_csv_and_json_agree_with_markdown(tmp_path, capsys):
+    _mixed_tree(tmp_path)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    md = (tmp_path / "table.md").read_text()
+    assert md == out  # the file holds exactly what was printed
+    assert ev.LEGEND in md
+
+    table = parse_markdown(md)
+    with open(tmp_path / "table.csv", newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    data = json.loads((tmp_path / "table.json").read_text())
+
+    non_missing = {(b, m, d): text for (b, m), cells in table.items()
+                   for d, text in cells.items() if text != "–"}
+    assert len(csv_rows) == len(non_missing) == 4
+
+    for row in csv_rows:
+        md_text = non_missing[(row["backbone"], row["method"].upper(), row["dataset"])]
+        expected = f"{float(row['mean_pct']):.2f}"
+        if row["std_pct"]:
+            expected += f" ± {float(row['std_pct']):.2f}"
+        expected += f" (n={row['n']})"
+        bold = row["best"] == "True"
+        assert md_text == (f"**{expected}**" if bold else expected)
+
+        cell = data["backbones"][row["backbone"]][row["method"]][row["dataset"]]
+        assert cell["mean"] == pytest.approx(float(row["mean_pct"]))
+        assert cell["n"] == int(row["n"])
+        assert cell["best"] == bold
+        assert len(cell["runs"]) == cell["n"]
+
+    assert data["datasets"] == ["esc50", "gtzan"]
+    assert list(data["backbones"]) == ["tiny (random init)", "wav2vec2"]
+    assert data["backbones"]["wav2vec2"]["pairtune"]["gtzan"]["mean"] == pytest.approx(90.0)
+    assert table[("wav2vec2", "PAIRTUNE")]["gtzan"] == "**90.00 ± 7.07 (n=2)**"
+
+
+def test_out_directory_and_out_file(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _mixed_tree(runs)
+
+    out_dir = tmp_path / "reports"
+    code, out, _ = run_table(runs, capsys, "--out", str(out_dir))
+    assert code == 0
+    assert (out_dir / "table.md").read_text() == out
+    assert (out_dir / "table.csv").exists() and (out_dir / "table.json").exists()
+    assert not (runs / "table.md").exists()
+
+    out_file = tmp_path / "other" / "main.md"
+    code, out, _ = run_table(runs, capsys, "--out", str(out_file))
+    assert code == 0
+    assert out_file.read_text() == out
+    assert out_file.with_suffix(".csv").exists() and out_file.with_suffix(".json").exists()
+
+
+def test_rerun_ignores_its_own_outputs(tmp_path, capsys):
+    _mixed_tree(tmp_path)
+    code, first, _ = run_table(tmp_path, capsys)
+    assert code == 0
+    code, second, err = run_table(tmp_path, capsys)
+    assert code == 0
+    assert second == first
+    assert "warning" not in err
+
+
+def test_cli_subprocess_prints_table(tmp_path):
+    _mixed_tree(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(EVAL_PY), "table", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "| Backbone | Method | esc50 | gtzan |"
+    assert "| wav2vec2 | FINETUNE | – | 80.00 ± 10.00 (n=3) |" in proc.stdout
+    assert "| tiny (random init) | FINETUNE | 55.00 ± 7.07 (n=2) | – |" in proc.stdout
+    assert proc.stdout.rstrip().endswith(ev.LEGEND)
+    assert (tmp_path / "table.md").exists()
+
+
+def test_cli_subprocess_empty_dir_exit_code(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(EVAL_PY), "table", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert str(tmp_path) in proc.stderr
