@@ -260,5 +260,23 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def random_states(loader_generator: torch.Generator) -> dict:
+    """Every random state a training loop draws from, for an exact resume."""
+    import random
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "loader": loader_generator.get_state()}
+
+
+def restore_random_states(states: dict, loader_generator: torch.Generator):
+    import random
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    loader_generator.set_state(states["loader"])
+
+
 def write_json(path, obj):
     Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -113,10 +113,11 @@ def main(argv=None):
           f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M parameters, device {device}")
 
     train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
+    loader_generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
         collate_fn=data.CollateTrain(encoder.preprocess), pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed))  # seeds shuffling and the workers' crops
+        generator=loader_generator)  # seeds shuffling and the workers' crops
 
     run = {"stage": "finetune", "args": vars(args), "dataset": data.dataset_name(args.dataset),
            "manifest": str(data.resolve_dataset(args.dataset, args.data_root).resolve()), "backbone": encoder.name, "backbone_random_init": encoder.random_init,
@@ -128,11 +129,12 @@ def main(argv=None):
     start_epoch, history, best = 1, [], {"epoch": 0, "valid_acc": -1.0}
     checkpoint_path, best_path = out / "checkpoint.pt", out / "best.pt"
     if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         encoder.model.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        backbone.restore_random_states(state["rng"], loader_generator)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     elif (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()
@@ -153,7 +155,8 @@ def main(argv=None):
             best = {"epoch": epoch, "valid_acc": valid_acc}
             atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(), **best}, best_path)
         atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
-                     "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best},
+                     "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
+                     "rng": backbone.random_states(loader_generator)},
                     checkpoint_path)
 
     # ---------------- testing the best-valid epoch, once ----------------

@@ -114,11 +114,13 @@ def train_one_epoch(encoder, head, loader, optimizer, args, device, epoch):
     return total / max(batches, 1)
 
 
-def save_checkpoint(path, encoder, head, optimizer, epoch, history):
-    """One dict, unwrapped weights; written to a temporary file first so a kill never corrupts it."""
+def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, history):
+    """One dict: unwrapped weights, optimizer, random states (so a resumed run continues exactly as an
+    uninterrupted one would), written to a temporary file first so a kill never corrupts it."""
     tmp = Path(str(path) + ".tmp")
     torch.save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}, tmp)
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
+                "rng": backbone.random_states(loader_generator)}, tmp)
     os.replace(tmp, path)
 
 
@@ -146,6 +148,7 @@ def main(argv=None):
           f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M parameters, device {device}")
 
     train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
+    loader_generator = torch.Generator().manual_seed(args.seed)
     class_index = {c: i for i, c in enumerate(classes)}
     sampler = data.ClassBalancedBatchSampler([class_index[c.label] for c in splits["train"]],
                                              classes_per_batch=max(1, args.batch_size // args.clips_per_class),
@@ -153,7 +156,7 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=sampler, num_workers=args.num_workers,
         collate_fn=data.CollateTrain(encoder.preprocess), pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed))  # seeds the workers' crops
+        generator=loader_generator)  # seeds the workers' crops
     centroid_clips = centroid_subset(splits["train"], args.centroid_clips_per_class)
 
     run = {"stage": "pairtune", "args": vars(args), "dataset": data.dataset_name(args.dataset),
@@ -166,11 +169,12 @@ def main(argv=None):
     start_epoch, history = 1, []
     checkpoint_path = out / "checkpoint.pt"
     if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         encoder.model.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
+        backbone.restore_random_states(state["rng"], loader_generator)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     elif (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
@@ -188,7 +192,7 @@ def main(argv=None):
             f.write(json.dumps(line) + "\n")
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/centroid_acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s")
-        save_checkpoint(checkpoint_path, encoder, head, optimizer, epoch, history)
+        save_checkpoint(checkpoint_path, encoder, head, optimizer, loader_generator, epoch, history)
 
     # ---------------- saving ----------------
     encoder.save(out / "encoder")
