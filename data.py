@@ -257,16 +257,8 @@ class TrainClips(torch.utils.data.Dataset):
         return random_crop(wave, self.max_samples), self.class_index[clip.label]
 
 
-class EvalClips(torch.utils.data.Dataset):
+class EvalClips(TrainClips):
     """(whole clip as chunks, class index, clip index) for deterministic evaluation."""
-
-    def __init__(self, clips, classes, sample_rate, max_seconds):
-        self.clips, self.sample_rate = clips, sample_rate
-        self.class_index = {c: i for i, c in enumerate(classes)}
-        self.max_samples = int(max_seconds * sample_rate)
-
-    def __len__(self):
-        return len(self.clips)
 
     def __getitem__(self, i):
         clip = self.clips[i]
@@ -471,7 +463,8 @@ def prepare_fsdd(root: Path, out_dir: Path, task: str):
             raise DataError(f"{file}: not an FSDD name ({{digit}}_{{speaker}}_{{take}}.wav).") from None
         split = "test" if take <= 4 else "valid" if take <= 9 else "train"
         label = digit if task == "digit" else speaker
-        rows.append({"path": os.path.relpath(file.resolve(), out_dir.resolve()), "label": label, "split": split, "speaker": speaker})
+        rows.append({"path": os.path.relpath(file.resolve(), out_dir.resolve()), "label": label,
+                     "split": split, "speaker": speaker})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir, rows, extra_columns=("speaker",))
     print_summary(out_dir, rows, time.time() - start)

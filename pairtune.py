@@ -141,7 +141,8 @@ def main(argv=None):
     # ---------------- building networks ----------------
     encoder = backbone.load_encoder(args.backbone).to(device)
     if encoder.max_seconds is not None and args.max_seconds > encoder.max_seconds:
-        sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes ({encoder.max_seconds:.0f} s)")
+        sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
+                 f"({encoder.max_seconds:.0f} s)")
     head = nn.Linear(encoder.hidden_size, args.projection_dim).to(device)  # f_p, discarded after training
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr)
     print(f"backbone: {encoder.name}{' (RANDOM INIT)' if encoder.random_init else ''}, "
@@ -160,7 +161,8 @@ def main(argv=None):
     centroid_clips = centroid_subset(splits["train"], args.centroid_clips_per_class)
 
     run = {"stage": "pairtune", "args": vars(args), "dataset": data.dataset_name(args.dataset),
-           "manifest": str(data.resolve_dataset(args.dataset, args.data_root).resolve()), "backbone": encoder.name, "backbone_random_init": encoder.random_init,
+           "manifest": str(data.resolve_dataset(args.dataset, args.data_root).resolve()),
+           "backbone": encoder.name, "backbone_random_init": encoder.random_init,
            "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
            "versions": backbone.package_versions(), "git": backbone.git_revision(), "finished": False}
     backbone.write_json(out / "run.json", run)
@@ -191,7 +193,7 @@ def main(argv=None):
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/centroid_acc {valid_acc:.4f}  "
-              f"{line['seconds']:.1f}s")
+              f"{line['seconds']:.1f}s", flush=True)
         save_checkpoint(checkpoint_path, encoder, head, optimizer, loader_generator, epoch, history)
 
     # ---------------- saving ----------------

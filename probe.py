@@ -165,7 +165,7 @@ def main(argv=None):
                 args.epochs, seed)
             grid.append({"lr": lr, "batch_size": batch_size, "valid_acc": valid_acc,
                          "valid_loss": valid_loss, "best_epoch": epoch})
-            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  epoch {epoch}")
+            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  epoch {epoch}", flush=True)
             if best is None or (valid_acc, -valid_loss) > (best[1]["valid_acc"], -best[1]["valid_loss"]):
                 best = (state, grid[-1])
 

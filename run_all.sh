@@ -21,10 +21,11 @@ fi
 
 PYTHON=${PYTHON:-python}
 export CONFIT_DATA=${CONFIT_DATA:-data}
+export PYTHONUNBUFFERED=1  # keep script output in order when piped to a log
 if (( QUICK )); then
   DATASETS=${DATASETS:-demo}
   BACKBONES=${BACKBONES:-tiny}
-  SEEDS=${SEEDS:-"0 1"}
+  SEEDS=${SEEDS:-"0 1 2"}
   EPOCHS=${EPOCHS:-4}
   RUNS=${RUNS:-runs-quick}
   # A randomly initialised 32-wide model learns nothing in a few epochs at the paper's 5e-5; both
