@@ -58,7 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep checkpoint.pt (weights + optimiser, ~3x the encoder) after a finished run")
     return p.parse_args(argv)
 
 
@@ -124,6 +127,15 @@ def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, his
     os.replace(tmp, path)
 
 
+def finished_epochs(out: Path) -> int:
+    """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone."""
+    run_file = out / "run.json"
+    if not run_file.exists() or not (out / "encoder").exists():
+        return 0
+    run = json.loads(run_file.read_text())
+    return run["epochs_run"] if run.get("finished") else 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
@@ -132,6 +144,9 @@ def main(argv=None):
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
     backbone.seed_everything(args.seed)
+    if args.resume and finished_epochs(out) >= args.epochs:
+        print(f"{out} holds a finished run of {finished_epochs(out)} epochs; nothing to resume")
+        return
 
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
@@ -146,7 +161,7 @@ def main(argv=None):
     head = nn.Linear(encoder.hidden_size, args.projection_dim).to(device)  # f_p, discarded after training
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr)
     print(f"backbone: {encoder.name}{' (RANDOM INIT)' if encoder.random_init else ''}, "
-          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M parameters, device {device}")
+          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}")
 
     train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
     loader_generator = torch.Generator().manual_seed(args.seed)
@@ -165,11 +180,13 @@ def main(argv=None):
            "backbone": encoder.name, "backbone_random_init": encoder.random_init,
            "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
            "versions": backbone.package_versions(), "git": backbone.git_revision(), "finished": False}
-    backbone.write_json(out / "run.json", run)
 
     # ---------------- resuming ----------------
     start_epoch, history = 1, []
     checkpoint_path = out / "checkpoint.pt"
+    if args.resume and finished_epochs(out) and not checkpoint_path.exists():
+        sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
+                 f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
     if args.resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         encoder.model.load_state_dict(state["encoder"])
@@ -180,6 +197,7 @@ def main(argv=None):
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     elif (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
+    backbone.write_json(out / "run.json", run)
 
     # ---------------- training ----------------
     for epoch in range(start_epoch, args.epochs + 1):
@@ -200,6 +218,8 @@ def main(argv=None):
     encoder.save(out / "encoder")
     run.update(finished=True, epochs_run=len(history))
     backbone.write_json(out / "run.json", run)
+    if not args.keep_checkpoint:
+        checkpoint_path.unlink()  # only needed to resume; encoder/ holds the result
     print(f"saved the fine-tuned encoder to {out / 'encoder'}; next: python probe.py --ckpt {out}")
 
 

@@ -163,8 +163,8 @@ def main(argv=None):
             state, valid_acc, valid_loss, epoch = train_linear(
                 standardise(train_x), train_y, standardise(valid_x), valid_y, len(classes), lr, batch_size,
                 args.epochs, seed)
-            grid.append({"lr": lr, "batch_size": batch_size, "valid_acc": valid_acc,
-                         "valid_loss": valid_loss, "best_epoch": epoch})
+            grid.append({"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
+                         "valid_loss": round(valid_loss, 6), "best_epoch": epoch})
             print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  epoch {epoch}", flush=True)
             if best is None or (valid_acc, -valid_loss) > (best[1]["valid_acc"], -best[1]["valid_loss"]):
                 best = (state, grid[-1])
@@ -182,7 +182,7 @@ def main(argv=None):
     torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
     results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
                "backbone_random_init": random_init, "seed": seed, "fold": fold,
-               "test_acc": test_acc, "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
+               "test_acc": round(test_acc, 6), "valid_acc": round(chosen["valid_acc"], 6), "lr": chosen["lr"],
                "batch_size": chosen["batch_size"], "best_epoch": chosen["best_epoch"], "grid": grid,
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
                "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2)}

@@ -90,12 +90,16 @@ def test_runs_are_repeatable_and_resume_exactly(demo_manifest, tmp_path):
     common = ["--dataset", demo_manifest, "--backbone", "tiny", "--seed", 1, *FAST]
     run_script("pairtune.py", *common, "--epochs", 2, "--out", tmp_path / "straight")
     run_script("pairtune.py", *common, "--epochs", 2, "--out", tmp_path / "again")
-    run_script("pairtune.py", *common, "--epochs", 1, "--out", tmp_path / "resumed")
+    # Stopped after epoch 1 (a finished 1-epoch run that kept its checkpoint), then resumed to 2.
+    run_script("pairtune.py", *common, "--epochs", 1, "--out", tmp_path / "resumed", "--keep-checkpoint")
     run_script("pairtune.py", *common, "--epochs", 2, "--out", tmp_path / "resumed", "--resume")
     strip = lambda log: [{k: v for k, v in line.items() if k != "seconds"} for line in log]
     straight = strip(read_log(tmp_path / "straight"))
     assert straight == strip(read_log(tmp_path / "again"))
     assert straight == strip(read_log(tmp_path / "resumed"))
+    assert not (tmp_path / "straight" / "checkpoint.pt").exists()  # removed once the run is finished
+    again = run_script("pairtune.py", *common, "--epochs", 2, "--out", tmp_path / "straight", "--resume")
+    assert "finished run of 2 epochs; nothing to resume" in again.stdout
 
 
 def test_frozen_probe_of_a_backbone(demo_manifest, tmp_path):
