@@ -152,8 +152,8 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
     """Move a deterministic, class-stratified `fraction` of train into valid.
 
     Per class, clips are sorted by path and shuffled with a fixed seed (0), independent of the run's
-    seed, so every method and every seed sees the same valid set. A class keeps at least one train
-    clip; classes with a single clip give none to valid.
+    seed, so every method and every seed sees the same valid set. Every class with two or more clips
+    gives at least one to valid and keeps at least one for train; single-clip classes give none.
     """
     by_label: dict[str, list[Clip]] = {}
     for clip in train:
@@ -163,7 +163,7 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
     for label in sorted(by_label):
         clips = sorted(by_label[label], key=lambda c: c.path)
         rng.shuffle(clips)
-        n_valid = min(len(clips) - 1, round(fraction * len(clips)))
+        n_valid = min(len(clips) - 1, max(1, round(fraction * len(clips))))
         valid += clips[:n_valid]
         keep += clips[n_valid:]
     return keep, valid
@@ -192,6 +192,9 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
         raise DataError(f"{manifest}: no train rows.")
     if not splits["valid"]:
         splits["train"], splits["valid"] = carve_valid(splits["train"], valid_fraction)
+    if not splits["valid"]:
+        raise DataError(f"{manifest}: no valid rows, and train is too small to carve a valid set from "
+                        "(every class has a single train clip). Add valid rows.")
     classes = sorted({c.label for c in splits["train"]})
     for split in ("valid", "test"):
         unknown = [c for c in splits[split] if c.label not in set(classes)]

@@ -115,6 +115,8 @@ def main(argv=None):
         run = json.loads(run_file.read_text())
         if not run.get("finished"):
             sys.exit(f"error: {ckpt} is an unfinished run (no final encoder); finish it with pairtune.py --resume")
+        if run.get("stage") != "pairtune":
+            sys.exit(f"error: {ckpt} is a {run.get('stage')} run, not a pairtune run; probe its backbone instead")
         run_args = run["args"]
         method, backbone_name, random_init = "pairtune", run["backbone"], run["backbone_random_init"]
         encoder = backbone.load_encoder(str(ckpt / "encoder"))

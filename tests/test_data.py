@@ -90,7 +90,7 @@ def test_skip_bad_skips_with_warning_and_count(tmp_path, capsys):
     write_wav(tmp_path / "good2.wav", np.zeros(800))
     (tmp_path / "garbage.wav").write_bytes(b"not audio" * 10)
     manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
-                         [["good.wav", "a", "train"], ["garbage.wav", "a", "train"], ["good2.wav", "a", "test"]])
+                         [["good.wav", "a", "train"], ["garbage.wav", "a", "train"], ["good2.wav", "a", "valid"]])
     with pytest.warns(UserWarning, match="skipping .*garbage.wav"):
         splits, _ = data.load_splits(str(manifest), skip_bad=True)
     assert [c.path.endswith("good.wav") for c in splits["train"]] == [True]
@@ -141,7 +141,7 @@ def test_carve_valid_is_stratified_deterministic_and_keeps_singletons():
     train = [data.Clip(f"/x/{label}{i}.wav", label, "train") for label, n in (("a", 20), ("b", 10), ("c", 1))
              for i in range(n)]
     keep, valid = data.carve_valid(list(reversed(train)), 0.1)
-    assert Counter(c.label for c in valid) == {"a": 2, "b": 1}
+    assert Counter(c.label for c in valid) == {"a": 2, "b": 1}  # c (one clip) stays in train
     assert len(keep) + len(valid) == len(train) and not set(keep) & set(valid)
     keep2, valid2 = data.carve_valid(train, 0.1)  # the order given does not matter
     assert set(valid2) == set(valid)
