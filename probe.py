@@ -52,12 +52,19 @@ def parse_args(argv=None):
 # Features, encoded once and cached
 # ------------------------------------------------------------------------------------------------
 
+def weights_fingerprint(encoder) -> list[float]:
+    """Cheap identity of the weights, so a cache never serves features of another encoder."""
+    with torch.no_grad():
+        return [round(p.double().sum().item(), 6) for p in encoder.parameters()][:64]
+
+
 def cached_features(encoder, splits, classes, cache_dir: Path, max_seconds, device, args):
     """{split: (features [N, d], labels [N])}; the cache is reused only for the very same clips."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     features = {}
     for split in ("train", "valid", "test"):
-        key = {"paths": [c.path for c in splits[split]], "classes": classes, "max_seconds": max_seconds}
+        key = {"paths": [c.path for c in splits[split]], "classes": classes, "max_seconds": max_seconds,
+               "encoder": weights_fingerprint(encoder)}
         file = cache_dir / f"{split}.pt"
         if file.exists():
             saved = torch.load(file, weights_only=False)
@@ -137,7 +144,8 @@ def main(argv=None):
         dataset, data_root, fold = args.dataset, args.data_root, args.fold
         max_seconds = args.max_seconds or 10.0
         tag = backbone_name.replace("/", "_") + ("-random" if random_init else "")
-        out = Path(args.out) if args.out else Path("out") / f"probe-{tag}"
+        fold_tag = "" if fold is None else f"-fold{fold}"
+        out = Path(args.out) if args.out else Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
         cache_root = out / "features"
     encoder = encoder.to(device)
     out.mkdir(parents=True, exist_ok=True)
