@@ -128,12 +128,11 @@ def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, his
 
 
 def finished_epochs(out: Path) -> int:
-    """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone."""
+    """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone. run.json is
+    marked finished only after the results are written, so the flag alone is enough."""
     run_file = out / "run.json"
-    if not run_file.exists() or not (out / "encoder").exists():
-        return 0
-    run = json.loads(run_file.read_text())
-    return run["epochs_run"] if run.get("finished") else 0
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    return run.get("epochs_run", 0) if run.get("finished") else 0
 
 
 def main(argv=None):
@@ -188,7 +187,8 @@ def main(argv=None):
         sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
                  f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
     if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)  # RNG states must stay on CPU
+        # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         encoder.model.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])

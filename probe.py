@@ -13,6 +13,7 @@ Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ ot
 valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix.
 """
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -52,19 +53,23 @@ def parse_args(argv=None):
 # Features, encoded once and cached
 # ------------------------------------------------------------------------------------------------
 
-def weights_fingerprint(encoder) -> list[float]:
-    """Cheap identity of the weights, so a cache never serves features of another encoder."""
-    with torch.no_grad():
-        return [round(p.double().sum().item(), 6) for p in encoder.parameters()][:64]
+def weights_fingerprint(encoder) -> str:
+    """SHA-1 of every weight, so a cache never serves features of another encoder (~1 s for 95M)."""
+    digest = hashlib.sha1()
+    for name, tensor in encoder.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def cached_features(encoder, splits, classes, cache_dir: Path, max_seconds, device, args):
     """{split: (features [N, d], labels [N])}; the cache is reused only for the very same clips."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     features = {}
+    fingerprint = weights_fingerprint(encoder)
     for split in ("train", "valid", "test"):
         key = {"paths": [c.path for c in splits[split]], "classes": classes, "max_seconds": max_seconds,
-               "encoder": weights_fingerprint(encoder)}
+               "encoder": fingerprint}
         file = cache_dir / f"{split}.pt"
         if file.exists():
             saved = torch.load(file, weights_only=False)
@@ -145,7 +150,8 @@ def main(argv=None):
         max_seconds = args.max_seconds or 10.0
         tag = backbone_name.replace("/", "_") + ("-random" if random_init else "")
         fold_tag = "" if fold is None else f"-fold{fold}"
-        out = Path(args.out) if args.out else Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
+        default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
+        out = Path(args.out) if args.out else default_out
         cache_root = out / "features"
     encoder = encoder.to(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,11 +179,15 @@ def main(argv=None):
             state, valid_acc, valid_loss, epoch = train_linear(
                 standardise(train_x), train_y, standardise(valid_x), valid_y, len(classes), lr, batch_size,
                 args.epochs, seed)
-            grid.append({"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
-                         "valid_loss": round(valid_loss, 6), "best_epoch": epoch})
-            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  epoch {epoch}", flush=True)
-            if best is None or (valid_acc, -valid_loss) > (best[1]["valid_acc"], -best[1]["valid_loss"]):
-                best = (state, grid[-1])
+            point = {"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
+                     "valid_loss": round(valid_loss, 6), "best_epoch": epoch}
+            grid.append(point)
+            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  "
+                  f"epoch {epoch}", flush=True)
+            # Compare the recorded (rounded) numbers, so results.json always agrees with its own grid.
+            rank = lambda p: (p["valid_acc"], -p["valid_loss"])
+            if best is None or rank(point) > rank(best[1]):
+                best = (state, point)
 
     # ---------------- testing the chosen classifier, once ----------------
     state, chosen = best
@@ -192,7 +202,7 @@ def main(argv=None):
     torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
     results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
                "backbone_random_init": random_init, "seed": seed, "fold": fold,
-               "test_acc": round(test_acc, 6), "valid_acc": round(chosen["valid_acc"], 6), "lr": chosen["lr"],
+               "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
                "batch_size": chosen["batch_size"], "best_epoch": chosen["best_epoch"], "grid": grid,
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
                "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2)}
