@@ -2,7 +2,7 @@
 
 Every script reads its data through a *manifest*: a CSV file with a header and one row per clip.
 
-    path,label,split[,fold][,speaker]      (other columns are ignored)
+    path,label,split[,fold][,speaker][,group]      (other columns are ignored)
     audio/dog_001.wav,dog,train
     audio/cat_017.wav,cat,test
 
@@ -62,6 +62,7 @@ class Clip:
     fold: int | None = None
     speaker: str | None = None
     where: str = ""  # "manifest.csv line 12", for error messages
+    group: str | None = None  # clips that must stay together when valid is carved (same recording)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,8 +125,9 @@ def read_manifest(manifest: str | Path) -> list[Clip]:
             except ValueError:
                 raise DataError(f"{where}: fold '{fold_text}' is not an integer.") from None
             speaker = (row.get("speaker") or "").strip() or None
+            group = (row.get("group") or "").strip() or None
             full_path = path if os.path.isabs(path) else str(base / path)
-            clips.append(Clip(full_path, label, split, fold, speaker, where))
+            clips.append(Clip(full_path, label, split, fold, speaker, where, group))
     if not clips:
         raise DataError(f"{manifest}: no rows after the header.")
     return clips
@@ -172,6 +174,8 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
     Per class, clips are sorted by path and shuffled with a fixed seed (0), independent of the run's
     seed, so every method and every seed sees the same valid set. Every class with two or more clips
     gives at least one to valid and keeps at least one for train; single-clip classes give none.
+    Clips sharing a `group` (the manifest's optional group column: ESC-50 clips cut from the same
+    recording) move together, so valid never holds a piece of a recording that train also holds.
     """
     by_label: dict[str, list[Clip]] = {}
     for clip in train:
@@ -179,11 +183,21 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
     keep, valid = [], []
     rng = random.Random(0)
     for label in sorted(by_label):
-        clips = sorted(by_label[label], key=lambda c: c.path)
-        rng.shuffle(clips)
-        n_valid = min(len(clips) - 1, max(1, round(fraction * len(clips))))
-        valid += clips[:n_valid]
-        keep += clips[n_valid:]
+        groups: dict[str, list[Clip]] = {}
+        for clip in sorted(by_label[label], key=lambda c: c.path):
+            groups.setdefault(clip.group or clip.path, []).append(clip)
+        order = list(groups.values())
+        rng.shuffle(order)
+        n_clips = len(by_label[label])
+        n_valid = min(n_clips - 1, max(1, round(fraction * n_clips)))
+        taken = 0
+        for i, group in enumerate(order):
+            # stop at the target, and always leave at least one group in train
+            if taken >= n_valid or i == len(order) - 1:
+                keep += group
+            else:
+                valid += group
+                taken += len(group)
     return keep, valid
 
 
@@ -629,13 +643,15 @@ def prepare_esc50(root: Path, out_dir: Path, skip_bad: bool) -> dict:
             if (fold, target) != (int(match.group(1)), int(match.group(4))) or not 1 <= fold <= 5:
                 raise DataError(f"{where}: fold {fold} / target {target} disagree with the file name "
                                 f"{row['filename']} or are out of range.")
+            # `group`: clips cut from one Freesound recording stay on one side of the valid cut
             rows.append({"path": str((audio_dir / row["filename"]).resolve()), "label": row[name_column],
-                         "split": "train", "fold": fold, "target": target, "where": where})
+                         "split": "train", "fold": fold, "group": match.group(2), "target": target,
+                         "where": where})
     expected = {"clips": 2000, "classes": 50, **{f"fold {k}": 400 for k in range(1, 6)},
                 "clips per class (min)": 40, "clips per class (max)": 40}
     notes = {"source": str(root), "split": "the 5 official folds; run with --fold 1..5 (fold k = test)",
              "header": f"{target_column},{name_column}"}
-    return finish_prepare("esc50", out_dir, rows, expected, notes, skip_bad, ("fold", "target"))
+    return finish_prepare("esc50", out_dir, rows, expected, notes, skip_bad, ("fold", "group", "target"))
 
 
 # --- TIMIT --------------------------------------------------------------------------------------

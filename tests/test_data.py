@@ -98,9 +98,10 @@ def test_skip_bad_skips_with_warning_and_count(tmp_path, capsys):
 
 
 def test_label_unseen_in_train_is_an_error(tmp_path):
-    write_wav(tmp_path / "x.wav", np.zeros(800))
+    for name in ("x.wav", "y.wav"):
+        write_wav(tmp_path / name, np.zeros(800))
     manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
-                         [["x.wav", "a", "train"], ["x.wav", "a", "train"], ["x.wav", "zebra", "test"]])
+                         [["x.wav", "a", "train"], ["y.wav", "a", "train"], ["x.wav", "zebra", "test"]])
     with pytest.raises(data.DataError, match=r"line 4: label 'zebra' appears in test but never in train"):
         data.load_splits(str(manifest))
 
@@ -145,6 +146,19 @@ def test_carve_valid_is_stratified_deterministic_and_keeps_singletons():
     assert len(keep) + len(valid) == len(train) and not set(keep) & set(valid)
     keep2, valid2 = data.carve_valid(train, 0.1)  # the order given does not matter
     assert set(valid2) == set(valid)
+
+
+def test_carve_valid_moves_whole_groups():
+    # 40 clips of one class cut from 10 recordings (4 takes each), as in ESC-50: a 10% valid set is
+    # one whole recording, never takes of a recording that train also holds.
+    train = [data.Clip(f"/x/{source}-{take}.wav", "dog", "train", group=str(source))
+             for source in range(10) for take in "ABCD"]
+    keep, valid = data.carve_valid(train, 0.1)
+    assert len(valid) == 4 and len({c.group for c in valid}) == 1
+    assert not {c.group for c in keep} & {c.group for c in valid}
+    # one recording only: nothing can go to valid without emptying train
+    keep, valid = data.carve_valid(train[:4], 0.5)
+    assert valid == [] and len(keep) == 4
 
 
 # ------------------------------------------------------------------------------------------------
