@@ -112,8 +112,8 @@ def read_manifest(manifest: str | Path) -> list[Clip]:
                 f"'{','.join(header)}'). The first line must name at least path,label,split.")
         reader.fieldnames = header
         clips = []
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{manifest} line {line_no}"
+        for row in reader:
+            where = f"{manifest} line {reader.line_num}"  # line_num, not a row count: blank lines are skipped
             path, label, split = ((row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
             if not path or not label:
                 raise DataError(f"{where}: empty path or label. Every row needs path,label,split.")
@@ -585,7 +585,7 @@ def prepare_gtzan(root: Path, out_dir: Path, splits_dir: Path | None, skip_bad: 
                 continue
             where = f"{list_file} line {line_no}"
             genre, _, filename = entry.partition("/")
-            if genre not in GTZAN_GENRES or not filename.startswith(genre + "."):
+            if genre not in GTZAN_GENRES or not re.fullmatch(rf"{genre}\.\d{{5}}\.(wav|au)", filename):
                 raise DataError(f"{where}: '{entry}' is not '<genre>/<genre>.000NN.wav' with a GTZAN genre.")
             stem = os.path.splitext(filename)[0]
             if stem in seen:
@@ -630,8 +630,8 @@ def prepare_esc50(root: Path, out_dir: Path, skip_bad: bool) -> dict:
         else:
             raise DataError(f"{csv_path}: header '{','.join(header)}' is neither ESC-50 version "
                             "(filename,fold,target,category,... or filename,fold,category,category_name,...).")
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{csv_path} line {line_no}"
+        for row in reader:
+            where = f"{csv_path} line {reader.line_num}"
             match = ESC50_NAME.match(row["filename"] or "")
             if not match:
                 raise DataError(f"{where}: '{row['filename']}' is not an ESC-50 name "
@@ -644,7 +644,9 @@ def prepare_esc50(root: Path, out_dir: Path, skip_bad: bool) -> dict:
                 raise DataError(f"{where}: fold {fold} / target {target} disagree with the file name "
                                 f"{row['filename']} or are out of range.")
             # `group`: clips cut from one Freesound recording stay on one side of the valid cut
-            rows.append({"path": str((audio_dir / row["filename"]).resolve()), "label": row[name_column],
+            if not (row.get(name_column) or "").strip():
+                raise DataError(f"{where}: no class name in column '{name_column}'.")
+            rows.append({"path": str((audio_dir / row["filename"]).resolve()), "label": row[name_column].strip(),
                          "split": "train", "fold": fold, "group": match.group(2), "target": target,
                          "where": where})
     expected = {"clips": 2000, "classes": 50, **{f"fold {k}": 400 for k in range(1, 6)},
@@ -728,7 +730,7 @@ EMODB_EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F"
 # The speaker-independent split of audeering/emodb >= 1.2.0, which is also the AudioConFit authors'
 # (confit/emodb: 304 train / 231 test clips).
 EMODB_SPEAKERS = {"train": ("03", "08", "09", "10", "11", "13"), "test": ("12", "14", "15", "16")}
-EMODB_NAME = re.compile(r"^(\d\d)([a-z]\d\d)([A-Z])([a-z])\.wav$")  # 03a01Fa.wav
+EMODB_NAME = re.compile(r"^(\d\d)([a-z]\d\d)([A-Z])([a-z])\.wav$", re.IGNORECASE)  # 03a01Fa.wav
 
 
 def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: bool) -> dict:
@@ -749,13 +751,16 @@ def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: 
         except (OSError, ValueError, KeyError) as error:
             raise DataError(f"{split_file}: not a speaker split JSON with train_speakers and "
                             f"test_speakers ({error}).") from None
+    both = set(speakers["train"]) & set(speakers["test"])
+    if both:
+        raise DataError(f"{split_file}: speaker(s) {', '.join(sorted(both))} are in both train and test.")
     split_of = {s: split for split, group in speakers.items() for s in group}
     rows = []
     for path in files:
         match = EMODB_NAME.match(path.name)
         if not match:
             raise DataError(f"{path}: not an EmoDB file name (speaker, text, emotion, version: 03a01Fa.wav).")
-        speaker, emotion = match.group(1), match.group(3)
+        speaker, emotion = match.group(1), match.group(3).upper()
         if emotion not in EMODB_EMOTIONS:
             raise DataError(f"{path}: emotion letter '{emotion}' is not one of {', '.join(EMODB_EMOTIONS)}.")
         if speaker not in split_of:
@@ -796,6 +801,8 @@ def read_keyword_records(metadata: Path) -> list[dict]:
     object {split name: [records]}.
     """
     def record(raw: dict, split: str | None, where: str) -> dict:
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: expected a record (an object with file, keyword, split), found {raw!r:.80}.")
         raw = {k.strip().lower(): v for k, v in raw.items() if isinstance(k, str)}
         split = split or raw.get("set") or raw.get("split")
         file = raw.get("link") or raw.get("file")
@@ -813,10 +820,18 @@ def read_keyword_records(metadata: Path) -> list[dict]:
     text = metadata.read_text(encoding="utf-8-sig")
     if metadata.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
-        return [record(row, None, f"{metadata} line {i}") for i, row in enumerate(reader, start=2)]
+        return [record(row, None, f"{metadata} line {reader.line_num}") for row in reader]
     if metadata.suffix.lower() == ".jsonl":
-        return [record(json.loads(line), None, f"{metadata} line {i}")
-                for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        records = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(record(json.loads(line), None, f"{metadata} line {i}"))
+                except ValueError as error:
+                    if isinstance(error, DataError):
+                        raise
+                    raise DataError(f"{metadata} line {i}: not valid JSON ({error}).") from None
+        return records
     try:
         content = json.loads(text)
     except ValueError as error:
