@@ -34,6 +34,7 @@ import random
 import re
 import sys
 import time
+import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -172,10 +173,12 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
     """Move a deterministic, class-stratified `fraction` of train into valid.
 
     Per class, clips are sorted by path and shuffled with a fixed seed (0), independent of the run's
-    seed, so every method and every seed sees the same valid set. Every class with two or more clips
-    gives at least one to valid and keeps at least one for train; single-clip classes give none.
-    Clips sharing a `group` (the manifest's optional group column: ESC-50 clips cut from the same
-    recording) move together, so valid never holds a piece of a recording that train also holds.
+    seed, so every method and every seed sees the same valid set. Clips sharing a `group` (the
+    manifest's optional group column: ESC-50 takes cut from one recording) move together, so valid
+    never holds a piece of a recording that train also holds. Per class, groups are taken in shuffled
+    order while they fit the target (round(fraction * clips), at least 1); if none fits, the smallest
+    one goes. A class always keeps one group for train, so a class with a single group (or clip)
+    gives nothing to valid.
     """
     by_label: dict[str, list[Clip]] = {}
     for clip in train:
@@ -188,16 +191,16 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
             groups.setdefault(clip.group or clip.path, []).append(clip)
         order = list(groups.values())
         rng.shuffle(order)
-        n_clips = len(by_label[label])
-        n_valid = min(n_clips - 1, max(1, round(fraction * n_clips)))
-        taken = 0
-        for i, group in enumerate(order):
-            # stop at the target, and always leave at least one group in train
-            if taken >= n_valid or i == len(order) - 1:
-                keep += group
-            else:
-                valid += group
+        target = max(1, round(fraction * len(by_label[label])))
+        chosen, taken = [], 0
+        for group in order:
+            if taken + len(group) <= target and len(chosen) < len(order) - 1:
+                chosen.append(group)
                 taken += len(group)
+        if not chosen and len(order) > 1:
+            chosen.append(min(order, key=len))  # the first smallest group in shuffled order
+        for group in order:
+            (valid if any(group is c for c in chosen) else keep).extend(group)
     return keep, valid
 
 
@@ -222,17 +225,19 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
         splits = {s: [c for c in clips if c.split == s] for s in SPLITS}
     if not splits["train"]:
         raise DataError(f"{manifest}: no train rows.")
-    if not splits["test"] and all(c.fold is not None for c in clips):
-        raise DataError(f"{manifest}: no test rows. It is a fold dataset (ESC-50): pass --fold k to make "
-                        "fold k the test set.")
+    if not splits["test"]:
+        hint = (" It is a fold dataset (ESC-50): pass --fold k to make fold k the test set."
+                if all(c.fold is not None for c in clips) else " Add test rows.")
+        raise DataError(f"{manifest}: no test rows.{hint}")
     if not splits["valid"]:
         splits["train"], splits["valid"] = carve_valid(splits["train"], valid_fraction)
     if not splits["valid"]:
         raise DataError(f"{manifest}: no valid rows, and train is too small to carve a valid set from "
                         "(every class has a single train clip). Add valid rows.")
     classes = sorted({c.label for c in splits["train"]})
+    known = set(classes)
     for split in ("valid", "test"):
-        unknown = [c for c in splits[split] if c.label not in set(classes)]
+        unknown = [c for c in splits[split] if c.label not in known]
         if unknown:
             raise DataError(
                 f"{unknown[0].where}: label '{unknown[0].label}' appears in {split} but never in train "
@@ -448,7 +453,9 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
         "notes": notes,
         "seconds_to_prepare": round(time.time() - start, 1),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    partial = out_dir / "summary.json.partial"  # written whole, then renamed, like the manifest
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    partial.replace(out_dir / "summary.json")
 
     rates = ", ".join(f"{rate} Hz ({count})" for rate, count in sorted(sample_rates.items()))
     print(f"{name}: wrote {out_dir / 'manifest.csv'} and summary.json")
@@ -504,6 +511,12 @@ def write_manifest(out_dir: Path, rows: list[dict], extra_columns=()) -> Path:
         writer.writerows(rows)
     partial.replace(manifest)
     return manifest
+
+
+def absolute(path: Path) -> str:
+    """An absolute path that keeps the file's own name: resolves symlinked folders, not a symlinked
+    file (Hugging Face caches link each file to a content hash, which would hide its name)."""
+    return str(path.parent.resolve() / path.name)
 
 
 def find_folder(root: Path, candidates: list[str], what: str) -> Path:
@@ -569,7 +582,7 @@ def prepare_gtzan(root: Path, out_dir: Path, splits_dir: Path | None, skip_bad: 
                         "(genres/<genre>/<genre>.000NN.au, or the .wav copies' genres_original/).")
     if splits_dir is None:
         splits_dir = download_gtzan_lists(out_dir)
-    rows, seen = [], {}
+    rows, seen, edited_lists = [], {}, []
     for split, file in GTZAN_SPLIT_FILES.items():
         list_file = splits_dir / file
         if not list_file.is_file():
@@ -579,6 +592,7 @@ def prepare_gtzan(root: Path, out_dir: Path, splits_dir: Path | None, skip_bad: 
         if hashlib.md5(canonical_gtzan_list(text).encode()).hexdigest() != GTZAN_SPLIT_MD5[split]:
             print(f"warning: {list_file} differs from the published fault-filtered list (MD5 mismatch); "
                   "using it as given.", file=sys.stderr)
+            edited_lists.append(str(list_file))
         for line_no, line in enumerate(text.splitlines(), start=1):
             entry = line.strip()
             if not entry:
@@ -593,13 +607,16 @@ def prepare_gtzan(root: Path, out_dir: Path, splits_dir: Path | None, skip_bad: 
             seen[stem] = where
             # The original tarball has .au files, common copies .wav; take whichever is on disk.
             candidates = [genres_dir / genre / f"{stem}{ext}" for ext in (".au", ".wav")]
-            path = next((c for c in candidates if c.is_file()), candidates[0])
-            rows.append({"path": str(path.resolve()), "label": genre, "split": split, "where": where})
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is None:
+                path, where = candidates[0], f"{where}; no {stem}.wav either"
+            rows.append({"path": absolute(path), "label": genre, "split": split, "where": where})
     on_disk = {p.stem for g in GTZAN_GENRES for p in (genres_dir / g).glob(f"{g}.*")
                if p.suffix in (".au", ".wav")}
     notes = {"source": str(root), "split": "fault-filtered (Kereliuk, Sturm & Larsen 2015), lists from "
              "github.com/coreyker/dnn-mgr gtzan/*_filtered.txt", "lists": str(splits_dir),
-             "files_on_disk_not_in_split": len(on_disk - set(seen))}
+             "files_on_disk_not_in_split": len(on_disk - set(seen)),
+             "lists_differing_from_published": edited_lists}
     expected = {"train": 443, "valid": 197, "test": 290, "classes": 10}
     return finish_prepare("gtzan", out_dir, rows, expected, notes, skip_bad)
 
@@ -621,6 +638,9 @@ def prepare_esc50(root: Path, out_dir: Path, skip_bad: bool) -> dict:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
+        if not {"filename", "fold"} <= set(header):
+            raise DataError(f"{csv_path}: header '{','.join(header)}' lacks filename or fold; expected "
+                            "filename,fold,target,category,... (or the 2017 filename,fold,category,category_name,...).")
         # Current header: filename,fold,target,category,...; the 2017 one: filename,fold,category,
         # category_name,... (same rows; the integer column was `category`, the name `category_name`).
         if "category_name" in header:
@@ -646,7 +666,7 @@ def prepare_esc50(root: Path, out_dir: Path, skip_bad: bool) -> dict:
             # `group`: clips cut from one Freesound recording stay on one side of the valid cut
             if not (row.get(name_column) or "").strip():
                 raise DataError(f"{where}: no class name in column '{name_column}'.")
-            rows.append({"path": str((audio_dir / row["filename"]).resolve()), "label": row[name_column].strip(),
+            rows.append({"path": absolute(audio_dir / row["filename"]), "label": row[name_column].strip(),
                          "split": "train", "fold": fold, "group": match.group(2), "target": target,
                          "where": where})
     expected = {"clips": 2000, "classes": 50, **{f"fold {k}": 400 for k in range(1, 6)},
@@ -689,20 +709,37 @@ def timit_split(utterances: list[str], rule: str, speaker: str) -> dict[str, str
 def prepare_timit(root: Path, out_dir: Path, rule: str, skip_bad: bool) -> dict:
     """TIMIT: `{TRAIN,TEST}/DR*/<speaker>/*.WAV` (NIST SPHERE), any letter case, any parent folders."""
     found: dict[tuple[str, str], Path] = {}
-    for path in sorted(root.rglob("*")):
-        parts = [p.upper() for p in path.parts]
-        name = parts[-1]
-        duplicate = name.endswith(".WAV.WAV")  # RIFF re-encodings some copies add next to the original
-        if not (name.endswith(".WAV") and len(parts) >= 4 and path.is_file()):
+    riff_copies: dict[tuple[str, str], Path] = {}  # the *.WAV.wav re-encodings some copies add
+    second_copies = []
+    # os.walk follows symlinked folders (pathlib's rglob no longer does from Python 3.13)
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders.sort()
+        parts = [p.upper() for p in Path(folder).parts[-3:]]
+        if len(parts) < 3 or parts[0] not in ("TRAIN", "TEST") or not re.match(r"^DR[1-8]$", parts[1]) \
+                or not TIMIT_SPEAKER.match(parts[2]):
             continue
-        corpus_set, region, speaker = parts[-4], parts[-3], parts[-2]
-        utterance = name[:-8] if duplicate else name[:-4]
-        if (corpus_set not in ("TRAIN", "TEST") or not re.match(r"^DR[1-8]$", region)
-                or not TIMIT_SPEAKER.match(speaker) or not TIMIT_UTTERANCE.match(utterance)):
-            continue
-        if duplicate and (speaker, utterance) in found:
-            continue  # keep the original SPHERE file; the copy holds the same samples
-        found[(speaker, utterance)] = path
+        speaker = parts[2]
+        for name in sorted(files):
+            upper = name.upper()
+            copy = upper.endswith(".WAV.WAV")
+            utterance = upper[:-8] if copy else upper[:-4] if upper.endswith(".WAV") else ""
+            if not TIMIT_UTTERANCE.match(utterance):
+                continue  # .PHN/.WRD/.TXT transcriptions, or other files
+            key = (speaker, utterance)
+            if copy:
+                riff_copies.setdefault(key, Path(folder) / name)
+            elif key in found:
+                second_copies.append(str(Path(folder) / name))
+            else:
+                found[key] = Path(folder) / name
+    if second_copies:
+        print(f"warning: {len(second_copies)} utterance(s) exist twice under --root {root} (e.g. "
+              f"{second_copies[0]}); the first copy found is used. Point --root at one copy of TIMIT.",
+              file=sys.stderr)
+    # A RIFF copy is used only where its SPHERE original is missing (same samples either way).
+    fallbacks = [key for key in riff_copies if key not in found]
+    for key in fallbacks:
+        found[key] = riff_copies[key]
     if not found:
         raise DataError(f"no TIMIT utterances under --root {root}: expected "
                         "TIMIT/{TRAIN,TEST}/DR<n>/<speaker>/<utterance>.WAV (upper or lower case).")
@@ -713,12 +750,13 @@ def prepare_timit(root: Path, out_dir: Path, rule: str, skip_bad: bool) -> dict:
     for speaker in sorted(by_speaker):
         for utterance, split in sorted(timit_split(by_speaker[speaker], rule, speaker).items()):
             path = found[(speaker, utterance)]
-            rows.append({"path": str(path.resolve()), "label": speaker, "split": split,
+            rows.append({"path": absolute(path), "label": speaker, "split": split,
                          "speaker": speaker, "where": str(path)})
     expected = {"clips": 6300, "speakers": 630, "classes": 630, "clips per speaker (min)": 10,
                 "clips per speaker (max)": 10}
     notes = {"source": str(root), "task": "closed-set speaker identification, 630 speakers",
-             "rule": rule, "rule_text": TIMIT_RULES[rule],
+             "rule": rule, "rule_text": TIMIT_RULES[rule], "riff_copies_used": len(fallbacks),
+             "second_copies_ignored": len(second_copies),
              "uncertainty": "the paper's exact per-speaker split (confit/timit `si`: 3.52k/1.17k/1.17k "
                             "rows) is not published; this rule matches its ~6/2/2 proportions"}
     return finish_prepare("timit", out_dir, rows, expected, notes, skip_bad, ("speaker",))
@@ -743,11 +781,12 @@ def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: 
     files = sorted(p for p in wav_dir.iterdir() if p.suffix.lower() == ".wav")
     if not files:
         raise DataError(f"no .wav files in {wav_dir}: --root must hold EmoDB's wav/ folder.")
-    speakers = EMODB_SPEAKERS
+    speakers, expected_counts = EMODB_SPEAKERS, {"train": 304, "test": 231}
     if split_file is not None:
         try:
             spec = json.loads(split_file.read_text())
             speakers = {"train": tuple(spec["train_speakers"]), "test": tuple(spec["test_speakers"])}
+            expected_counts = spec.get("expected_counts", {})
         except (OSError, ValueError, KeyError) as error:
             raise DataError(f"{split_file}: not a speaker split JSON with train_speakers and "
                             f"test_speakers ({error}).") from None
@@ -766,7 +805,7 @@ def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: 
         if speaker not in split_of:
             raise DataError(f"{path}: speaker {speaker} is in neither the train nor the test speakers "
                             f"({speakers}).")
-        rows.append({"path": str(path.resolve()), "label": EMODB_EMOTIONS[emotion], "split": split_of[speaker],
+        rows.append({"path": absolute(path), "label": EMODB_EMOTIONS[emotion], "split": split_of[speaker],
                      "speaker": speaker, "where": str(path)})
     train = [Clip(r["path"], r["label"], "train") for r in rows if r["split"] == "train"]
     _, valid = carve_valid(train)
@@ -774,7 +813,11 @@ def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: 
     for row in rows:
         if row["path"] in valid_paths:
             row["split"] = "valid"
-    expected = {"clips": 535, "train+valid": 304, "test": 231, "classes": 7, "speakers": 10}
+    expected = {"clips": 535, "classes": 7, "speakers": 10}
+    if "train" in expected_counts:
+        expected["train+valid"] = expected_counts["train"]
+    if "test" in expected_counts:
+        expected["test"] = expected_counts["test"]
     notes = {"source": str(root), "split": f"speaker-independent: train speakers {' '.join(speakers['train'])}, "
              f"test speakers {' '.join(speakers['test'])} (audeering/emodb >= 1.2.0, = confit/emodb)",
              "valid": "carved from the train speakers' clips: 10% of each emotion, fixed seed 0"}
@@ -793,12 +836,13 @@ MSWC_SPLITS = {"train": "train", "dev": "valid", "validation": "valid", "valid":
 ISO3 = {"en": "eng", "es": "spa", "id": "ind"}
 
 
-def read_keyword_records(metadata: Path) -> list[dict]:
-    """Rows {split, file, keyword, speaker, where} from an MSWC splits CSV or sil-ai style metadata.
+def read_keyword_records(metadata: Path):
+    """Yield {split, file, keyword, speaker, language, where} from MSWC or sil-ai style metadata.
 
     Accepted: MSWC's `<lang>_splits.csv` (SET,LINK,WORD,VALID,SPEAKER,GENDER); a CSV with the sil-ai
-    fields (file,keyword,split[,speaker_id,...]); JSON lines or a JSON list of such records; a JSON
-    object {split name: [records]}.
+    fields (file,keyword,split[,speaker_id,language,...]); JSON lines or a JSON list of such records;
+    a JSON object {split name: [records]}. CSV and JSON lines are streamed: MSWC's csv for one
+    language can have millions of rows.
     """
     def record(raw: dict, split: str | None, where: str) -> dict:
         if not isinstance(raw, dict):
@@ -814,34 +858,40 @@ def read_keyword_records(metadata: Path) -> list[dict]:
             raise DataError(f"{where}: split '{split}' is not one of TRAIN, DEV, TEST (or train, validation, test).")
         speaker = raw.get("speaker") or raw.get("speaker_id")
         return {"split": MSWC_SPLITS[str(split).strip().lower()], "file": str(file).strip(),
-                "keyword": str(keyword).strip(), "speaker": None if speaker in (None, "", "NA") else str(speaker),
+                "keyword": unicodedata.normalize("NFC", str(keyword).strip()),
+                "speaker": None if speaker in (None, "", "NA") else str(speaker),
                 "language": raw.get("language"), "where": where}
 
-    text = metadata.read_text(encoding="utf-8-sig")
-    if metadata.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        return [record(row, None, f"{metadata} line {reader.line_num}") for row in reader]
-    if metadata.suffix.lower() == ".jsonl":
-        records = []
-        for i, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(record(json.loads(line), None, f"{metadata} line {i}"))
-                except ValueError as error:
-                    if isinstance(error, DataError):
-                        raise
-                    raise DataError(f"{metadata} line {i}: not valid JSON ({error}).") from None
-        return records
+    suffix = metadata.suffix.lower()
+    if suffix == ".csv":
+        with open(metadata, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield record(row, None, f"{metadata} line {reader.line_num}")
+        return
+    if suffix == ".jsonl":
+        with open(metadata, encoding="utf-8-sig") as f:
+            for i, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        raw = json.loads(line)
+                    except ValueError as error:
+                        raise DataError(f"{metadata} line {i}: not valid JSON ({error}).") from None
+                    yield record(raw, None, f"{metadata} line {i}")
+        return
     try:
-        content = json.loads(text)
+        content = json.loads(metadata.read_text(encoding="utf-8-sig"))
     except ValueError as error:
         raise DataError(f"{metadata}: not valid JSON ({error}).") from None
     if isinstance(content, dict):
-        return [record(raw, split, f"{metadata} [{split}][{i}]")
-                for split, items in content.items() for i, raw in enumerate(items)]
-    if isinstance(content, list):
-        return [record(raw, None, f"{metadata} [{i}]") for i, raw in enumerate(content)]
-    raise DataError(f"{metadata}: expected a JSON list of records or an object of splits.")
+        for split, items in content.items():
+            for i, raw in enumerate(items):
+                yield record(raw, split, f"{metadata} [{split}][{i}]")
+    elif isinstance(content, list):
+        for i, raw in enumerate(content):
+            yield record(raw, None, f"{metadata} [{i}]")
+    else:
+        raise DataError(f"{metadata}: expected a JSON list of records or an object of splits.")
 
 
 def find_mswc_metadata(root: Path, lang: str) -> Path:
@@ -866,8 +916,11 @@ def parse_keywords(keywords: str | None, lang: str) -> list[str] | None:
                             f"{', '.join(MSWC_PAPER_KEYWORDS)}). Use --min-count, or give your own list.")
         return list(MSWC_PAPER_KEYWORDS[lang])
     if Path(keywords).is_file():
-        return [w.strip() for w in Path(keywords).read_text(encoding="utf-8").splitlines() if w.strip()]
-    return [w.strip() for w in keywords.split(",") if w.strip()]
+        words = Path(keywords).read_text(encoding="utf-8-sig").splitlines()
+    else:
+        words = keywords.split(",")
+    # NFC: an accented keyword typed or saved in decomposed form still matches MSWC's spelling
+    return [unicodedata.normalize("NFC", w.strip()) for w in words if w.strip()]
 
 
 def prepare_mswc(root: Path, out_dir: Path, lang: str, keywords: str | None, min_count: int,
@@ -878,32 +931,47 @@ def prepare_mswc(root: Path, out_dir: Path, lang: str, keywords: str | None, min
     clips; a keyword without train clips is always dropped (no classifier can learn it).
     """
     metadata = find_mswc_metadata(root, lang)
-    records = read_keyword_records(metadata)
-    languages = {lang, ISO3.get(lang)}
-    records = [r for r in records if not r["language"] or r["language"] in languages]
     wanted = parse_keywords(keywords, lang)
+    wanted_set = None if wanted is None else set(wanted)
+    languages, languages_seen = {lang, ISO3.get(lang)}, Counter()
+    records, n_read, n_language = [], 0, 0
+    for r in tqdm(read_keyword_records(metadata), desc=f"reading {metadata.name}", unit="row", disable=None):
+        n_read += 1
+        languages_seen[r["language"]] += 1
+        if r["language"] and r["language"] not in languages:
+            continue
+        n_language += 1
+        if wanted_set is None or r["keyword"] in wanted_set:
+            records.append(r)
+    if n_language == 0:
+        raise DataError(f"{metadata}: none of its {n_read} records is in language '{lang}' "
+                        f"(languages seen: {dict(languages_seen)}); check --lang.")
     if wanted is not None:
-        missing = sorted(set(wanted) - {r["keyword"] for r in records})
+        missing = sorted(wanted_set - {r["keyword"] for r in records})
         if missing:
             print(f"warning: {len(missing)} requested keyword(s) have no clips in {metadata}: "
-                  f"{', '.join(missing[:20])}", file=sys.stderr)
-        records = [r for r in records if r["keyword"] in set(wanted)]
+                  f"{', '.join(missing)}", file=sys.stderr)
     train_counts = Counter(r["keyword"] for r in records if r["split"] == "train")
     kept_words = {w for w, n in train_counts.items() if n >= max(1, min_count)}
     dropped = sorted({r["keyword"] for r in records} - kept_words)
+    if dropped:
+        print(f"warning: dropping {len(dropped)} keyword(s) with fewer than {max(1, min_count)} train "
+              f"clip(s): {', '.join(dropped[:50])}{' ...' if len(dropped) > 50 else ''}", file=sys.stderr)
     records = [r for r in records if r["keyword"] in kept_words]
+    print(f"{metadata.name}: {n_read} records, {n_language} in '{lang}', {len(records)} kept "
+          f"({len(kept_words)} keywords)")
     if not records:
         raise DataError(f"{metadata}: no keyword left after the filters (--keywords, --min-count {min_count}).")
     # MSWC: LINK is relative to <lang>/clips/; sil-ai: `file` is relative to the extracted archive.
     bases = [metadata.parent / "clips", metadata.parent, metadata.parent / ISO3.get(lang, lang),
              metadata.parent / lang / "clips", metadata.parent / lang]
     base = next((b for b in bases if any((b / r["file"]).is_file() for r in records[:50])), bases[0])
-    rows = [{"path": str((base / r["file"]).resolve()), "label": r["keyword"], "split": r["split"],
+    rows = [{"path": absolute(base / r["file"]), "label": r["keyword"], "split": r["split"],
              "speaker": r["speaker"] or "", "where": r["where"]} for r in records]
     expected = dict(MSWC_PAPER_COUNTS.get(lang, {}))
     notes = {"source": str(root), "metadata": str(metadata), "lang": lang, "audio_base": str(base),
              "keywords": "paper" if keywords == "paper" else (sorted(wanted) if wanted else "all"),
-             "min_count": min_count, "dropped_keywords": len(dropped),
+             "min_count": min_count, "dropped_keywords": len(dropped), "dropped": dropped[:1000],
              "known": "MSWC-I (id): the 14 keywords of the authors' copy are known, so `--keywords paper` "
                       "reproduces its classes; MSWC-S (es): 146 classes / 11,759 clips are known, the "
                       "keyword list is not"}
@@ -932,7 +1000,7 @@ def prepare_fsdd(root: Path, out_dir: Path, task: str, skip_bad: bool = False) -
             raise DataError(f"{file}: not an FSDD name ({{digit}}_{{speaker}}_{{take}}.wav).") from None
         split = "test" if take <= 4 else "valid" if take <= 9 else "train"
         label = digit if task == "digit" else speaker
-        rows.append({"path": str(file.resolve()), "label": label, "split": split, "speaker": speaker,
+        rows.append({"path": absolute(file), "label": label, "split": split, "speaker": speaker,
                      "where": str(file)})
     expected = {"clips": 3000, "train": 2400, "valid": 300, "test": 300,
                 "classes": 10 if task == "digit" else 6}
@@ -1004,7 +1072,7 @@ def prepare_demo(out_dir: Path, per_split=(("train", 24), ("valid", 8), ("test",
                 relative = f"audio/{split}/{kind}_{n:03d}.wav"
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 sf.write(out_dir / relative, synthesize_demo_clip(kind, rng), DEMO_RATE, subtype="PCM_16")
-                rows.append({"path": str((out_dir / relative).resolve()), "label": kind, "split": split,
+                rows.append({"path": absolute(out_dir / relative), "label": kind, "split": split,
                              "where": relative})
     expected = {"clips": 40 * len(DEMO_CLASSES), "classes": len(DEMO_CLASSES)}
     return finish_prepare("demo", out_dir, rows, expected, {"source": f"synthesized, seed {seed}"})

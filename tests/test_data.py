@@ -90,11 +90,20 @@ def test_skip_bad_skips_with_warning_and_count(tmp_path, capsys):
     write_wav(tmp_path / "good2.wav", np.zeros(800))
     (tmp_path / "garbage.wav").write_bytes(b"not audio" * 10)
     manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
-                         [["good.wav", "a", "train"], ["garbage.wav", "a", "train"], ["good2.wav", "a", "valid"]])
+                         [["good.wav", "a", "train"], ["garbage.wav", "a", "train"], ["good2.wav", "a", "valid"],
+                          ["good2.wav", "a", "test"]])
     with pytest.warns(UserWarning, match="skipping .*garbage.wav"):
         splits, _ = data.load_splits(str(manifest), skip_bad=True)
     assert [c.path.endswith("good.wav") for c in splits["train"]] == [True]
-    assert "skipped 1 unreadable file(s) of 3" in capsys.readouterr().err
+    assert "skipped 1 unreadable file(s) of 4" in capsys.readouterr().err
+
+
+def test_a_manifest_without_test_rows_is_an_error(tmp_path):
+    for name in ("x.wav", "y.wav"):
+        write_wav(tmp_path / name, np.zeros(800))
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"], [["x.wav", "a", "train"], ["y.wav", "a", "valid"]])
+    with pytest.raises(data.DataError, match="no test rows. Add test rows"):
+        data.load_splits(str(manifest))
 
 
 def test_label_unseen_in_train_is_an_error(tmp_path):
@@ -159,6 +168,25 @@ def test_carve_valid_moves_whole_groups():
     # one recording only: nothing can go to valid without emptying train
     keep, valid = data.carve_valid(train[:4], 0.5)
     assert valid == [] and len(keep) == 4
+
+
+def test_carve_valid_with_groups_never_overshoots_the_target():
+    # per class: one recording of 8 takes and 24 single clips; target round(0.1 * 32) = 3 clips
+    train = [data.Clip(f"/x/{label}-big-{t}.wav", label, "train", group=f"{label}-big") for label in "abcdefghij"
+             for t in range(8)]
+    train += [data.Clip(f"/x/{label}-{i}.wav", label, "train", group=f"{label}-{i}") for label in "abcdefghij"
+              for i in range(24)]
+    keep, valid = data.carve_valid(train, 0.1)
+    assert Counter(c.label for c in valid) == {label: 3 for label in "abcdefghij"}
+    # two recordings of 31 and 1 takes: only the small one fits, so it goes, whatever the shuffle
+    train = [data.Clip(f"/x/big-{t}.wav", "a", "train", group="big") for t in range(31)]
+    train.append(data.Clip("/x/small.wav", "a", "train", group="small"))
+    keep, valid = data.carve_valid(train, 0.1)
+    assert [c.group for c in valid] == ["small"] and len(keep) == 31
+    # nothing fits the target (three recordings of 5, target 2): the smallest goes, never two
+    train = [data.Clip(f"/x/{g}-{t}.wav", "a", "train", group=g) for g in "xyz" for t in range(5 if g != "z" else 4)]
+    keep, valid = data.carve_valid(train, 0.1)
+    assert [c.group for c in valid] == ["z"] * 4
 
 
 # ------------------------------------------------------------------------------------------------

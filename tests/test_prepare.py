@@ -379,7 +379,8 @@ def test_gtzan_missing_audio_file_is_named(tmp_path):
     root = build_gtzan(tmp_path / "gtzan")
     (root / "genres" / "rock" / "rock.00050.au").unlink()
     line = gtzan_list("valid").index("rock/rock.00050.wav") + 1
-    with pytest.raises(data.DataError, match=rf"rock\.00050\.au \(.*valid_filtered\.txt line {line}\): file not found"):
+    with pytest.raises(data.DataError, match=rf"rock\.00050\.au \(.*valid_filtered\.txt line {line}; "
+                                             r"no rock\.00050\.wav either\): file not found"):
         data.prepare_gtzan(root, tmp_path / "out", GTZAN_LISTS, skip_bad=False)
 
 
@@ -732,13 +733,13 @@ def test_sil_ai_metadata_formats(tmp_path):
     by_split = {"train": [record(1, "asia", "a1b2"), record(2, "dan", "c3d4")], "validation": [record(3, "asia")],
                 "test": [record(4, "dan", "e5f6")]}
     put(tmp_path / "ind.json", json.dumps(by_split).encode())
-    records = data.read_keyword_records(tmp_path / "ind.json")
+    records = list(data.read_keyword_records(tmp_path / "ind.json"))
     assert [(r["split"], r["file"], r["keyword"], r["speaker"]) for r in records] == [
         ("train", "asia/common_voice_id_1.opus", "asia", "a1b2"), ("train", "dan/common_voice_id_2.opus", "dan", "c3d4"),
         ("valid", "asia/common_voice_id_3.opus", "asia", None), ("test", "dan/common_voice_id_4.opus", "dan", "e5f6")]
     flat = [{**r, "split": s} for s, items in by_split.items() for r in items]
     put(tmp_path / "ind.jsonl", "".join(json.dumps(r) + "\n" for r in flat).encode())
-    from_lines = data.read_keyword_records(tmp_path / "ind.jsonl")
+    from_lines = list(data.read_keyword_records(tmp_path / "ind.jsonl"))
     assert [{k: v for k, v in r.items() if k != "where"} for r in from_lines] == \
         [{k: v for k, v in r.items() if k != "where"} for r in records]
     assert from_lines[2]["where"].endswith("ind.jsonl line 3")
@@ -848,3 +849,85 @@ def test_cli_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CONFIT_DATA", str(tmp_path / "data"))
     data.main(["prepare", "mswc", "--root", str(root), "--lang", "id", "--keywords", "paper"])
     assert len(manifest_rows(tmp_path / "data" / "mswc-i")) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Edge cases found in review
+# ------------------------------------------------------------------------------------------------
+
+def test_symlinked_files_keep_their_names(tmp_path):
+    # Hugging Face caches link every file to a content-addressed blob: the manifest must keep the
+    # EmoDB name (it carries speaker and emotion), not the blob's hash.
+    names = emodb_names()
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (tmp_path / "emodb" / "wav").mkdir(parents=True)
+    for i, name in enumerate(names):
+        (blobs / f"{i:040x}").write_bytes(audio_bytes(16_000))
+        (tmp_path / "emodb" / "wav" / name).symlink_to(blobs / f"{i:040x}")
+    out = tmp_path / "out"
+    data.prepare_emodb(tmp_path / "emodb", out, None, skip_bad=False)
+    paths = [row["path"] for row in manifest_rows(out)]
+    assert sorted(Path(p).name for p in paths) == sorted(names)
+    assert all((out / p).is_file() for p in paths)
+
+
+def test_timit_riff_copy_fills_in_only_for_a_missing_original(tmp_path):
+    speakers = timit_speakers(2, 1)
+    build_timit(tmp_path, speakers, riff_copies=True)
+    folder = tmp_path / "TIMIT" / "TRAIN" / speakers[0][1] / speakers[0][2]
+    (folder / "SA1.WAV").unlink()
+    out = tmp_path / "out"
+    summary = data.prepare_timit(tmp_path, out, "by-type", skip_bad=False)
+    used = {Path(p).name for p in by_file(out)}
+    assert len(by_file(out)) == 30 and summary["notes"]["riff_copies_used"] == 1
+    assert "SA1.WAV.wav" in used and sum(name.endswith(".WAV.wav") for name in used) == 1
+
+
+def test_timit_second_copy_of_the_corpus_is_reported_and_ignored(tmp_path, capsys):
+    speakers = timit_speakers(2, 1)
+    build_timit(tmp_path / "a", speakers)
+    build_timit(tmp_path / "a" / "zz-backup", speakers)  # walked after TIMIT/
+    out = tmp_path / "out"
+    summary = data.prepare_timit(tmp_path / "a", out, "by-type", skip_bad=False)
+    assert "30 utterance(s) exist twice under --root" in capsys.readouterr().err
+    assert summary["notes"]["second_copies_ignored"] == 30
+    assert all(Path(p).relative_to(tmp_path / "a").parts[0] == "TIMIT" for p in by_file(out))
+
+
+def test_esc50_header_without_filename_is_a_clear_error(tmp_path):
+    write_csv(tmp_path / "meta" / "esc50.csv", ["fname", "fold", "target", "category"], [["1-1-A-0.wav", 1, 0, "dog"]])
+    (tmp_path / "audio").mkdir()
+    with pytest.raises(data.DataError, match=r"esc50\.csv: header 'fname,fold,target,category' lacks filename"):
+        data.prepare_esc50(tmp_path, tmp_path / "out", skip_bad=False)
+
+
+def test_emodb_split_file_sets_the_expected_counts(tmp_path):
+    root = build_emodb(tmp_path / "emodb", emodb_names())
+    split_file = put(tmp_path / "loso.json", json.dumps(
+        {"train_speakers": ["03", "08", "09", "10", "11", "12", "13", "14", "15"], "test_speakers": ["16"],
+         "expected_counts": {"train": 464, "test": 71}}).encode())
+    summary = data.prepare_emodb(root, tmp_path / "out", split_file, skip_bad=False)
+    checks = checks_of(summary)
+    assert checks["train+valid"] == (464, 464, True) and checks["test"] == (71, 71, True)
+    both = put(tmp_path / "both.json", json.dumps({"train_speakers": ["03", "12"], "test_speakers": ["12"]}).encode())
+    with pytest.raises(data.DataError, match=r"speaker\(s\) 12 are in both train and test"):
+        data.prepare_emodb(root, tmp_path / "out2", both, skip_bad=False)
+
+
+def test_mswc_wrong_language_bom_and_decomposed_keywords(tmp_path, capsys):
+    put(tmp_path / "metadata.jsonl", "".join(json.dumps(
+        {"file": f"spa/{w}_{i}.opus", "keyword": w, "split": s, "language": "spa", "speaker_id": "NA"}) + "\n"
+        for i, (w, s) in enumerate([("está", "train"), ("está", "test"), ("roma", "train"), ("roma", "test"),
+                                    ("pan", "test")])).encode())
+    for line in (tmp_path / "metadata.jsonl").read_text().splitlines():
+        put(tmp_path / json.loads(line)["file"], opus_bytes())
+    with pytest.raises(data.DataError, match=r"none of its 5 records is in language 'id' .*'spa': 5"):
+        data.prepare_mswc(tmp_path, tmp_path / "x", "id", None, 1, skip_bad=False)
+    # a keyword file with a byte-order mark, and "está" typed in decomposed form (e + combining accent)
+    words = put(tmp_path / "words.txt", "\ufeffroma\nesta\u0301\n".encode())
+    data.prepare_mswc(tmp_path, tmp_path / "out", "es", str(words), 1, skip_bad=False)
+    assert {label for label, _ in by_file(tmp_path / "out").values()} == {"roma", "está"}
+    # a keyword with no train clip is dropped by name
+    data.prepare_mswc(tmp_path, tmp_path / "out2", "es", None, 1, skip_bad=False)
+    assert "dropping 1 keyword(s) with fewer than 1 train clip(s): pan" in capsys.readouterr().err
