@@ -102,6 +102,18 @@ def test_runs_are_repeatable_and_resume_exactly(demo_manifest, tmp_path):
     assert "finished run of 2 epochs; nothing to resume" in again.stdout
 
 
+def test_fused_and_eager_loss_train_the_same(demo_manifest, tmp_path):
+    # pairtune.py's default loss is the compiled fused path; --loss eager is the reference. Same
+    # maths, so the same training run up to float32 rounding.
+    common = ["--dataset", demo_manifest, "--backbone", "tiny", "--seed", 2, "--epochs", 1, *FAST]
+    run_script("pairtune.py", *common, "--out", tmp_path / "fused")
+    run_script("pairtune.py", *common, "--loss", "eager", "--out", tmp_path / "eager")
+    fused, eager = read_log(tmp_path / "fused")[0], read_log(tmp_path / "eager")[0]
+    assert json.loads((tmp_path / "fused" / "run.json").read_text())["args"]["loss"] == "fused"
+    assert fused["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+    assert fused["valid_acc"] == pytest.approx(eager["valid_acc"], abs=0.02)
+
+
 def test_frozen_probe_of_a_backbone(demo_manifest, tmp_path):
     out = tmp_path / "frozen"
     run_script("probe.py", "--ckpt", "tiny", "--dataset", demo_manifest, "--out", out, *PROBE_FAST)
