@@ -88,6 +88,7 @@ from functools import partial
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["MINING_MODES", "fused_supcon_loss", "mining_masks", "supcon_loss"]
 
@@ -192,6 +193,8 @@ def _validate(z: Tensor, labels: Tensor, temperature: float, mining: str, epsilo
         raise ValueError(
             f"batch size mismatch: z has {z.shape[0]} rows but labels has {labels.shape[0]}"
         )
+    if labels.device != z.device:
+        raise ValueError(f"labels are on {labels.device} but z is on {z.device}; move them to z's device")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
     _check_mining(mining)
@@ -275,14 +278,14 @@ def supcon_loss(
 # through the eager version does the same maths with about ten B x B temporaries and two backward
 # GEMMs for S = Z Z^T. Extra memory here: S (kept for backward) and Gs, one B x B buffer each.
 #
-# exp(S / tau) is taken without subtracting a row maximum: that needs |S| / tau <= 40 (exp stays
-# within float32), true for unit-norm z whenever tau >= 0.025. fused_supcon_loss checks the bound
-# and hands other inputs to the eager supcon_loss.
+# exp(S / tau) is taken without subtracting a row maximum: that needs |S| / tau + ln B < 80 (the
+# row sums stay within float32), true for unit-norm z at tau = 0.1 for any B. fused_supcon_loss
+# checks the bound and hands other inputs to the eager supcon_loss.
 
 
 def _thresholds(sim: Tensor, labels: Tensor, mining: str):
     """Pass 1: what each anchor's mining keeps, as [B, 1] columns (empty for mining="none")."""
-    index = torch.arange(sim.shape[0], device=sim.device, dtype=labels.dtype)
+    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
     same = labels[:, None] == labels[None, :]
     pos = same & (index[:, None] != index[None, :])
     if mining == "none":
@@ -296,8 +299,14 @@ def _thresholds(sim: Tensor, labels: Tensor, mining: str):
 
 
 def _kept(sim, same, not_self, cols, stats, mining: str, epsilon: float):
-    """Kept-positive and kept-negative masks of the anchors whose stats are given (rows, or columns
-    with transposed stats); `cols` indexes the other member of each pair."""
+    """Kept-positive and kept-negative masks at every position (i, a) of S.
+
+    With the row anchors' stats ([B, 1] columns) and cols = index[None, :], entry (i, a) says
+    whether anchor i keeps pair (i, a). With the stats transposed ([1, B] rows) and
+    cols = index[:, None], entry (i, a) says whether anchor a keeps pair (a, i): the similarity
+    S[a, i] it compares is S[i, a] (S is symmetric), and `same`, `not_self` are symmetric too.
+    That second form puts g[a, i] at (i, a), so G + G^T needs no transposed read of a B x B matrix.
+    """
     pos, neg = same & not_self, ~same
     if mining == "ms":
         min_pos, max_neg = stats
@@ -311,13 +320,16 @@ def _kept(sim, same, not_self, cols, stats, mining: str, epsilon: float):
 def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, epsilon: float):
     """Passes 1 and 2: the loss, the mining stats and the per-anchor vectors the backward needs.
 
-    Compiled as one graph, Inductor runs both passes per row while the row is still in cache.
+    Compiled as one graph (on CPU, Inductor makes one loop over rows that runs both passes on
+    each row in turn).
     """
     stats = _thresholds(sim, labels, mining)
-    index = torch.arange(sim.shape[0], device=sim.device, dtype=labels.dtype)
+    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
     same = labels[:, None] == labels[None, :]
-    pos, neg = _kept(sim, same, index[:, None] != index[None, :], index[None, :], stats, mining, epsilon)
-    sum_exp = torch.where(pos | neg, torch.exp(sim * (1.0 / temperature)), 0.0).sum(dim=1, keepdim=True)
+    not_self = index[:, None] != index[None, :]
+    pos, neg = _kept(sim, same, not_self, index[None, :], stats, mining, epsilon)
+    exp_sim = torch.exp(sim * (1.0 / temperature))
+    sum_exp = torch.where(pos | neg, exp_sim, 0.0).sum(dim=1, keepdim=True)
     n_pos = pos.sum(dim=1, keepdim=True).to(sim.dtype)
     sum_pos = torch.where(pos, sim, 0.0).sum(dim=1, keepdim=True)
     has_pos = n_pos > 0
@@ -326,20 +338,27 @@ def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, ep
     lse = torch.log(torch.where(has_pos, sum_exp, 1.0))
     per_anchor = torch.where(has_pos, lse - sum_pos * inv_n_pos / temperature, 0.0)
     n_anchors = has_pos.sum().clamp_min(1).to(sim.dtype)
-    return per_anchor.sum() / n_anchors, stats, torch.exp(-lse) * has_pos, inv_n_pos, n_anchors
+    # softmax_scale_i = h_i / sum_exp_i: exp(S[i, a] / tau) * softmax_scale_i is anchor i's softmax
+    # over its kept pairs (0 for anchors without positives, which add no term)
+    softmax_scale = torch.where(has_pos, 1.0 / sum_exp, 0.0)
+    return per_anchor.sum() / n_anchors, stats, softmax_scale, inv_n_pos, n_anchors
 
 
-def _symmetric_pair_grad(sim: Tensor, labels: Tensor, stats, inv_sum_exp: Tensor, inv_n_pos: Tensor,
-                         scale: Tensor, temperature: float, mining: str, epsilon: float) -> Tensor:
+def _symmetric_pair_grad(sim: Tensor, labels: Tensor, stats, softmax_scale: Tensor,
+                         inv_n_pos: Tensor, scale: Tensor, temperature: float, mining: str,
+                         epsilon: float) -> Tensor:
     """Gs = G + G^T, G = dL/dS, in one elementwise pass over S. scale = grad_out / (M tau)."""
-    index = torch.arange(sim.shape[0], device=sim.device, dtype=labels.dtype)
+    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
     same = labels[:, None] == labels[None, :]
     not_self = index[:, None] != index[None, :]
     exp_sim = torch.exp(sim * (1.0 / temperature))  # shared by g[i, a] and g[a, i]
+    # g[i, a] at (i, a): anchor i's kept pairs and row stats
     pos_r, neg_r = _kept(sim, same, not_self, index[None, :], stats, mining, epsilon)
-    pos_c, neg_c = _kept(sim, same, not_self, index[:, None], tuple(s.T for s in stats), mining, epsilon)
-    g_rows = torch.where(pos_r | neg_r, exp_sim * inv_sum_exp, 0.0) - torch.where(pos_r, inv_n_pos, 0.0)
-    g_cols = torch.where(pos_c | neg_c, exp_sim * inv_sum_exp.T, 0.0) - torch.where(pos_c, inv_n_pos.T, 0.0)
+    g_rows = torch.where(pos_r | neg_r, exp_sim * softmax_scale, 0.0) - torch.where(pos_r, inv_n_pos, 0.0)
+    # g[a, i] at (i, a): anchor a's kept pairs and row stats, laid along the columns (see _kept)
+    stats_t = tuple(s.T for s in stats)
+    pos_c, neg_c = _kept(sim, same, not_self, index[:, None], stats_t, mining, epsilon)
+    g_cols = torch.where(pos_c | neg_c, exp_sim * softmax_scale.T, 0.0) - torch.where(pos_c, inv_n_pos.T, 0.0)
     return scale * (g_rows + g_cols)
 
 
@@ -360,7 +379,10 @@ def _compiled(fn, temperature: float, mining: str, epsilon: float):
                                  dynamic=True)
 
         def run(*tensors):
-            with torch._dynamo.config.patch(specialize_float=True):
+            # The patch is process-wide while it lasts (torch._dynamo.config is not thread-local).
+            # recompile_limit: every (temperature, mining, epsilon) compiles the same code objects,
+            # and past Dynamo's default of 8 variants it would silently fall back to eager.
+            with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
                 return compiled(*tensors)
         _compiled_passes[key] = run
     return _compiled_passes[key]
@@ -373,16 +395,17 @@ class _FusedSupCon(torch.autograd.Function):
         run = (lambda fn: _compiled(fn, **options)) if compiled else (lambda fn: partial(fn, **options))
         zc = z.detach().to(torch.float64 if z.dtype == torch.float64 else torch.float32)
         sim = zc @ zc.T  # [B, B], the one forward GEMM
-        loss, stats, inv_sum_exp, inv_n_pos, n_anchors = run(_loss_terms)(sim, labels)
-        ctx.save_for_backward(zc, sim, labels, inv_sum_exp, inv_n_pos, n_anchors, *stats)
+        loss, stats, softmax_scale, inv_n_pos, n_anchors = run(_loss_terms)(sim, labels)
+        ctx.save_for_backward(zc, sim, labels, softmax_scale, inv_n_pos, n_anchors, *stats)
         ctx.run, ctx.temperature, ctx.z_dtype = run, temperature, z.dtype
         return loss
 
     @staticmethod
+    @once_differentiable  # the closed-form backward is not itself differentiable (no double backward)
     def backward(ctx, grad_out):
-        zc, sim, labels, inv_sum_exp, inv_n_pos, n_anchors, *stats = ctx.saved_tensors
+        zc, sim, labels, softmax_scale, inv_n_pos, n_anchors, *stats = ctx.saved_tensors
         scale = grad_out.to(sim.dtype) / (n_anchors * ctx.temperature)
-        grad_sim = ctx.run(_symmetric_pair_grad)(sim, labels, tuple(stats), inv_sum_exp, inv_n_pos, scale)
+        grad_sim = ctx.run(_symmetric_pair_grad)(sim, labels, tuple(stats), softmax_scale, inv_n_pos, scale)
         grad_z = grad_sim @ zc  # [B, p], the one backward GEMM
         return grad_z.to(ctx.z_dtype), None, None, None, None, None
 
@@ -400,17 +423,30 @@ def fused_supcon_loss(
     Args: as `supcon_loss`, plus `compiled`: False runs the same passes eagerly (no compiler
     needed; for debugging, and for machines without a C++ compiler). The first compiled call
     compiles (tens of seconds on CPU); later calls of any batch size reuse that.
-    Inputs outside the fused path's range (max |s| / tau > 40, e.g. z far from unit norm or
-    tau < 0.025) and batches of fewer than 2 go to `supcon_loss` instead.
+    Inputs outside the fused path's range (max |s| / tau + ln B >= 80 in float32, e.g. z far from
+    unit norm, or tau < 0.014 at B = 4096), inputs with NaN, and batches of fewer than 2 go to
+    `supcon_loss` instead. No double backward (create_graph): use `supcon_loss` for that.
+    The backward reads S[i, a] for both g[i, a] and g[a, i], assuming the GEMM's S is symmetric;
+    where it is not bit-exact (some GPU GEMMs), a pair lying exactly on an MS margin could be
+    counted as kept in the forward and not in the backward.
     """
     _validate(z, labels, temperature, mining, epsilon)
     if z.shape[0] < 2:  # no pairs at all: the loss is a 0 attached to z either way
         return supcon_loss(z, labels, temperature, mining, epsilon)
+    # One host sync for three checks. exp(S / tau) is summed over up to B pairs without a row
+    # maximum, so |S| / tau + ln B must stay below float32's exp limit (88.7; 709 in float64),
+    # and |S| <= the largest squared norm. Labels are narrowed to int32 only when they fit.
     with torch.no_grad():
-        max_sq_norm = float(z.detach().float().square().sum(dim=1).max())
-    if max_sq_norm / float(temperature) > 40:  # |s_ij| <= |z_i| |z_j| <= max squared norm
+        max_norm = torch.linalg.vector_norm(z.detach().float(), dim=1).max()  # no [B, p] temporary
+        max_norm, low, high = torch.stack([max_norm.double(), labels.min().double(),
+                                           labels.max().double()]).tolist()
+    max_sq_norm = max_norm * max_norm
+    exp_limit = 700.0 if z.dtype == torch.float64 else 80.0
+    if not max_sq_norm / float(temperature) + math.log(z.shape[0]) < exp_limit:  # NaN fails too
         return supcon_loss(z, labels, temperature, mining, epsilon)
+    # int32 labels: the label comparisons run 8 to a vector register instead of 4
+    small_labels = -(2**31) <= low and high < 2**31
     with _autocast_disabled(z.device.type):
-        # int32 labels: the label comparisons run 8 to a vector register instead of 4
-        return _FusedSupCon.apply(z, labels.to(torch.int32), float(temperature), mining,
+        labels = labels.to(torch.int32 if small_labels else torch.long)
+        return _FusedSupCon.apply(z, labels, float(temperature), mining,
                                   float(epsilon), compiled)

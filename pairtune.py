@@ -121,6 +121,19 @@ def train_one_epoch(encoder, head, loader, optimizer, args, device, epoch):
     return total / max(batches, 1)
 
 
+def check_fused_loss(args, device):
+    """Compile the fused loss now, on a tiny batch, so a machine without a working compiler fails
+    before the data and model are loaded. The graph is reused by every later batch size."""
+    generator = torch.Generator().manual_seed(0)  # its own generator: the run's random stream is untouched
+    z = F.normalize(torch.randn(8, args.projection_dim, generator=generator), dim=1).to(device).requires_grad_()
+    labels = torch.arange(8, device=device) % 2
+    try:
+        fused_supcon_loss(z, labels, args.temperature, args.mining, args.epsilon).backward()
+    except Exception as error:  # compiler missing or broken: Inductor raises several types
+        sys.exit(f"error: the fused loss could not be compiled on {device} ({type(error).__name__}: "
+                 f"{str(error)[:300]}). Rerun with --loss eager (same results, slower).")
+
+
 def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, history):
     """One dict: unwrapped weights, optimizer, random states (so a resumed run continues exactly as an
     uninterrupted one would), written to a temporary file first so a kill never corrupts it."""
@@ -150,6 +163,8 @@ def main(argv=None):
     if args.resume and finished_epochs(out) >= args.epochs:
         print(f"{out} holds a finished run of {finished_epochs(out)} epochs; nothing to resume")
         return
+    if args.loss == "fused":
+        check_fused_loss(args, device)
 
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)

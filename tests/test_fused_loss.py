@@ -120,12 +120,16 @@ def test_inputs_outside_the_fused_range_fall_back_to_eager():
 def test_no_recompile_for_a_smaller_last_batch_or_other_classes():
     from torch._dynamo.utils import counters
 
-    fused_supcon_loss(*batch(48, 6, seed=10), mining="ms")  # compiled (or found) here
+    leaf = batch(48, 6, seed=10)[0].requires_grad_()
+    fused_supcon_loss(leaf, batch(48, 6, seed=10)[1], mining="ms").backward()  # compiled (or found) here
     graphs = counters["stats"]["unique_graphs"]
-    for n, n_classes in [(37, 6), (48, 11), (20, 2), (96, 30)]:
-        z, labels = batch(n, n_classes, seed=n)
-        leaf = z.requires_grad_()
-        fused_supcon_loss(leaf, labels, mining="ms").backward()
+    # error_on_recompile: a recompile raises, rather than passing quietly when Dynamo gives up and
+    # runs eagerly
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for n, n_classes in [(37, 6), (48, 11), (20, 2), (96, 30)]:
+            z, labels = batch(n, n_classes, seed=n)
+            leaf = z.requires_grad_()
+            fused_supcon_loss(leaf, labels, mining="ms").backward()
     assert counters["stats"]["unique_graphs"] == graphs
 
 
@@ -137,3 +141,23 @@ def test_bad_input_raises_like_eager():
         fused_supcon_loss(z, labels, temperature=0.0)
     with pytest.raises(ValueError, match="batch size mismatch"):
         fused_supcon_loss(z, labels[:3])
+
+
+def test_large_label_ids_are_not_merged():
+    # ids beyond int32 must stay distinct (the int32 fast path is only taken when they fit)
+    z, _ = batch(6, 1, seed=11)
+    labels = torch.tensor([0, 2**32, 1, 2**32 + 1, 0, 1])
+    for mining in MINING_MODES:
+        assert_same(z, labels, 1e-5, mining=mining)
+
+
+def test_nan_input_goes_to_eager_and_double_backward_is_refused():
+    z, labels = batch(8, 2, seed=12)
+    z[3, 0] = float("nan")
+    want = value_and_grad(supcon_loss, z, labels, mining="none")
+    got = value_and_grad(fused_supcon_loss, z, labels, mining="none")
+    torch.testing.assert_close(got, want, equal_nan=True)
+    leaf = batch(8, 2, seed=12)[0].requires_grad_()
+    (grad,) = torch.autograd.grad(fused_supcon_loss(leaf, labels, compiled=False), leaf, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()
