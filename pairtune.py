@@ -10,9 +10,11 @@ which probe.py (stage 2) freezes and reads out with a linear classifier.
     python pairtune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo
     python probe.py --ckpt out/demo
 
-Writes to --out: run.json (arguments, data, versions), log.jsonl (one line per epoch: epoch,
-train_loss, valid_acc, seconds), checkpoint.pt (to resume with --resume), encoder/ (final encoder
-and feature extractor, loadable with transformers alone).
+Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
+epoch: epoch, train_loss, valid_acc, seconds), checkpoint.pt and best.pt (to resume with --resume),
+encoder/ (the encoder of the epoch with the best valid accuracy, ties to the earlier epoch, as
+finetune.py selects; with its feature extractor, loadable with transformers alone) and
+encoder-last/ (the last epoch's, unless --only-best).
 """
 import argparse
 import json
@@ -54,8 +56,14 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=["fused", "eager"], default="fused",
                    help="fused: the torch.compile'd loss with a closed-form backward (compiles once, tens of "
                         "seconds on CPU); eager: the reference implementation, same values (no compiler needed)")
+    p.add_argument("--select-by", choices=["centroid", "knn", "probe"], default="centroid",
+                   help="per-epoch valid metric that picks the saved epoch, on features of valid and of a fixed "
+                        "train subset: nearest class centroid (cheapest), k-NN vote, or a quick linear probe "
+                        "(300 full-batch Adam steps); all cost about one pass of the encoder over those clips")
+    p.add_argument("--knn-k", type=int, default=10, help="neighbours for --select-by knn")
     p.add_argument("--centroid-clips-per-class", type=int, default=32,
-                   help="train clips per class used for the class centroids of the per-epoch valid accuracy")
+                   help="train clips per class encoded each epoch for the valid metric (centroids, neighbours "
+                        "or probe training set)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and crops")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
     p.add_argument("--num-workers", type=int, default=None,
@@ -64,12 +72,14 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
     p.add_argument("--keep-checkpoint", action="store_true",
-                   help="keep checkpoint.pt (weights + optimiser, ~3x the encoder) after a finished run")
+                   help="keep checkpoint.pt and best.pt (weights + optimiser) after a finished run")
+    p.add_argument("--only-best", action="store_true",
+                   help="save only encoder/ (the best-valid epoch), not also encoder-last/ (the last epoch)")
     return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------------
-# Evaluation: nearest class centroid on valid (cheap; feeds the convergence curve)
+# Evaluation on valid: the metric that selects the saved epoch (and feeds the convergence curve)
 # ------------------------------------------------------------------------------------------------
 
 def centroid_subset(train_clips, per_class):
@@ -82,16 +92,53 @@ def centroid_subset(train_clips, per_class):
     return chosen
 
 
-def centroid_accuracy(encoder, centroid_clips, valid_clips, classes, args, device):
-    """Nearest-class-centroid accuracy with L2-normalised encoder features (r, not z)."""
+def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device):
+    """The per-epoch valid metric that selects the epoch (--select-by), on L2-normalised encoder
+    features (r, not z): train features come from a fixed per-class subset of train."""
     kwargs = dict(max_seconds=args.max_seconds, device=device, batch_size=args.eval_batch_size,
                   num_workers=args.num_workers)
-    train_feats, train_labels = backbone.extract_features(encoder, centroid_clips, classes, desc="centroids", **kwargs)
-    valid_feats, valid_labels = backbone.extract_features(encoder, valid_clips, classes, desc="valid", **kwargs)
-    train_feats, valid_feats = F.normalize(train_feats, dim=1), F.normalize(valid_feats, dim=1)
-    centroids = torch.zeros(len(classes), train_feats.shape[1]).index_add_(0, train_labels, train_feats)
-    predictions = (valid_feats @ F.normalize(centroids, dim=1).T).argmax(1)
-    return (predictions == valid_labels).float().mean().item()
+    train_x, train_y = backbone.extract_features(encoder, train_clips, classes, desc="train subset", **kwargs)
+    valid_x, valid_y = backbone.extract_features(encoder, valid_clips, classes, desc="valid", **kwargs)
+    train_x, valid_x = F.normalize(train_x, dim=1), F.normalize(valid_x, dim=1)
+    if args.select_by == "centroid":
+        predictions = centroid_predictions(train_x, train_y, valid_x, len(classes))
+    elif args.select_by == "knn":
+        predictions = knn_predictions(train_x, train_y, valid_x, len(classes), args.knn_k)
+    else:
+        predictions = probe_predictions(train_x, train_y, valid_x, len(classes))
+    return (predictions == valid_y).float().mean().item()
+
+
+def centroid_predictions(train_x, train_y, valid_x, n_classes):
+    """Nearest class centroid by cosine."""
+    centroids = torch.zeros(n_classes, train_x.shape[1]).index_add_(0, train_y, train_x)
+    return (valid_x @ F.normalize(centroids, dim=1).T).argmax(1)
+
+
+def knn_predictions(train_x, train_y, valid_x, n_classes, k):
+    """Majority vote of the k most cosine-similar train clips; a tied vote goes to the class whose
+    voters are more similar in total."""
+    similarity, index = (valid_x @ train_x.T).topk(min(k, len(train_y)), dim=1)
+    votes = torch.zeros(len(valid_x), n_classes).scatter_add_(1, train_y[index], torch.ones_like(similarity))
+    closeness = torch.zeros(len(valid_x), n_classes).scatter_add_(1, train_y[index], similarity)
+    return (votes + 1e-3 * closeness / (1 + closeness.abs().max())).argmax(1)
+
+
+def probe_predictions(train_x, train_y, valid_x, n_classes, steps=300, lr=0.01):
+    """A quick linear probe: softmax regression trained full-batch with Adam from zero weights
+    (deterministic), a cheap stand-in for probe.py's grid search."""
+    head = nn.Linear(train_x.shape[1], n_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(head(train_x), train_y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return head(valid_x).argmax(1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,14 +181,19 @@ def check_fused_loss(args, device):
                  f"{str(error)[:300]}). Rerun with --loss eager (same results, slower).")
 
 
-def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, history):
-    """One dict: unwrapped weights, optimizer, random states (so a resumed run continues exactly as an
-    uninterrupted one would), written to a temporary file first so a kill never corrupts it."""
+def atomic_save(obj, path):
+    """torch.save through a temporary file, so a kill never leaves a half-written file."""
     tmp = Path(str(path) + ".tmp")
-    torch.save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
-                "rng": backbone.random_states(loader_generator)}, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, history, best):
+    """One dict: unwrapped weights, optimizer, random states (so a resumed run continues exactly as an
+    uninterrupted one would), and the best-valid epoch so far."""
+    atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
+                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
+                 "rng": backbone.random_states(loader_generator)}, path)
 
 
 def finished_epochs(out: Path) -> int:
@@ -200,8 +252,8 @@ def main(argv=None):
            "versions": backbone.package_versions(), "git": backbone.git_revision(), "finished": False}
 
     # ---------------- resuming ----------------
-    start_epoch, history = 1, []
-    checkpoint_path = out / "checkpoint.pt"
+    start_epoch, history, best = 1, [], {"epoch": 0, "valid_acc": -1.0}
+    checkpoint_path, best_path = out / "checkpoint.pt", out / "best.pt"
     if args.resume and finished_epochs(out) and not checkpoint_path.exists():
         sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
                  f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
@@ -211,35 +263,46 @@ def main(argv=None):
         encoder.model.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         backbone.restore_random_states(state["rng"], loader_generator)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     elif (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
     backbone.write_json(out / "run.json", run)
 
-    # ---------------- training ----------------
+    # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
     for epoch in range(start_epoch, args.epochs + 1):
         started = time.time()
         sampler.set_epoch(epoch)
         train_loss = train_one_epoch(encoder, head, loader, optimizer, args, device, epoch)
-        valid_acc = centroid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
+        valid_acc = valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
                 "seconds": round(time.time() - started, 2)}
         history.append(line)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/centroid_acc {valid_acc:.4f}  "
+        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s", flush=True)
-        save_checkpoint(checkpoint_path, encoder, head, optimizer, loader_generator, epoch, history)
+        if valid_acc > best["valid_acc"]:  # strict: ties keep the earlier epoch
+            best = {"epoch": epoch, "valid_acc": valid_acc}
+            atomic_save({"encoder": encoder.model.state_dict(), **best}, best_path)
+        save_checkpoint(checkpoint_path, encoder, head, optimizer, loader_generator, epoch, history, best)
 
-    # ---------------- saving ----------------
+    # ---------------- saving: the best-valid encoder (the one probe.py uses) and the last ----------------
+    if not args.only_best:
+        encoder.save(out / "encoder-last")
+    encoder.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["encoder"])
     encoder.save(out / "encoder")
-    run.update(finished=True, epochs_run=len(history))
+    run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"],
+               selected_by=f"valid_acc in log.jsonl: {args.select_by} accuracy on valid",
+               selected_valid_acc=round(best["valid_acc"], 6))
     backbone.write_json(out / "run.json", run)
-    if not args.keep_checkpoint:
-        checkpoint_path.unlink()  # only needed to resume; encoder/ holds the result
-    print(f"saved the fine-tuned encoder to {out / 'encoder'}; next: python probe.py --ckpt {out}")
+    if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
+        checkpoint_path.unlink()
+        best_path.unlink()
+    print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_acc "
+          f"{best['valid_acc']:.4f}) to {out / 'encoder'}" + ("" if args.only_best else
+          f", the last epoch's to {out / 'encoder-last'}") + f"; next: python probe.py --ckpt {out}")
 
 
 if __name__ == "__main__":

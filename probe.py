@@ -62,12 +62,13 @@ def weights_fingerprint(encoder) -> str:
     return digest.hexdigest()
 
 
-def cached_features(encoder, splits, classes, cache_dir: Path, max_seconds, device, args):
-    """{split: (features [N, d], labels [N])}; the cache is reused only for the very same clips."""
+def cached_features(encoder, splits, classes, cache_dir: Path, max_seconds, device, args, names):
+    """{split: (features [N, d], labels [N])} for the splits in `names`; the cache is reused only
+    for the very same clips and weights."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     features = {}
     fingerprint = weights_fingerprint(encoder)
-    for split in ("train", "valid", "test"):
+    for split in names:
         key = {"paths": [c.path for c in splits[split]], "classes": classes, "max_seconds": max_seconds,
                "encoder": fingerprint}
         file = cache_dir / f"{split}.pt"
@@ -162,7 +163,8 @@ def main(argv=None):
     splits, classes = data.load_splits(dataset, data_root, fold, args.skip_bad)
     dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
     cache_dir = cache_root / f"{dataset_label}{'' if fold is None else f'-fold{fold}'}"
-    features = cached_features(encoder, splits, classes, cache_dir, max_seconds, device, args)
+    # test is encoded only once the classifier is chosen: nothing before that can look at it
+    features = cached_features(encoder, splits, classes, cache_dir, max_seconds, device, args, ("train", "valid"))
     (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
     # Standardise with train statistics: an affine map the linear layer could absorb, so the model
     # class is unchanged, but one lr grid then suits every backbone's feature scale.
@@ -193,7 +195,7 @@ def main(argv=None):
     state, chosen = best
     head = nn.Linear(train_x.shape[1], len(classes))
     head.load_state_dict(state)
-    test_x, test_y = features["test"]
+    test_x, test_y = cached_features(encoder, splits, classes, cache_dir, max_seconds, device, args, ("test",))["test"]
     with torch.no_grad():
         predictions = head(standardise(test_x)).argmax(1)
     test_acc = (predictions == test_y).float().mean().item()

@@ -1,0 +1,164 @@
+"""Model selection in both arms: PairTune keeps its best-valid encoder under the same rule as
+FineTune (ties: the earlier epoch), its per-epoch valid metrics are right, and no arm reads test
+before its model is final."""
+import json
+
+import pytest
+import torch
+import transformers
+
+import backbone
+import data
+import finetune
+import pairtune
+import probe
+
+
+def weight_sum(model):
+    return sum(float(p.detach().double().sum()) for p in model.parameters())
+
+
+def test_pairtune_keeps_the_epoch_where_valid_peaks(demo_manifest, tmp_path, monkeypatch):
+    # The valid metric is scripted to peak at epoch 2 (and tie at epoch 4): encoder/ must hold the
+    # weights of epoch 2, encoder-last/ those of epoch 4.
+    scripted = iter([0.30, 0.70, 0.50, 0.70])
+    weights_at_epoch = []
+
+    def fake_metric(encoder, *args, **kwargs):
+        weights_at_epoch.append(weight_sum(encoder.model))
+        return next(scripted)
+
+    monkeypatch.setattr(pairtune, "valid_accuracy", fake_metric)
+    out = tmp_path / "run"
+    pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "4", "--max-seconds", "1",
+                   "--lr", "1e-3", "--loss", "eager", "--out", str(out)])
+    run = json.loads((out / "run.json").read_text())
+    assert run["selected_epoch"] == 2 and run["selected_valid_acc"] == 0.7 and run["finished"]
+    best = transformers.AutoModel.from_pretrained(out / "encoder")
+    last = transformers.AutoModel.from_pretrained(out / "encoder-last")
+    assert weight_sum(best) == pytest.approx(weights_at_epoch[1], rel=1e-9)
+    assert weight_sum(last) == pytest.approx(weights_at_epoch[3], rel=1e-9)
+    assert weight_sum(best) != pytest.approx(weight_sum(last), rel=1e-9)  # training moved the weights
+    assert not (out / "best.pt").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_saved_encoder_reproduces_its_logged_valid_accuracy(demo_manifest, tmp_path):
+    out = tmp_path / "run"
+    pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "3", "--max-seconds", "1",
+                   "--lr", "1e-3", "--loss", "eager", "--out", str(out), "--only-best", "--seed", "4"])
+    run = json.loads((out / "run.json").read_text())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    best = max(log, key=lambda line: (line["valid_acc"], -line["epoch"]))
+    assert run["selected_epoch"] == best["epoch"] and not (out / "encoder-last").exists()
+    # reload encoder/ and recompute the selection metric from scratch
+    encoder = backbone.load_encoder(str(out / "encoder"))
+    splits, classes = data.load_splits(str(demo_manifest))
+    args = pairtune.parse_args(["--dataset", str(demo_manifest), "--max-seconds", "1"])
+    args.num_workers = 0
+    centroid_clips = pairtune.centroid_subset(splits["train"], args.centroid_clips_per_class)
+    again = pairtune.valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, torch.device("cpu"))
+    assert again == pytest.approx(best["valid_acc"], abs=1e-6)
+
+
+def test_pairtune_select_by_probe_records_and_reproduces_its_metric(demo_manifest, tmp_path):
+    out = tmp_path / "run"
+    pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "2", "--max-seconds", "1",
+                   "--lr", "1e-3", "--loss", "eager", "--out", str(out), "--select-by", "probe", "--seed", "5"])
+    run = json.loads((out / "run.json").read_text())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    best = max(log, key=lambda line: (line["valid_acc"], -line["epoch"]))
+    assert run["selected_epoch"] == best["epoch"] and "probe" in run["selected_by"]
+    encoder = backbone.load_encoder(str(out / "encoder"))
+    splits, classes = data.load_splits(str(demo_manifest))
+    args = pairtune.parse_args(["--dataset", str(demo_manifest), "--max-seconds", "1", "--select-by", "probe"])
+    args.num_workers = 0
+    subset = pairtune.centroid_subset(splits["train"], args.centroid_clips_per_class)
+    again = pairtune.valid_accuracy(encoder, subset, splits["valid"], classes, args, torch.device("cpu"))
+    assert again == pytest.approx(best["valid_acc"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# The three per-epoch metrics, on hand-made features
+# ------------------------------------------------------------------------------------------------
+
+def test_centroid_and_knn_predictions_by_hand():
+    unit = lambda rows: torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1)
+    # class 0 around +x, class 1 around +y; one class-1 outlier sits near +x
+    train_x = unit([[1, 0.1], [1, -0.1], [1, 0.0], [0.1, 1], [-0.1, 1], [1, 0.16]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1])
+    valid_x = unit([[1, 0.15], [0.2, 1], [0.7, 0.7]])
+    # centroids: class 0 = (1, 0); class 1 ~ (0.42, 0.91), so (1, 0.15) -> 0, (0.7, 0.7) -> 1
+    assert pairtune.centroid_predictions(train_x, train_y, valid_x, 2).tolist() == [0, 1, 1]
+    # angles from (1, 0.15) (8.5 deg): outlier 9.1, (1, 0.1) 5.7, (1, 0) 0, (1, -0.1) -5.7 deg
+    # k = 1: the outlier is nearest, class 1; k = 3: outlier, (1, 0.1), (1, 0) -> two votes for 0
+    assert pairtune.knn_predictions(train_x, train_y, valid_x, 2, k=1).tolist() == [1, 1, 1]
+    assert pairtune.knn_predictions(train_x, train_y, valid_x, 2, k=3).tolist() == [0, 1, 1]
+    # k = 2: one vote each for (1, 0.15); the tie goes to the more similar voter, the outlier
+    assert pairtune.knn_predictions(train_x, train_y, valid_x[:1], 2, k=2).tolist() == [1]
+
+
+def test_probe_predictions_separate_separable_classes():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1) * 3
+    train_y = torch.arange(40) % 4
+    train_x = centres[train_y] + 0.3 * torch.randn(40, 16, generator=g)
+    valid_y = torch.arange(20) % 4
+    valid_x = centres[valid_y] + 0.3 * torch.randn(20, 16, generator=g)
+    predictions = pairtune.probe_predictions(train_x, train_y, valid_x, 4)
+    assert (predictions == valid_y).all()
+    assert torch.equal(predictions, pairtune.probe_predictions(train_x, train_y, valid_x, 4))  # deterministic
+
+
+# ------------------------------------------------------------------------------------------------
+# Nobody looks at test before the model is final
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def audio_reads(monkeypatch, demo_manifest):
+    """Records, in order, which split every decoded audio file belongs to, plus named events."""
+    split_of = {c.path: c.split for c in data.read_manifest(demo_manifest)}
+    events = []
+    original = data.load_audio
+
+    def recording_load_audio(path, sample_rate):
+        events.append(split_of[path])
+        return original(path, sample_rate)
+
+    monkeypatch.setattr(data, "load_audio", recording_load_audio)
+    return events
+
+
+def test_finetune_reads_test_once_after_selection(demo_manifest, tmp_path, monkeypatch, audio_reads):
+    original = finetune.evaluate
+
+    def recording_evaluate(encoder, head, clips, classes, args, device, desc):
+        audio_reads.append(f"evaluate {desc}")
+        return original(encoder, head, clips, classes, args, device, desc)
+
+    monkeypatch.setattr(finetune, "evaluate", recording_evaluate)
+    finetune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "2", "--max-seconds", "1",
+                   "--lr", "1e-3", "--out", str(tmp_path / "ft")])
+    first_test = audio_reads.index("test")
+    assert audio_reads.count("evaluate test") == 1
+    assert audio_reads.index("evaluate test") > max(i for i, e in enumerate(audio_reads) if e == "evaluate valid")
+    assert first_test > max(i for i, e in enumerate(audio_reads) if e in ("train", "valid"))
+    assert audio_reads.count("test") == 80  # every test clip once, nothing before the final model
+
+
+def test_pairtune_never_reads_test_and_probe_reads_it_after_its_choice(demo_manifest, tmp_path, monkeypatch,
+                                                                      audio_reads):
+    out = tmp_path / "pt"
+    pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "1", "--max-seconds", "1",
+                   "--lr", "1e-3", "--loss", "eager", "--out", str(out)])
+    assert "test" not in audio_reads and audio_reads.count("valid") == 80
+    audio_reads.clear()
+    original = probe.train_linear
+
+    def recording_train_linear(*args, **kwargs):
+        audio_reads.append("grid point")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "train_linear", recording_train_linear)
+    probe.main(["--ckpt", str(out), "--lrs", "1e-2", "--batch-sizes", "32", "--epochs", "5"])
+    last_grid_point = max(i for i, e in enumerate(audio_reads) if e == "grid point")
+    assert audio_reads.index("test") > last_grid_point and audio_reads.count("test") == 80
