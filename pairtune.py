@@ -11,14 +11,17 @@ which probe.py (stage 2) freezes and reads out with a linear classifier.
     python probe.py --ckpt out/demo
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
-epoch: epoch, train_loss, valid_acc, seconds), checkpoint.pt and best.pt (to resume with --resume),
+epoch: epoch, train_loss, valid_acc, seconds), checkpoint.pt and best-e<epoch>.pt (the best-valid
+weights so far; both to resume with --resume),
 encoder/ (the encoder of the epoch with the best valid accuracy, ties to the earlier epoch, as
 finetune.py selects; with its feature extractor, loadable with transformers alone) and
 encoder-last/ (the last epoch's, unless --only-best).
 """
 import argparse
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--select-by", choices=["centroid", "knn", "probe"], default="centroid",
                    help="per-epoch valid metric that picks the saved epoch, on features of valid and of a fixed "
                         "train subset: nearest class centroid (cheapest), k-NN vote, or a quick linear probe "
-                        "(300 full-batch Adam steps); all cost about one pass of the encoder over those clips")
+                        "(300 full-batch Adam steps more per epoch); all encode those clips once per epoch")
     p.add_argument("--knn-k", type=int, default=10, help="neighbours for --select-by knn")
     p.add_argument("--centroid-clips-per-class", type=int, default=32,
                    help="train clips per class encoded each epoch for the valid metric (centroids, neighbours "
@@ -72,7 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
     p.add_argument("--keep-checkpoint", action="store_true",
-                   help="keep checkpoint.pt and best.pt (weights + optimiser) after a finished run")
+                   help="keep checkpoint.pt (weights + optimiser) and best-e<epoch>.pt after a finished run")
     p.add_argument("--only-best", action="store_true",
                    help="save only encoder/ (the best-valid epoch), not also encoder-last/ (the last epoch)")
     return p.parse_args(argv)
@@ -104,8 +107,9 @@ def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device):
         predictions = centroid_predictions(train_x, train_y, valid_x, len(classes))
     elif args.select_by == "knn":
         predictions = knn_predictions(train_x, train_y, valid_x, len(classes), args.knn_k)
-    else:
-        predictions = probe_predictions(train_x, train_y, valid_x, len(classes))
+    else:  # on the training device: at TIMIT's size this is real work (see the README)
+        predictions = probe_predictions(train_x.to(device), train_y.to(device), valid_x.to(device),
+                                        len(classes)).cpu()
     return (predictions == valid_y).float().mean().item()
 
 
@@ -121,13 +125,14 @@ def knn_predictions(train_x, train_y, valid_x, n_classes, k):
     similarity, index = (valid_x @ train_x.T).topk(min(k, len(train_y)), dim=1)
     votes = torch.zeros(len(valid_x), n_classes).scatter_add_(1, train_y[index], torch.ones_like(similarity))
     closeness = torch.zeros(len(valid_x), n_classes).scatter_add_(1, train_y[index], similarity)
-    return (votes + 1e-3 * closeness / (1 + closeness.abs().max())).argmax(1)
+    most_votes = votes == votes.max(dim=1, keepdim=True).values
+    return closeness.masked_fill(~most_votes, -math.inf).argmax(1)
 
 
 def probe_predictions(train_x, train_y, valid_x, n_classes, steps=300, lr=0.01):
     """A quick linear probe: softmax regression trained full-batch with Adam from zero weights
     (deterministic), a cheap stand-in for probe.py's grid search."""
-    head = nn.Linear(train_x.shape[1], n_classes)
+    head = nn.Linear(train_x.shape[1], n_classes, device=train_x.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
@@ -188,12 +193,12 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, history, best):
+def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, history, best, selection):
     """One dict: unwrapped weights, optimizer, random states (so a resumed run continues exactly as an
-    uninterrupted one would), and the best-valid epoch so far."""
+    uninterrupted one would), and the best-valid epoch so far with the settings it was chosen by."""
     atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
                  "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
-                 "rng": backbone.random_states(loader_generator)}, path)
+                 "selection": selection, "rng": backbone.random_states(loader_generator)}, path)
 
 
 def finished_epochs(out: Path) -> int:
@@ -253,7 +258,11 @@ def main(argv=None):
 
     # ---------------- resuming ----------------
     start_epoch, history, best = 1, [], {"epoch": 0, "valid_acc": -1.0}
-    checkpoint_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    checkpoint_path = out / "checkpoint.pt"
+    # The best weights go to a file named by their epoch, and the checkpoint names the one it means:
+    # a kill between the two writes then leaves the checkpoint's own best file in place.
+    best_file = lambda epoch: out / f"best-e{epoch}.pt"
+    selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}
     if args.resume and finished_epochs(out) and not checkpoint_path.exists():
         sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
                  f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
@@ -263,6 +272,10 @@ def main(argv=None):
         encoder.model.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("selection") != selection or not best_file(state["best"]["epoch"]).exists():
+            sys.exit(f"error: {checkpoint_path} cannot be resumed: it was written with other selection settings "
+                     f"({state.get('selection')}, now {selection}) or its best-valid weights are missing; "
+                     "resume with the same settings, or start a fresh run")
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         backbone.restore_random_states(state["rng"], loader_generator)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
@@ -285,21 +298,28 @@ def main(argv=None):
               f"{line['seconds']:.1f}s", flush=True)
         if valid_acc > best["valid_acc"]:  # strict: ties keep the earlier epoch
             best = {"epoch": epoch, "valid_acc": valid_acc}
-            atomic_save({"encoder": encoder.model.state_dict(), **best}, best_path)
-        save_checkpoint(checkpoint_path, encoder, head, optimizer, loader_generator, epoch, history, best)
+            atomic_save({"encoder": encoder.model.state_dict(), **best}, best_file(epoch))
+        save_checkpoint(checkpoint_path, encoder, head, optimizer, loader_generator, epoch, history, best,
+                        selection)
+        for stale in out.glob("best-e*.pt"):  # only now that the checkpoint names the current one
+            if stale != best_file(best["epoch"]):
+                stale.unlink()
 
     # ---------------- saving: the best-valid encoder (the one probe.py uses) and the last ----------------
-    if not args.only_best:
+    if args.only_best:
+        shutil.rmtree(out / "encoder-last", ignore_errors=True)  # a previous run's, in a reused --out
+    else:
         encoder.save(out / "encoder-last")
-    encoder.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["encoder"])
+    best_state = torch.load(best_file(best["epoch"]), map_location=device, weights_only=True)
+    encoder.model.load_state_dict(best_state["encoder"])
     encoder.save(out / "encoder")
-    run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"],
+    run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"], selection=selection,
                selected_by=f"valid_acc in log.jsonl: {args.select_by} accuracy on valid",
                selected_valid_acc=round(best["valid_acc"], 6))
     backbone.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
         checkpoint_path.unlink()
-        best_path.unlink()
+        best_file(best["epoch"]).unlink()
     print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_acc "
           f"{best['valid_acc']:.4f}) to {out / 'encoder'}" + ("" if args.only_best else
           f", the last epoch's to {out / 'encoder-last'}") + f"; next: python probe.py --ckpt {out}")

@@ -31,7 +31,7 @@ def test_pairtune_keeps_the_epoch_where_valid_peaks(demo_manifest, tmp_path, mon
     monkeypatch.setattr(pairtune, "valid_accuracy", fake_metric)
     out = tmp_path / "run"
     pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "4", "--max-seconds", "1",
-                   "--lr", "1e-3", "--loss", "eager", "--out", str(out)])
+                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out)])
     run = json.loads((out / "run.json").read_text())
     assert run["selected_epoch"] == 2 and run["selected_valid_acc"] == 0.7 and run["finished"]
     best = transformers.AutoModel.from_pretrained(out / "encoder")
@@ -45,7 +45,7 @@ def test_pairtune_keeps_the_epoch_where_valid_peaks(demo_manifest, tmp_path, mon
 def test_saved_encoder_reproduces_its_logged_valid_accuracy(demo_manifest, tmp_path):
     out = tmp_path / "run"
     pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "3", "--max-seconds", "1",
-                   "--lr", "1e-3", "--loss", "eager", "--out", str(out), "--only-best", "--seed", "4"])
+                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out), "--only-best", "--seed", "4"])
     run = json.loads((out / "run.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best = max(log, key=lambda line: (line["valid_acc"], -line["epoch"]))
@@ -63,7 +63,7 @@ def test_saved_encoder_reproduces_its_logged_valid_accuracy(demo_manifest, tmp_p
 def test_pairtune_select_by_probe_records_and_reproduces_its_metric(demo_manifest, tmp_path):
     out = tmp_path / "run"
     pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "2", "--max-seconds", "1",
-                   "--lr", "1e-3", "--loss", "eager", "--out", str(out), "--select-by", "probe", "--seed", "5"])
+                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out), "--select-by", "probe", "--seed", "5"])
     run = json.loads((out / "run.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best = max(log, key=lambda line: (line["valid_acc"], -line["epoch"]))
@@ -131,25 +131,32 @@ def audio_reads(monkeypatch, demo_manifest):
 def test_finetune_reads_test_once_after_selection(demo_manifest, tmp_path, monkeypatch, audio_reads):
     original = finetune.evaluate
 
+    weights = {}  # evaluation -> weight fingerprint
+
     def recording_evaluate(encoder, head, clips, classes, args, device, desc):
         audio_reads.append(f"evaluate {desc}")
-        return original(encoder, head, clips, classes, args, device, desc)
+        result = original(encoder, head, clips, classes, args, device, desc)
+        weights[len(weights)] = (desc, weight_sum(encoder.model), result[0])
+        return result
 
     monkeypatch.setattr(finetune, "evaluate", recording_evaluate)
     finetune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "2", "--max-seconds", "1",
-                   "--lr", "1e-3", "--out", str(tmp_path / "ft")])
+                   "--lr", "1e-3", "--device", "cpu", "--num-workers", "0", "--out", str(tmp_path / "ft")])
     first_test = audio_reads.index("test")
     assert audio_reads.count("evaluate test") == 1
     assert audio_reads.index("evaluate test") > max(i for i, e in enumerate(audio_reads) if e == "evaluate valid")
     assert first_test > max(i for i, e in enumerate(audio_reads) if e in ("train", "valid"))
     assert audio_reads.count("test") == 80  # every test clip once, nothing before the final model
+    valids = [(w, acc) for desc, w, acc in weights.values() if desc == "valid"]
+    best_weights = max(enumerate(valids), key=lambda item: (item[1][1], -item[0]))[1][0]
+    assert weights[len(weights) - 1][0] == "test" and weights[len(weights) - 1][1] == pytest.approx(best_weights, rel=1e-12)
 
 
 def test_pairtune_never_reads_test_and_probe_reads_it_after_its_choice(demo_manifest, tmp_path, monkeypatch,
                                                                       audio_reads):
     out = tmp_path / "pt"
     pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "1", "--max-seconds", "1",
-                   "--lr", "1e-3", "--loss", "eager", "--out", str(out)])
+                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out)])
     assert "test" not in audio_reads and audio_reads.count("valid") == 80
     audio_reads.clear()
     original = probe.train_linear
@@ -158,7 +165,38 @@ def test_pairtune_never_reads_test_and_probe_reads_it_after_its_choice(demo_mani
         audio_reads.append("grid point")
         return original(*args, **kwargs)
 
+    original_cache = probe.cached_features
+
+    def recording_cached_features(*args):
+        audio_reads.append(f"features {','.join(args[-1])}")
+        return original_cache(*args)
+
     monkeypatch.setattr(probe, "train_linear", recording_train_linear)
-    probe.main(["--ckpt", str(out), "--lrs", "1e-2", "--batch-sizes", "32", "--epochs", "5"])
+    monkeypatch.setattr(probe, "cached_features", recording_cached_features)
+    probe_args = ["--ckpt", str(out), "--lrs", "1e-2", "--batch-sizes", "32", "--epochs", "5", "--device", "cpu",
+                  "--num-workers", "0"]
+    probe.main(probe_args)
     last_grid_point = max(i for i, e in enumerate(audio_reads) if e == "grid point")
     assert audio_reads.index("test") > last_grid_point and audio_reads.count("test") == 80
+    assert audio_reads.index("features test") > last_grid_point
+    audio_reads.clear()
+    probe.main(probe_args + ["--out", str(out / "probe-again")])  # features now come from the cache
+    assert "test" not in audio_reads and audio_reads.index("features test") > audio_reads.index("grid point")
+
+
+def test_an_interrupted_run_selects_like_an_uninterrupted_one(demo_manifest, tmp_path):
+    common = ["--dataset", str(demo_manifest), "--backbone", "tiny", "--max-seconds", "1", "--lr", "1e-3",
+              "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--seed", "6"]
+    pairtune.main(common + ["--epochs", "3", "--out", str(tmp_path / "straight")])
+    pairtune.main(common + ["--epochs", "1", "--out", str(tmp_path / "resumed"), "--keep-checkpoint"])
+    assert (tmp_path / "resumed" / "best-e1.pt").exists()
+    with pytest.raises(SystemExit, match="other selection settings"):
+        pairtune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume", "--select-by", "knn"])
+    pairtune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume"])
+    straight = json.loads((tmp_path / "straight" / "run.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert resumed["selected_epoch"] == straight["selected_epoch"]
+    assert resumed["selected_valid_acc"] == straight["selected_valid_acc"]
+    same = [weight_sum(transformers.AutoModel.from_pretrained(tmp_path / run / "encoder")) for run in ("straight", "resumed")]
+    assert same[0] == pytest.approx(same[1], rel=1e-12)
+    assert not list((tmp_path / "straight").glob("best-e*.pt"))  # removed with the checkpoint
