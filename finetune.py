@@ -10,7 +10,7 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
 
 Writes to --out: run.json, log.jsonl (epoch, train_loss, valid_acc, seconds), results.json (test_acc
 at the best-valid epoch, valid_acc, best_epoch, confusion), encoder/ and head.pt of the best-valid
-epoch, checkpoint.pt and best.pt (to resume with --resume).
+epoch, checkpoint.pt and best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
 import json
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
     p.add_argument("--keep-checkpoint", action="store_true",
-                   help="keep checkpoint.pt and best.pt (weights + optimiser) after a finished run")
+                   help="keep checkpoint.pt (weights + optimiser) and best-e<epoch>.pt after a finished run")
     return p.parse_args(argv)
 
 
@@ -142,7 +142,10 @@ def main(argv=None):
 
     # ---------------- resuming ----------------
     start_epoch, history, best = 1, [], {"epoch": 0, "valid_acc": -1.0}
-    checkpoint_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    checkpoint_path = out / "checkpoint.pt"
+    # The best weights go to a file named by their epoch, and the checkpoint names the one it means:
+    # a kill between the two writes then leaves the checkpoint's own best file in place.
+    best_file = lambda epoch: out / f"best-e{epoch}.pt"
     if args.resume and finished_epochs(out) and not checkpoint_path.exists():
         sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
                  f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
@@ -152,6 +155,9 @@ def main(argv=None):
         encoder.model.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
+        if "best" not in state or not best_file(state["best"]["epoch"]).exists():
+            sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
+                     f"(best-e<epoch>.pt) are missing; start a fresh run")
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         backbone.restore_random_states(state["rng"], loader_generator)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
@@ -173,14 +179,17 @@ def main(argv=None):
               f"{line['seconds']:.1f}s", flush=True)
         if valid_acc > best["valid_acc"]:  # strict: ties keep the earlier epoch
             best = {"epoch": epoch, "valid_acc": valid_acc}
-            atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(), **best}, best_path)
+            atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(), **best}, best_file(epoch))
         atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
                      "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
                      "rng": backbone.random_states(loader_generator)},
                     checkpoint_path)
+        for stale in out.glob("best-e*.pt"):  # only now that the checkpoint names the current one
+            if stale != best_file(best["epoch"]):
+                stale.unlink()
 
     # ---------------- testing the best-valid epoch, once ----------------
-    state = torch.load(best_path, map_location=device, weights_only=True)
+    state = torch.load(best_file(best["epoch"]), map_location=device, weights_only=True)
     encoder.model.load_state_dict(state["encoder"])
     head.load_state_dict(state["head"])
     test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test")
@@ -198,7 +207,7 @@ def main(argv=None):
     backbone.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ and head.pt hold the result
         checkpoint_path.unlink()
-        best_path.unlink()
+        best_file(best["epoch"]).unlink()
     print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
           f"wrote {out / 'results.json'}")
 

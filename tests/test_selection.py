@@ -39,7 +39,7 @@ def test_pairtune_keeps_the_epoch_where_valid_peaks(demo_manifest, tmp_path, mon
     assert weight_sum(best) == pytest.approx(weights_at_epoch[1], rel=1e-9)
     assert weight_sum(last) == pytest.approx(weights_at_epoch[3], rel=1e-9)
     assert weight_sum(best) != pytest.approx(weight_sum(last), rel=1e-9)  # training moved the weights
-    assert not (out / "best.pt").exists() and not (out / "checkpoint.pt").exists()
+    assert not list(out.glob("best-e*.pt")) and not (out / "checkpoint.pt").exists()
 
 
 def test_saved_encoder_reproduces_its_logged_valid_accuracy(demo_manifest, tmp_path):
@@ -200,3 +200,14 @@ def test_an_interrupted_run_selects_like_an_uninterrupted_one(demo_manifest, tmp
     same = [weight_sum(transformers.AutoModel.from_pretrained(tmp_path / run / "encoder")) for run in ("straight", "resumed")]
     assert same[0] == pytest.approx(same[1], rel=1e-12)
     assert not list((tmp_path / "straight").glob("best-e*.pt"))  # removed with the checkpoint
+
+
+def test_an_interrupted_finetune_run_tests_the_same_epoch(demo_manifest, tmp_path):
+    common = ["--dataset", str(demo_manifest), "--backbone", "tiny", "--max-seconds", "1", "--lr", "1e-3",
+              "--device", "cpu", "--num-workers", "0", "--seed", "7"]
+    finetune.main(common + ["--epochs", "3", "--out", str(tmp_path / "straight")])
+    finetune.main(common + ["--epochs", "2", "--out", str(tmp_path / "resumed"), "--keep-checkpoint"])
+    finetune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume"])
+    straight, resumed = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("straight", "resumed"))
+    assert (resumed["best_epoch"], resumed["test_acc"]) == (straight["best_epoch"], straight["test_acc"])
+    assert not list((tmp_path / "straight").glob("best-e*.pt"))
