@@ -382,6 +382,106 @@ def output_paths(runs_dir, out):
 
 
 # --------------------------------------------------------------------------
+# Geometry of the representations (paper, section 3.4): anisotropy and the
+# dimensionality contribution to cosine similarity
+# --------------------------------------------------------------------------
+
+
+def unit_rows(features):
+    """[N, d] float64 rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"expected a [N, d] matrix with N >= 2 clips, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def cosine_contributions(features):
+    """CC_i: the mean over pairs of distinct clips (n != m) of u_ni * u_mi, for each dimension i.
+
+    In O(N d): sum over n != m of u_ni u_mi = (sum_n u_ni)^2 - sum_n u_ni^2, divided by N (N - 1)
+    pairs. Their sum over i is the mean cosine similarity (the anisotropy).
+    """
+    u = unit_rows(features)
+    n = u.shape[0]
+    return (u.sum(axis=0) ** 2 - (u ** 2).sum(axis=0)) / (n * (n - 1))
+
+
+def anisotropy(features):
+    """Mean cosine similarity over all pairs of distinct clips (0 for an isotropic cloud)."""
+    return float(cosine_contributions(features).sum())
+
+
+def dimension_contribution(features):
+    """How few dimensions carry the cosine similarity (Timkey & van Schijndel 2021).
+
+    Dimensions are ranked by |CC_i| and given shares |CC_i| / sum_j |CC_j|: the summed share of the
+    top 1, 2 and 3 dimensions, and how many dimensions reach 50, 80 and 90%. Shares of |CC| are used
+    because the signed shares CC_i / sum_j CC_j blow up when the mean cosine is near zero (after
+    fine-tuning, it can be); the signed shares of the same top dimensions are reported too.
+    """
+    cc = cosine_contributions(features)
+    order = np.argsort(-np.abs(cc), kind="stable")
+    total_abs = np.abs(cc).sum()
+    shares = np.abs(cc[order]) / total_abs if total_abs > 0 else np.zeros(len(cc))
+    cumulative = np.cumsum(shares)
+    dims_for = lambda q: int(np.searchsorted(cumulative, q - 1e-12) + 1)  # first rank whose total >= q
+    total = cc.sum()
+    signed = cc[order[:3]] / total if total != 0 else np.full(min(3, len(cc)), np.nan)
+    return {
+        "anisotropy": float(total),
+        "top1": float(cumulative[0]), "top2": float(cumulative[min(1, len(cc) - 1)]),
+        "top3": float(cumulative[min(2, len(cc) - 1)]),
+        "dims50": dims_for(0.5), "dims80": dims_for(0.8), "dims90": dims_for(0.9),
+        "top_dimensions": [int(i) for i in order[:3]],
+        "signed_top1": float(signed[0]), "signed_top3": float(np.sum(signed[:3])),
+        "dimensions": int(len(cc)),
+    }
+
+
+def load_features(spec):
+    """A [N, d] array from a .npy file, or the test features probe.py cached in a pairtune run."""
+    path = Path(spec)
+    if path.suffix == ".npy":
+        return np.load(path)
+    cached = sorted(path.glob("features/*/test.pt"))
+    if not cached:
+        raise ValueError(f"{path}: no cached test features (features/<dataset>/test.pt). Run "
+                         f"`python probe.py --ckpt {path}` first, which caches them, or pass --features X.npy.")
+    import torch  # only this path needs it: the cache is a torch file
+
+    return torch.load(cached[0], weights_only=False)["features"].double().numpy()
+
+
+def cmd_geometry(args):
+    names = list(args.ckpt or []) + list(args.features or [])
+    if not names:
+        print("error: give --ckpt RUN or --features X.npy (one or more)", file=sys.stderr)
+        return 1
+    rows = {}
+    for name in names:
+        try:
+            rows[name] = dimension_contribution(load_features(name))
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    if args.command == "isotropy":
+        print("| features | anisotropy (mean cosine) |\n|---|---:|")
+        for name, row in rows.items():
+            print(f"| {name} | {row['anisotropy']:.4f} |")
+    else:
+        print("| features | top1 | top2 | top3 | dims50 | dims80 | dims90 | signed top1 | signed top3 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, r in rows.items():
+            print(f"| {name} | {r['top1']:.3f} | {r['top2']:.3f} | {r['top3']:.3f} | {r['dims50']} | "
+                  f"{r['dims80']} | {r['dims90']} | {r['signed_top1']:.3f} | {r['signed_top3']:.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
@@ -435,6 +535,15 @@ def build_parser():
         help="directory for table.md/.csv/.json, or a .md file path (default: RUNS_DIR/table.md)",
     )
     table.set_defaults(func=cmd_table)
+
+    for name, text in (("isotropy", "anisotropy: mean cosine similarity over pairs of distinct test clips"),
+                       ("dimcontrib", "dimensionality contribution to cosine similarity (Table 3)")):
+        geometry = subcommands.add_parser(name, help=text)
+        geometry.add_argument("--ckpt", nargs="+", metavar="RUN",
+                              help="pairtune run folders whose probe.py feature cache holds test features")
+        geometry.add_argument("--features", nargs="+", metavar="X.npy", help="[N, d] feature matrices")
+        geometry.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
+        geometry.set_defaults(func=cmd_geometry)
 
     return parser
 

@@ -1,12 +1,15 @@
-"""Tests for eval.py's ``table`` subcommand on hand-built runs trees."""
+"""Tests for eval.py: the ``table`` subcommand on hand-built runs trees, and the geometry metrics
+(anisotropy, dimensionality contribution) against their O(N^2) definitions."""
 
 import csv
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -405,3 +408,63 @@ def test_cli_subprocess_empty_dir_exit_code(tmp_path):
     )
     assert proc.returncode == 1
     assert str(tmp_path) in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Geometry: anisotropy and dimensionality contribution, against O(N^2) definitions
+# ---------------------------------------------------------------------------
+
+def _pairwise_reference(x):
+    """Mean over ordered pairs n != m of the cosine, and of each dimension's product u_ni u_mi."""
+    u = [[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in x.tolist()]
+    n, d = len(u), len(u[0])
+    total_cos, per_dim = 0.0, [0.0] * d
+    for a in range(n):
+        for b in range(n):
+            if a != b:
+                for i in range(d):
+                    product = u[a][i] * u[b][i]
+                    per_dim[i] += product
+                    total_cos += product
+    pairs = n * (n - 1)
+    return total_cos / pairs, [v / pairs for v in per_dim]
+
+
+def test_anisotropy_and_contributions_match_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(23, 5)) + np.array([2.0, 0, 0, -1.0, 0])  # a shifted, anisotropic cloud
+    want_cos, want_cc = _pairwise_reference(x)
+    assert ev.anisotropy(x) == pytest.approx(want_cos, abs=1e-12)
+    assert ev.cosine_contributions(x) == pytest.approx(want_cc, abs=1e-12)
+    assert want_cos > 0.2  # the shift makes it clearly anisotropic, so the check is not of zeros
+
+
+def test_dimension_contribution_by_hand():
+    # Three clips; u rows: (1,0,0), (1,0,0), (0.6,0.8,0). Pairs (ordered, distinct): 6.
+    # CC_0 = [(1+1+0.6)^2 - (1+1+0.36)] / 6 = (6.76 - 2.36) / 6 = 0.7333
+    # CC_1 = [(0.8)^2 - 0.64] / 6 = 0; CC_2 = 0. So dimension 0 carries everything.
+    x = np.array([[2.0, 0, 0], [5.0, 0, 0], [3.0, 4.0, 0]])
+    result = ev.dimension_contribution(x)
+    assert result["anisotropy"] == pytest.approx(4.4 / 6)
+    assert result["top1"] == pytest.approx(1.0) and result["dims50"] == result["dims90"] == 1
+    assert result["top_dimensions"][0] == 0 and result["signed_top1"] == pytest.approx(1.0)
+    # two equal dimensions: each holds half, so 50% needs 1 dimension and 80% needs 2
+    y = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    result = ev.dimension_contribution(y)
+    assert result["top1"] == pytest.approx(0.5) and result["top2"] == pytest.approx(1.0)
+    assert (result["dims50"], result["dims80"], result["dims90"]) == (1, 2, 2)
+
+
+def test_isotropy_and_dimcontrib_commands(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    a, b = tmp_path / "finetune.npy", tmp_path / "pairtune.npy"
+    np.save(a, rng.normal(size=(40, 8)) + 3.0)
+    np.save(b, rng.normal(size=(40, 8)))
+    assert ev.main(["isotropy", "--features", str(a), str(b), "--json", str(tmp_path / "iso.json")]) == 0
+    saved = json.loads((tmp_path / "iso.json").read_text())
+    assert saved[str(a)]["anisotropy"] == pytest.approx(ev.anisotropy(np.load(a)))
+    assert saved[str(a)]["anisotropy"] > 0.5 > abs(saved[str(b)]["anisotropy"])
+    assert ev.main(["dimcontrib", "--features", str(a)]) == 0
+    assert "| dims50 |" in capsys.readouterr().out
+    assert ev.main(["isotropy", "--ckpt", str(tmp_path)]) == 1
+    assert "no cached test features" in capsys.readouterr().err
