@@ -12,7 +12,7 @@ folds train. Whenever a manifest has no valid rows, valid is carved from train (
 
 Prepare a dataset from its raw files (the README's table says where to get each and which split):
 
-    python data.py prepare gtzan --root RAW/gtzan --splits ../shared/splits/gtzan   # -> data/gtzan
+    python data.py prepare gtzan --root RAW/gtzan --splits DIR_WITH_THE_3_LISTS      # -> data/gtzan
     python data.py prepare esc50 --root RAW/ESC-50-master                            # -> data/esc50
     python data.py prepare timit --root RAW/TIMIT --rule by-type                     # -> data/timit
     python data.py prepare emodb --root RAW/emodb                                    # -> data/emodb

@@ -15,10 +15,15 @@ Examples::
     python eval.py table runs/ --out reports/
     python eval.py table runs/ --out reports/main_table.md
 
+    # anisotropy and dimensionality contribution (Table 3) of test features
+    python eval.py isotropy --features finetune.npy pairtune.npy
+    python eval.py dimcontrib --ckpt runs/gtzan/wav2vec2/pairtune/seed-0 --json dc.json
+
 The script uses only the standard library and numpy so it runs anywhere the
-results were copied to, without the training stack.  Each subcommand is a
-``cmd_<name>(args) -> exit code`` function registered in ``build_parser``;
-new analyses are added there.
+results were copied to, without the training stack (``--ckpt`` alone imports
+torch, to read probe.py's feature cache).  Each subcommand is a
+``cmd_<name>(args) -> exit code`` function registered in ``build_parser``
+(isotropy and dimcontrib share ``cmd_geometry``); new analyses are added there.
 """
 
 import argparse
