@@ -231,6 +231,58 @@ def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, 
     return features, labels
 
 
+def weights_fingerprint(encoder: AudioEncoder) -> str:
+    """SHA-1 of every weight, so a cache never serves features of another encoder (~1 s for 95M)."""
+    import hashlib
+    digest = hashlib.sha1()
+    for name, tensor in encoder.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_dir(run_dir, dataset: str, fold) -> Path:
+    """Where a run keeps its cached features: RUN/features/<dataset>[-fold<k>]/<split>.pt."""
+    return Path(run_dir) / "features" / (dataset if fold is None else f"{dataset}-fold{fold}")
+
+
+def cache_key(clips, classes, max_seconds, fingerprint: str) -> dict:
+    """What a cached feature file must match: the same clips, classes, chunk length and weights."""
+    return {"paths": [c.path for c in clips], "classes": classes, "max_seconds": max_seconds,
+            "encoder": fingerprint}
+
+
+def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_seconds: float, device, names,
+                    batch_size: int = 16, num_workers: int = 0) -> dict:
+    """{split: (features [N, d], labels [N])} for the splits in `names`, from cache_dir/<split>.pt when
+    it holds the very same clips and weights, else encoded (extract_features) and saved there.
+
+    probe.py caches train/valid/test of a PairTune run this way, finetune.py its test split, and
+    eval.py reads (or fills) the same files for its analyses of test representations."""
+    import time
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    features = {}
+    fingerprint = weights_fingerprint(encoder)
+    for split in names:
+        key = cache_key(splits[split], classes, max_seconds, fingerprint)
+        file = cache_dir / f"{split}.pt"
+        if file.exists():
+            saved = torch.load(file, weights_only=False)
+            if saved["key"] == key:
+                features[split] = (saved["features"], saved["labels"])
+                continue
+        started = time.time()
+        feats, labels = extract_features(encoder, splits[split], classes, max_seconds, device, batch_size,
+                                         num_workers, desc=f"encoding {split}")
+        tmp = file.with_suffix(".pt.tmp")  # written whole, then renamed: a kill never leaves half a cache
+        torch.save({"key": key, "features": feats, "labels": labels}, tmp)
+        os.replace(tmp, file)
+        print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
+        features[split] = (feats, labels)
+    return features
+
+
 def package_versions() -> dict:
     import platform
     import torchaudio

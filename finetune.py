@@ -10,7 +10,8 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
 
 Writes to --out: run.json, log.jsonl (epoch, train_loss, valid_acc, seconds), results.json (test_acc
 at the best-valid epoch, valid_acc, best_epoch, confusion), encoder/ and head.pt of the best-valid
-epoch, checkpoint.pt and best-e<epoch>.pt (to resume with --resume).
+epoch, features/<dataset>/test.pt (its pooled test features, for eval.py), checkpoint.pt and
+best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
 import json
@@ -55,10 +56,15 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def evaluate(encoder, head, clips, classes, args, device, desc):
-    """Accuracy and predictions on whole clips (chunk features averaged, then the linear head)."""
-    features, labels = backbone.extract_features(encoder, clips, classes, args.max_seconds, device,
-                                                 args.eval_batch_size, args.num_workers, desc=desc)
+def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None):
+    """Accuracy and predictions on whole clips (chunk features averaged, then the linear head).
+    With cache_dir, the pooled features are also kept there (as probe.py keeps a PairTune run's)."""
+    if cache_dir is None:
+        features, labels = backbone.extract_features(encoder, clips, classes, args.max_seconds, device,
+                                                     args.eval_batch_size, args.num_workers, desc=desc)
+    else:
+        features, labels = backbone.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
+                                                    device, (desc,), args.eval_batch_size, args.num_workers)[desc]
     head_was_training = head.training
     head.eval()
     predictions = head(features.to(device)).argmax(1).cpu()
@@ -192,7 +198,9 @@ def main(argv=None):
     state = torch.load(best_file(best["epoch"]), map_location=device, weights_only=True)
     encoder.model.load_state_dict(state["encoder"])
     head.load_state_dict(state["head"])
-    test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test")
+    # The test features stay in features/ for eval.py's analyses (anisotropy, UMAP), so it needs no re-encoding.
+    test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test",
+                                             cache_dir=backbone.feature_dir(out, run["dataset"], args.fold))
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
     encoder.save(out / "encoder")

@@ -13,7 +13,6 @@ Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ ot
 valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix.
 """
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -47,43 +46,6 @@ def parse_args(argv=None):
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding")
     return p.parse_args(argv)
-
-
-# ------------------------------------------------------------------------------------------------
-# Features, encoded once and cached
-# ------------------------------------------------------------------------------------------------
-
-def weights_fingerprint(encoder) -> str:
-    """SHA-1 of every weight, so a cache never serves features of another encoder (~1 s for 95M)."""
-    digest = hashlib.sha1()
-    for name, tensor in encoder.model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def cached_features(encoder, splits, classes, cache_dir: Path, max_seconds, device, args, names):
-    """{split: (features [N, d], labels [N])} for the splits in `names`; the cache is reused only
-    for the very same clips and weights."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    features = {}
-    fingerprint = weights_fingerprint(encoder)
-    for split in names:
-        key = {"paths": [c.path for c in splits[split]], "classes": classes, "max_seconds": max_seconds,
-               "encoder": fingerprint}
-        file = cache_dir / f"{split}.pt"
-        if file.exists():
-            saved = torch.load(file, weights_only=False)
-            if saved["key"] == key:
-                features[split] = (saved["features"], saved["labels"])
-                continue
-        started = time.time()
-        feats, labels = backbone.extract_features(encoder, splits[split], classes, max_seconds, device,
-                                                  args.eval_batch_size, args.num_workers, desc=f"encoding {split}")
-        torch.save({"key": key, "features": feats, "labels": labels}, file)
-        print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
-        features[split] = (feats, labels)
-    return features
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +101,7 @@ def main(argv=None):
         max_seconds = args.max_seconds or run_args["max_seconds"]
         seed = args.seed if args.seed is not None else run_args["seed"]
         out = Path(args.out) if args.out else ckpt / "probe"
-        cache_root = ckpt / "features"
+        feature_root = ckpt  # features/ next to the checkpoint
     else:  # a backbone: the frozen pre-trained (or, with --random-init, untrained) encoder
         if not args.dataset:
             sys.exit("error: --ckpt is not a pairtune run folder (no run.json), so --dataset is needed")
@@ -153,7 +115,7 @@ def main(argv=None):
         fold_tag = "" if fold is None else f"-fold{fold}"
         default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
         out = Path(args.out) if args.out else default_out
-        cache_root = out / "features"
+        feature_root = out
     encoder = encoder.to(device)
     out.mkdir(parents=True, exist_ok=True)
     if encoder.max_seconds is not None:
@@ -162,9 +124,10 @@ def main(argv=None):
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(dataset, data_root, fold, args.skip_bad)
     dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
-    cache_dir = cache_root / f"{dataset_label}{'' if fold is None else f'-fold{fold}'}"
+    cache_dir = backbone.feature_dir(feature_root, dataset_label, fold)
     # test is encoded only once the classifier is chosen: nothing before that can look at it
-    features = cached_features(encoder, splits, classes, cache_dir, max_seconds, device, args, ("train", "valid"))
+    features = backbone.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("train", "valid"),
+                                        args.eval_batch_size, args.num_workers)
     (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
     # Standardise with train statistics: an affine map the linear layer could absorb, so the model
     # class is unchanged, but one lr grid then suits every backbone's feature scale.
@@ -195,7 +158,8 @@ def main(argv=None):
     state, chosen = best
     head = nn.Linear(train_x.shape[1], len(classes))
     head.load_state_dict(state)
-    test_x, test_y = cached_features(encoder, splits, classes, cache_dir, max_seconds, device, args, ("test",))["test"]
+    test_x, test_y = backbone.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("test",),
+                                             args.eval_batch_size, args.num_workers)["test"]
     with torch.no_grad():
         predictions = head(standardise(test_x)).argmax(1)
     test_acc = (predictions == test_y).float().mean().item()

@@ -133,9 +133,9 @@ def test_finetune_reads_test_once_after_selection(demo_manifest, tmp_path, monke
 
     weights = {}  # evaluation -> weight fingerprint
 
-    def recording_evaluate(encoder, head, clips, classes, args, device, desc):
+    def recording_evaluate(encoder, head, clips, classes, args, device, desc, **kwargs):
         audio_reads.append(f"evaluate {desc}")
-        result = original(encoder, head, clips, classes, args, device, desc)
+        result = original(encoder, head, clips, classes, args, device, desc, **kwargs)
         weights[len(weights)] = (desc, weight_sum(encoder.model), result[0])
         return result
 
@@ -165,14 +165,14 @@ def test_pairtune_never_reads_test_and_probe_reads_it_after_its_choice(demo_mani
         audio_reads.append("grid point")
         return original(*args, **kwargs)
 
-    original_cache = probe.cached_features
+    original_cache = backbone.cached_features
 
     def recording_cached_features(*args):
-        audio_reads.append(f"features {','.join(args[-1])}")
+        audio_reads.append(f"features {','.join(args[6])}")  # the split names
         return original_cache(*args)
 
     monkeypatch.setattr(probe, "train_linear", recording_train_linear)
-    monkeypatch.setattr(probe, "cached_features", recording_cached_features)
+    monkeypatch.setattr(backbone, "cached_features", recording_cached_features)
     probe_args = ["--ckpt", str(out), "--lrs", "1e-2", "--batch-sizes", "32", "--epochs", "5", "--device", "cpu",
                   "--num-workers", "0"]
     probe.main(probe_args)
