@@ -1,36 +1,48 @@
-"""Summarise finished runs into the paper's results table.
+"""Summarise finished runs: the paper's Table 2 and Table 3, its analyses and its figures.
 
-Every training run writes a ``results.json`` into its own run directory.  This
-script gathers those files and turns them into one table: one row per
-backbone x method, one column per dataset, each cell the test accuracy as
-mean ± sample standard deviation over seeds (or ESC-50 folds).
+Every training run writes a ``results.json`` (test accuracy, confusion matrix) and a ``log.jsonl``
+(valid accuracy per epoch) into its own folder, and keeps its encoder and pooled test features.
+This script turns them into the paper's section 3.3-3.4: the results table (mean ± sample std over
+seeds or ESC-50 folds), anisotropy and dimensionality contribution of test features (Table 3),
+confusion analysis, a 2-D map of the hardest classes (Figure 3) and convergence curves (Figure 2).
 
 Examples::
 
-    # print the table and write runs/table.md, runs/table.csv, runs/table.json
+    # Table 2: print it and write runs/table.md, runs/table.csv, runs/table.json
     python eval.py table runs/
-
-    # write the three files somewhere else (a directory, or a .md file whose
-    # .csv and .json siblings get the same stem)
     python eval.py table runs/ --out reports/
-    python eval.py table runs/ --out reports/main_table.md
+
+    # everything below for a whole runs tree, into runs/report/ with a report.md (run_all.sh's end)
+    python eval.py report runs/
 
     # anisotropy and dimensionality contribution (Table 3) of test features
     python eval.py isotropy --features finetune.npy pairtune.npy
-    python eval.py dimcontrib --ckpt runs/gtzan/wav2vec2/pairtune/seed-0 --json dc.json
+    python eval.py dimcontrib --ckpt runs/esc50/wav2vec2/finetune/fold-1 runs/esc50/wav2vec2/pairtune/fold-1
+    python eval.py dimcontrib --runs runs/ --json table3.json
 
-The script uses only the standard library and numpy so it runs anywhere the
-results were copied to, without the training stack (``--ckpt`` alone imports
-torch, to read probe.py's feature cache).  Each subcommand is a
-``cmd_<name>(args) -> exit code`` function registered in ``build_parser``
-(isotropy and dimcontrib share ``cmd_geometry``); new analyses are added there.
+    # which classes a run confuses (several runs: summed), as text and a PNG heatmap
+    python eval.py confusion runs/esc50/wav2vec2/finetune/fold-*
+
+    # Figure 3 and Figure 2
+    python eval.py umap --out fig3.png --finetune runs/esc50/wav2vec2/finetune/fold-1 \\
+                        --pairtune runs/esc50/wav2vec2/pairtune/fold-1
+    python eval.py curves runs/ --out figures/
+
+``table`` and ``confusion``'s text need only the standard library and numpy, so they run wherever
+the results were copied to. Test features come from the runs' feature caches (finetune.py and
+probe.py write them), else they are encoded with the run's encoder, which imports torch. Figures
+need matplotlib, and Figure 3 umap-learn (without it: t-SNE if scikit-learn is there, else PCA, and
+the figure says which); nothing else in the project imports them. Each subcommand is a
+``cmd_<name>(args) -> exit code`` function registered in ``build_parser``.
 """
 
 import argparse
 import csv
 import json
 import math
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -444,29 +456,523 @@ def dimension_contribution(features):
     }
 
 
-def load_features(spec):
-    """A [N, d] array from a .npy file, or the test features probe.py cached in a pairtune run."""
+# --------------------------------------------------------------------------
+# Training runs on disk: finetune.py and pairtune.py folders (run.json, log.jsonl, features/)
+# --------------------------------------------------------------------------
+
+ARMS = ("finetune", "pairtune")
+
+
+def find_runs(runs_dir, warn=print_warning):
+    """Finished FineTune and PairTune runs below runs_dir (any depth), one dict per run.json.
+
+    Each dict: dir, method, dataset, backbone (label, random init flagged), seed, fold, run (the
+    decoded run.json). Unfinished runs are skipped with a warning: their encoder/ is not final.
+    """
+    runs = []
+    for path in sorted(Path(runs_dir).rglob("run.json")):
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            warn(f"skipping {path}: not valid JSON ({error})")
+            continue
+        if not isinstance(run, dict) or run.get("stage") not in ARMS:
+            continue
+        if not run.get("finished"):
+            warn(f"skipping {path.parent}: the run has not finished")
+            continue
+        args = run.get("args", {})
+        runs.append({
+            "dir": path.parent, "method": run["stage"], "dataset": run["dataset"],
+            "backbone": run["backbone"] + (RANDOM_INIT_SUFFIX if run.get("backbone_random_init") else ""),
+            "seed": args.get("seed"), "fold": args.get("fold"), "run": run,
+        })
+    return runs
+
+
+def group_runs(runs):
+    """{(dataset, backbone): {"finetune": [runs], "pairtune": [runs]}}, runs ordered by fold, then seed."""
+    groups = {}
+    for run in sorted(runs, key=lambda r: (r["dataset"], r["backbone"], _none_first(r["fold"]),
+                                           _none_first(r["seed"]), str(r["dir"]))):
+        groups.setdefault((run["dataset"], run["backbone"]), {arm: [] for arm in ARMS})[run["method"]].append(run)
+    return dict(sorted(groups.items()))
+
+
+def repeat_name(run):
+    """'fold-3' for fold datasets, else 'seed-0': how runs of one group are told apart."""
+    return f"fold-{run['fold']}" if run["fold"] is not None else f"seed-{run['seed']}"
+
+
+def arm_results(run_dir):
+    """The results.json holding a run's test confusion: FineTune's own, or PairTune's probe/results.json."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return json.loads(run_dir.read_text(encoding="utf-8"))
+    for candidate in (run_dir / "results.json", run_dir / "probe" / "results.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    raise ValueError(f"{run_dir}: no results.json (nor probe/results.json); finish the run, and for a "
+                     f"PairTune run `python probe.py --ckpt {run_dir}`")
+
+
+def read_log(run_dir):
+    """The per-epoch lines of a run's log.jsonl (epoch, train_loss, valid_acc, seconds)."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (every finetune.py or pairtune.py run writes one)")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_test_features(run_dir, device="auto"):
+    """(features [N, d] float64, labels [N] int64, classes) of a finished run's test split, as
+    encoded by the run's encoder/ (its best-valid epoch) through backbone.extract_features.
+
+    finetune.py and probe.py cache these in RUN/features/<dataset>[-fold<k>]/test.pt. The cache is
+    used when it was made with these very weights (checked by fingerprint); otherwise the test split
+    is encoded now, from the run's manifest, and cached there. This path imports torch.
+    """
+    import backbone  # the training stack: only the feature path needs it
+    import data
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # one bar per loaded encoder would flood a report
+
+    run_dir = Path(run_dir)
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        raise ValueError(f"{run_dir}: not a run folder (no run.json)")
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    if run.get("stage") not in ARMS or not run.get("finished") or not (run_dir / "encoder").is_dir():
+        raise ValueError(f"{run_dir}: not a finished finetune.py or pairtune.py run (no final encoder/)")
+    args = run["args"]
+    device = backbone.resolve_device(device)
+    encoder = backbone.load_encoder(str(run_dir / "encoder")).to(device)
+    cache_dir = backbone.feature_dir(run_dir, run["dataset"], args.get("fold"))
+    cached = cache_dir / "test.pt"
+    fingerprint = backbone.weights_fingerprint(encoder)
+    if cached.is_file():
+        saved = torch.load(cached, weights_only=False)
+        key = saved.get("key", {}) if isinstance(saved, dict) else {}
+        if key.get("encoder") == fingerprint and key.get("classes") == run["classes"]:
+            return saved["features"].double().numpy(), saved["labels"].numpy(), run["classes"]
+    splits, classes = data.load_splits(run["manifest"], args.get("data_root"), args.get("fold"),
+                                       args.get("skip_bad", False))
+    max_seconds = args["max_seconds"]
+    if encoder.max_seconds is not None:
+        max_seconds = min(max_seconds, encoder.max_seconds)
+    features, labels = backbone.cached_features(encoder, splits, classes, cache_dir, max_seconds, device,
+                                                ("test",))["test"]
+    return features.double().numpy(), labels.numpy(), classes
+
+
+def load_features(spec, device="auto"):
+    """A [N, d] array from a .npy file, or a run folder's test features (run_test_features)."""
     path = Path(spec)
     if path.suffix == ".npy":
         return np.load(path)
-    cached = sorted(path.glob("features/*/test.pt"))
-    if not cached:
-        raise ValueError(f"{path}: no cached test features (features/<dataset>/test.pt). Run "
-                         f"`python probe.py --ckpt {path}` first, which caches them, or pass --features X.npy.")
-    import torch  # only this path needs it: the cache is a torch file
+    return run_test_features(path, device)[0]
 
-    return torch.load(cached[0], weights_only=False)["features"].double().numpy()
+
+# --------------------------------------------------------------------------
+# Table 3 over a runs tree: the geometry of FINETUNE vs PAIRTUNE test features
+# --------------------------------------------------------------------------
+
+GEOMETRY_COLUMNS = (  # (field, header, decimals, better): the paper's arrows
+    ("anisotropy", "anisotropy", 3, None),
+    ("top1", "top 1 ↓", 3, "lower"), ("top2", "top 2 ↓", 3, "lower"), ("top3", "top 3 ↓", 3, "lower"),
+    ("dims50", "50% ↑", 1, "higher"), ("dims80", "80% ↑", 1, "higher"), ("dims90", "90% ↑", 1, "higher"),
+)
+GEOMETRY_LEGEND = (
+    "Test features (mean-pooled encoder output, the best-valid epoch); mean ± sample std over runs. "
+    "anisotropy: mean cosine over pairs of distinct clips. top k: share of |CC_i| carried by the k "
+    "dimensions with the largest |CC_i|; q%: dimensions needed to reach a share of q. "
+    "Bold: the better arm by the paper's arrows."
+)
+
+
+def geometry_of_runs(groups, device="auto", warn=print_warning):
+    """{(dataset, backbone): {arm: [(repeat, dimension_contribution row), ...]}} for every run."""
+    table = {}
+    for key, arms in groups.items():
+        table[key] = {}
+        for arm, runs in arms.items():
+            rows = []
+            for run in runs:
+                try:
+                    rows.append((repeat_name(run), dimension_contribution(run_test_features(run["dir"], device)[0])))
+                except Exception as error:  # one unreadable run must not sink a day's report
+                    warn(f"no test features for {run['dir']}: {error}")
+            table[key][arm] = rows
+    return table
+
+
+def geometry_cells(rows):
+    """{field: {"mean", "std", "n"}} over runs (std None for one run), from dimension_contribution rows."""
+    cells = {}
+    for field, *_ in GEOMETRY_COLUMNS:
+        values = np.array([row[field] for _, row in rows], dtype=float)
+        cells[field] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+                        "n": int(len(values))}
+    return cells
+
+
+def format_geometry_table(arms):
+    """Table 3 for one (dataset, backbone): rows FINETUNE / PAIRTUNE, the better cell in bold."""
+    cells = {arm: geometry_cells(rows) for arm, rows in arms.items() if rows}
+    header = ["Method", "n"] + [title for _, title, _, _ in GEOMETRY_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for arm in ARMS:
+        if arm not in cells:
+            continue
+        row = [arm.upper(), str(cells[arm]["top1"]["n"])]
+        for field, _, decimals, better in GEOMETRY_COLUMNS:
+            cell = cells[arm][field]
+            text = f"{cell['mean']:.{decimals}f}" + ("" if cell["std"] is None else f" ± {cell['std']:.{decimals}f}")
+            other = cells.get("pairtune" if arm == "finetune" else "finetune")
+            if better and other is not None:
+                mine, theirs = round(cell["mean"], decimals), round(other[field]["mean"], decimals)
+                if (mine < theirs) if better == "lower" else (mine > theirs):
+                    text = f"**{text}**"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# Confusion: which classes FINETUNE (or PAIRTUNE) mixes up
+# --------------------------------------------------------------------------
+
+
+def pair_confusion(confusion):
+    """[K, K] symmetric matrix: clips of a predicted as b plus clips of b predicted as a (0 diagonal)."""
+    c = np.asarray(confusion, dtype=float)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"a confusion matrix must be square, got shape {c.shape}")
+    off = c - np.diag(np.diag(c))
+    return off + off.T
+
+
+def confused_pairs(confusion, top=10):
+    """The `top` class pairs with the most confusion (both directions), as (mass, a, b), a < b.
+    Pairs without any confusion are left out; ties go to the lower class indices."""
+    pairs = pair_confusion(confusion)
+    a, b = np.triu_indices(len(pairs), k=1)
+    mass = pairs[a, b]
+    order = np.lexsort((b, a, -mass))[:top]
+    return [(float(mass[k]), int(a[k]), int(b[k])) for k in order if mass[k] > 0]
+
+
+def confused_triplets(confusion, top=10, exclude=()):
+    """The `top` class triplets with the most confusion among their members, as (mass, a, b, c),
+    a < b < c: mass is the sum of their three pair masses (all six off-diagonal cells). Exact: every
+    triplet is scored, one first class at a time (O(K^3) additions, a second for K = 630). Classes
+    in `exclude` take no part; triplets without any confusion are left out; ties go to lower indices."""
+    pairs = pair_confusion(confusion)
+    if exclude:
+        pairs[list(exclude), :] = -np.inf  # any triplet with an excluded member scores -inf
+        pairs[:, list(exclude)] = -np.inf
+    k = len(pairs)
+    found = []
+    for a in range(k - 2):
+        rest = pairs[a, a + 1:]
+        scores = rest[:, None] + rest[None, :] + pairs[a + 1:, a + 1:]  # [b, c] for b, c > a
+        b, c = np.triu_indices(len(rest), k=1)
+        values = scores[b, c]
+        positive = values > 0
+        if not positive.any():
+            continue
+        # Keep every triplet at least as good as this class's `top`-th best, so ties all survive.
+        cut = np.partition(values[positive], -min(top, positive.sum()))[-min(top, positive.sum())]
+        for i in np.flatnonzero(values >= cut):
+            found.append((float(values[i]), a, a + 1 + int(b[i]), a + 1 + int(c[i])))
+    found.sort(key=lambda t: (-t[0], t[1], t[2], t[3]))
+    return found[:top]
+
+
+def hardest_classes(confusion, triplets=3):
+    """Class indices of the `triplets` most confused disjoint triplets, picked greedily (the paper's
+    Figure 3 shows three such triplets of FINETUNE). With at most 3 * triplets classes, all of them."""
+    k = len(np.asarray(confusion))
+    if k <= 3 * triplets:
+        return list(range(k))
+    chosen = []
+    for _ in range(triplets):
+        best = confused_triplets(confusion, top=1, exclude=chosen)
+        if not best:
+            break
+        chosen.extend(best[0][1:])
+    return chosen
+
+
+def describe_confusion(confusion, classes, top=5):
+    """Text: accuracy, the most confused pairs and triplets with their share of all errors."""
+    c = np.asarray(confusion, dtype=float)
+    errors = c.sum() - np.trace(c)
+    lines = [f"{int(c.sum())} test clips, {int(errors)} errors, accuracy {100 * np.trace(c) / max(c.sum(), 1):.2f}%"]
+    share = lambda mass: f"{100 * mass / errors:.1f}% of errors" if errors else ""
+    lines.append("most confused pairs (clips of one predicted as the other, both ways):")
+    for mass, a, b in confused_pairs(c, top):
+        lines.append(f"  {classes[a]} / {classes[b]}: {int(mass)} ({share(mass)})")
+    lines.append("most confused triplets (all six off-diagonal cells):")
+    for mass, a, b, d in confused_triplets(c, top):
+        lines.append(f"  {classes[a]} / {classes[b]} / {classes[d]}: {int(mass)} ({share(mass)})")
+    if errors == 0:
+        lines.append("  (no errors)")
+    return "\n".join(lines)
+
+
+def summed_confusion(results_list):
+    """One confusion matrix over several runs of one arm (seeds: each test clip counted per seed;
+    folds: every clip once). All runs must have the same classes."""
+    classes = results_list[0]["classes"]
+    total = np.zeros((len(classes), len(classes)))
+    for results in results_list:
+        if results["classes"] != classes:
+            raise ValueError("runs with different class lists cannot be summed")
+        total += np.asarray(results["confusion"], dtype=float)
+    return total, classes
+
+
+# --------------------------------------------------------------------------
+# Figures (matplotlib and umap-learn are optional: nothing else in the project imports them)
+# --------------------------------------------------------------------------
+
+
+class MissingPackage(RuntimeError):
+    """An optional package a figure needs is not installed; the message says how to install it."""
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend, or MissingPackage with the install command."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingPackage("figures need matplotlib, which is not installed here: pip install matplotlib "
+                             "(or pip install -r requirements-test.txt)") from None
+    matplotlib.use("Agg")  # PNG files only: no display, works on servers and in CI
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(confusion, classes, path, title):
+    """Heatmap of the confusion matrix, each row as fractions of its true class."""
+    plt = pyplot()
+    c = np.asarray(confusion, dtype=float)
+    rows = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.22 * len(classes) + 2.5), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    if len(classes) <= 60:  # beyond that, names would overlap
+        font = 8 if len(classes) <= 20 else 5
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=font)
+        ax.set_yticks(range(len(classes)), classes, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def project_2d(features, method="auto", seed=0):
+    """2-D coordinates of L2-normalised features and the name of the projection used.
+
+    method: umap (umap-learn), tsne (scikit-learn), pca (numpy), or auto: the first of these that is
+    installed. The name says when a fallback was used, so a figure is never taken for UMAP wrongly.
+    """
+    u = unit_rows(features)
+    n = len(u)
+    missing = []
+    if method in ("auto", "umap"):
+        try:
+            import umap
+        except ImportError:
+            if method == "umap":
+                raise MissingPackage("--method umap needs umap-learn: pip install umap-learn") from None
+            missing.append("umap-learn")
+        else:
+            if n >= 10:  # UMAP's neighbour graph needs some points; below that, PCA says as much
+                reducer = umap.UMAP(n_neighbors=min(15, n - 1), random_state=seed,
+                                    init="random" if n < 30 else "spectral")  # spectral init fails on few points
+                with warnings.catch_warnings():  # a fixed seed makes UMAP single-threaded, and it says so
+                    warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+                    return np.asarray(reducer.fit_transform(u), dtype=float), "UMAP"
+            missing.append("enough points for UMAP")
+    if method in ("auto", "tsne"):
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError:
+            if method == "tsne":
+                raise MissingPackage("--method tsne needs scikit-learn: pip install scikit-learn") from None
+            missing.append("scikit-learn")
+        else:
+            if n >= 5:
+                tsne = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed)
+                label = "t-SNE" + (f" ({' and '.join(missing)} not installed)" if missing else "")
+                return np.asarray(tsne.fit_transform(u), dtype=float), label
+            missing.append("enough points for t-SNE")
+    centred = u - u.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2] * np.sign(vt[:2, [0]] + (vt[:2, [0]] == 0))  # fix each axis's sign: reproducible
+    coords = centred @ axes.T
+    if coords.shape[1] < 2:
+        coords = np.hstack([coords, np.zeros((n, 2 - coords.shape[1]))])
+    return coords, "PCA" + (f" ({', '.join(missing)} not available)" if missing else "")
+
+
+def class_colours(count):
+    plt = pyplot()
+    palette = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    return [palette(i % palette.N) for i in range(count)]
+
+
+def plot_projection(panels, class_names, path, title):
+    """Side-by-side 2-D scatter plots, one colour per class; panels: [(heading, coords, labels)]."""
+    plt = pyplot()
+    colours = class_colours(len(class_names))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.2), squeeze=False)
+    for ax, (heading, coords, labels) in zip(axes[0], panels):
+        for index, name in enumerate(class_names):
+            mine = labels == index
+            ax.scatter(coords[mine, 0], coords[mine, 1], s=14, color=colours[index], label=name, alpha=0.85)
+        ax.set_title(heading, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(class_names), 5), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(class_names) - 1) // 5), 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3, method="auto", device="auto",
+                      confusion=None):
+    """Figure 3: the test features of the hardest classes, FINETUNE and PAIRTUNE side by side.
+
+    The classes come from `classes` (names), else from the FINETUNE confusion (`confusion`, or the
+    finetune run's own): its `triplets` most confused disjoint triplets. Each arm is projected on its
+    own. Returns what was drawn (also written next to the PNG as JSON)."""
+    arms = {}
+    for arm, run_dir in (("finetune", finetune_dir), ("pairtune", pairtune_dir)):
+        features, labels, names = run_test_features(run_dir, device)
+        arms[arm] = (features, labels, names)
+    names = arms["finetune"][2]
+    if arms["pairtune"][2] != names:
+        raise ValueError(f"{finetune_dir} and {pairtune_dir} have different classes")
+    if classes:
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise ValueError(f"unknown class(es) {', '.join(unknown)}; the classes are: {', '.join(names)}")
+        chosen = [names.index(c) for c in classes]
+        source = "--classes"
+    else:
+        if confusion is None:
+            confusion = arm_results(finetune_dir)["confusion"]
+        chosen = hardest_classes(confusion, triplets)
+        source = f"the {triplets} most confused disjoint triplets of FINETUNE's test confusion"
+    panels, drawn = [], {}
+    run_dirs = {"finetune": finetune_dir, "pairtune": pairtune_dir}
+    for arm, (features, labels, _) in arms.items():
+        keep = np.isin(labels, chosen)
+        relabel = np.array([chosen.index(int(y)) for y in labels[keep]], dtype=int)
+        coords, used = project_2d(features[keep], method)
+        panels.append((f"{arm.upper()} ({used})", coords, relabel))
+        drawn[arm] = {"run": str(run_dirs[arm]), "method": used,
+                      "points": [[float(x), float(y), names[chosen[c]]] for (x, y), c in zip(coords, relabel)]}
+    chosen_names = [names[i] for i in chosen]
+    plot_projection(panels, chosen_names, path, "Test features of the hardest classes")
+    info = {"classes": chosen_names, "classes_from": source, **drawn}
+    Path(path).with_suffix(".json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return info
+
+
+def curve_data(groups, warn=print_warning):
+    """Valid accuracy per epoch (percent), per (dataset, backbone) and arm: mean, sample std and n
+    over the runs that reached each epoch, plus what the valid metric was."""
+    curves = {}
+    for key, arms in groups.items():
+        entry = {}
+        for arm, runs in arms.items():
+            per_epoch = {}
+            for run in runs:
+                try:
+                    for line in read_log(run["dir"]):
+                        per_epoch.setdefault(int(line["epoch"]), []).append(100.0 * float(line["valid_acc"]))
+                except (OSError, ValueError, KeyError) as error:
+                    warn(f"skipping the curve of {run['dir']}: {error}")
+            if not per_epoch:
+                continue
+            epochs = sorted(per_epoch)
+            values = [np.array(per_epoch[e]) for e in epochs]
+            metric = ("its classifier's accuracy" if arm == "finetune" else
+                      f"{runs[0]['run']['args'].get('select_by', 'centroid')} accuracy of encoder features")
+            entry[arm] = {"epochs": epochs, "mean": [float(v.mean()) for v in values],
+                          "std": [float(v.std(ddof=1)) if len(v) > 1 else None for v in values],
+                          "n": [int(len(v)) for v in values], "metric": metric}
+        if entry:
+            curves[key] = entry
+    return curves
+
+
+def plot_curves(entry, path, title):
+    """Figure 2: valid accuracy per epoch, mean line with a ± std band over runs, one line per arm."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for arm, colour in zip(ARMS, ("tab:orange", "tab:blue")):
+        if arm not in entry:
+            continue
+        curve = entry[arm]
+        epochs, mean = np.array(curve["epochs"]), np.array(curve["mean"])
+        std = np.array([s if s is not None else 0.0 for s in curve["std"]])
+        ax.plot(epochs, mean, marker="o", markersize=3, color=colour,
+                label=f"{arm.upper()} ({curve['metric']}; n={max(curve['n'])})")
+        ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def group_name(key):
+    """'esc50 · wav2vec2': how a (dataset, backbone) group is titled and keyed in JSON files."""
+    return f"{key[0]} · {key[1]}"
+
+
+def group_stem(key):
+    """'esc50-wav2vec2': the file-name-safe form, for the group's figures."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{key[0]}-{key[1]}").strip("_")
+
+
+def by_name(per_group):
+    """{(dataset, backbone): x} -> {'dataset · backbone': x}, for JSON."""
+    return {group_name(key): value for key, value in per_group.items()}
+
+
+# --------------------------------------------------------------------------
+# Subcommands
+# --------------------------------------------------------------------------
 
 
 def cmd_geometry(args):
+    if args.runs:
+        return cmd_geometry_runs(args)
     names = list(args.ckpt or []) + list(args.features or [])
     if not names:
-        print("error: give --ckpt RUN or --features X.npy (one or more)", file=sys.stderr)
+        print("error: give --ckpt RUN, --features X.npy (one or more) or --runs RUNS_DIR", file=sys.stderr)
         return 1
     rows = {}
     for name in names:
         try:
-            rows[name] = dimension_contribution(load_features(name))
+            rows[name] = dimension_contribution(load_features(name, args.device))
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -483,6 +989,187 @@ def cmd_geometry(args):
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def cmd_geometry_runs(args):
+    """Table 3 (and anisotropy) for every (dataset, backbone) of a runs tree, FINETUNE vs PAIRTUNE."""
+    groups = group_runs(find_runs(args.runs))
+    if not groups:
+        print(f"error: no finished finetune/pairtune runs under {args.runs}", file=sys.stderr)
+        return 1
+    geometry = geometry_of_runs(groups, args.device)
+    for (dataset, backbone_label_), arms in geometry.items():
+        print(f"\n### {dataset} · {backbone_label_}\n")
+        print(format_geometry_table(arms))
+    print(GEOMETRY_LEGEND)
+    if args.json:
+        payload = by_name({key: {arm: dict(rows) for arm, rows in arms.items()} for key, arms in geometry.items()})
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def cmd_confusion(args):
+    try:
+        results_list = [arm_results(run) for run in args.runs]
+        confusion, classes = summed_confusion(results_list)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    first = results_list[0]
+    label = f"{first.get('method', '?').upper()} {first.get('dataset', '?')} {first.get('backbone', '?')}"
+    if len(results_list) > 1:
+        label += f" (summed over {len(results_list)} runs)"
+    print(label)
+    if len(classes) <= 20:
+        width = max(len(c) for c in classes)
+        print("rows: true class, columns: predicted (in the same order)")
+        for name, row in zip(classes, confusion.astype(int)):
+            print(f"  {name:>{width}} " + " ".join(f"{v:4d}" for v in row))
+    print(describe_confusion(confusion, classes, args.top))
+    first_run = Path(args.runs[0])
+    out = Path(args.out) if args.out else first_run if first_run.is_dir() else first_run.parent
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"classes": classes, "confusion": confusion.astype(int).tolist(),
+               "pairs": [[int(m), classes[a], classes[b]] for m, a, b in confused_pairs(confusion, args.top)],
+               "triplets": [[int(m), classes[a], classes[b], classes[c]]
+                            for m, a, b, c in confused_triplets(confusion, args.top)]}
+    (out / "confusion.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        plot_confusion(confusion, classes, out / "confusion.png", label)
+    except MissingPackage as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out / 'confusion.json'}, {out / 'confusion.png'}", file=sys.stderr)
+    return 0
+
+
+def cmd_umap(args):
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pyplot()  # fail before encoding anything
+        info = projection_figure(args.finetune, args.pairtune, out, classes, args.triplets, args.method, args.device)
+    except (MissingPackage, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"classes: {', '.join(info['classes'])} (from {info['classes_from']})")
+    print(f"projection: FINETUNE {info['finetune']['method']}, PAIRTUNE {info['pairtune']['method']}")
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    return 0
+
+
+def cmd_curves(args):
+    try:
+        pyplot()
+    except MissingPackage as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    curves = curve_data(group_runs(find_runs(args.runs_dir)))
+    if not curves:
+        print(f"error: no finished finetune/pairtune runs with a log.jsonl under {args.runs_dir}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, entry in curves.items():
+        path = out / f"curves-{group_stem(key)}.png"
+        plot_curves(entry, path, f"Valid accuracy per epoch: {group_name(key)}")
+        print(f"wrote {path}")
+    (out / "curves.json").write_text(json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_report(args):
+    """Everything at once into one folder, with report.md linking it (run_all.sh's last step)."""
+    runs_dir = Path(args.runs_dir)
+    out = Path(args.out) if args.out else runs_dir / "report"
+    if not runs_dir.is_dir():
+        print(f"error: runs directory {runs_dir} does not exist", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# AudioConFit report: {runs_dir}", ""]
+
+    # Table 2
+    results = collect_results(runs_dir)
+    if results:
+        summary = summarise(results)
+        table = format_table(summary)
+        print(table, end="")
+        (out / "table.md").write_text(table, encoding="utf-8")
+        write_csv(summary, out / "table.csv")
+        write_json(summary, out / "table.json")
+        md += ["## Table 2: test accuracy", "", table, "Also as [CSV](table.csv) and [JSON](table.json).", ""]
+    else:
+        md += ["## Table 2: test accuracy", "", "No results.json found.", ""]
+
+    try:
+        pyplot()
+        figures = True
+    except MissingPackage as error:
+        figures = False
+        print(f"warning: no figures: {error}", file=sys.stderr)
+        md += [f"**No figures:** {error}", ""]
+
+    groups = group_runs(find_runs(runs_dir))
+    geometry = geometry_of_runs(groups, args.device)
+    curves = curve_data(groups)
+    (out / "curves.json").write_text(json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "geometry.json").write_text(json.dumps(
+        by_name({key: {arm: dict(rows) for arm, rows in arms.items()} for key, arms in geometry.items()}),
+        indent=2) + "\n", encoding="utf-8")
+
+    for (dataset, backbone_label_), arms in groups.items():
+        name, stem = group_name((dataset, backbone_label_)), group_stem((dataset, backbone_label_))
+        md += [f"## {name}", ""]
+        md += ["### Representation geometry (Table 3)", "", format_geometry_table(geometry[(dataset, backbone_label_)]),
+               GEOMETRY_LEGEND, ""] if any(geometry[(dataset, backbone_label_)].values()) else []
+
+        md += ["### Confusion", ""]
+        confusions = {}
+        for arm, runs in arms.items():
+            if not runs:
+                continue
+            try:
+                confusion, classes = summed_confusion([arm_results(run["dir"]) for run in runs])
+            except (OSError, ValueError, KeyError) as error:
+                md += [f"{arm.upper()}: no confusion ({error})", ""]
+                continue
+            confusions[arm] = confusion
+            md += [f"**{arm.upper()}**, summed over {len(runs)} run(s):", "", "```",
+                   describe_confusion(confusion, classes), "```", ""]
+            if figures:
+                png = f"confusion-{stem}-{arm}.png"
+                plot_confusion(confusion, classes, out / png, f"{arm.upper()} {name}, {len(runs)} run(s)")
+                md += [f"![{arm} confusion]({png})", ""]
+
+        if figures and (dataset, backbone_label_) in curves:
+            png = f"curves-{stem}.png"
+            plot_curves(curves[(dataset, backbone_label_)], out / png, f"Valid accuracy per epoch: {name}")
+            md += ["### Convergence (Figure 2)", "", f"![curves]({png})",
+                   "FINETUNE's valid accuracy is its classifier's; PAIRTUNE's is its selection metric on "
+                   "encoder features (see log.jsonl). Numbers in [curves.json](curves.json).", ""]
+
+        shared = sorted({repeat_name(r) for r in arms["finetune"]} & {repeat_name(r) for r in arms["pairtune"]})
+        if figures and shared:
+            pick = shared[0]
+            run_of = lambda arm: next(r for r in arms[arm] if repeat_name(r) == pick)
+            png = f"umap-{stem}.png"
+            try:
+                info = projection_figure(run_of("finetune")["dir"], run_of("pairtune")["dir"], out / png,
+                                         triplets=args.triplets, device=args.device,
+                                         confusion=confusions.get("finetune"))
+                md += ["### Hardest classes (Figure 3)", "",
+                       f"![projection]({png})",
+                       f"{pick}; classes: {', '.join(info['classes'])}, from {info['classes_from']} "
+                       f"(summed over its runs); projection: {info['finetune']['method']}.", ""]
+            except Exception as error:  # keep the rest of the report
+                print(f"warning: no projection figure for {name}: {error}", file=sys.stderr)
+                md += [f"No projection figure: {error}", ""]
+
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    print(f"wrote {out / 'report.md'}", file=sys.stderr)
     return 0
 
 
@@ -520,11 +1207,14 @@ def cmd_table(args):
     return 0
 
 
+DEVICE_HELP = "device for encoding test features that are not cached yet: auto (CUDA if available), cuda, cpu"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Evaluate and summarise AudioConFit runs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1].split("The script", 1)[0],
+        epilog=__doc__.split("Examples::", 1)[1].split("``table`` and", 1)[0],
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -545,10 +1235,47 @@ def build_parser():
                        ("dimcontrib", "dimensionality contribution to cosine similarity (Table 3)")):
         geometry = subcommands.add_parser(name, help=text)
         geometry.add_argument("--ckpt", nargs="+", metavar="RUN",
-                              help="pairtune run folders whose probe.py feature cache holds test features")
+                              help="finetune.py or pairtune.py run folders (their test features: cached, else encoded)")
         geometry.add_argument("--features", nargs="+", metavar="X.npy", help="[N, d] feature matrices")
+        geometry.add_argument("--runs", metavar="RUNS_DIR",
+                              help="every run below RUNS_DIR: FINETUNE vs PAIRTUNE per dataset and backbone")
         geometry.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
+        geometry.add_argument("--device", default="auto", help=DEVICE_HELP)
         geometry.set_defaults(func=cmd_geometry)
+
+    confusion = subcommands.add_parser(
+        "confusion", help="test confusion matrix of a run (or summed over runs): most confused pairs and triplets, PNG")
+    confusion.add_argument("runs", nargs="+", metavar="RUN",
+                           help="a finetune run, a pairtune run (its probe/), or a results.json; several are summed")
+    confusion.add_argument("--top", type=int, default=10, help="how many pairs and triplets to list")
+    confusion.add_argument("--out", metavar="DIR", help="folder for confusion.png/.json (default: the first RUN)")
+    confusion.set_defaults(func=cmd_confusion)
+
+    projection = subcommands.add_parser(
+        "umap", help="Figure 3: 2-D map of the hardest classes' test features, FINETUNE and PAIRTUNE side by side")
+    projection.add_argument("--finetune", required=True, metavar="RUN", help="a finetune.py run folder")
+    projection.add_argument("--pairtune", required=True, metavar="RUN", help="a pairtune.py run folder")
+    projection.add_argument("--classes", help="comma-separated class names (default: from FINETUNE's confusion)")
+    projection.add_argument("--triplets", type=int, default=3,
+                            help="how many disjoint most-confused triplets of FINETUNE to show (3, as in the paper)")
+    projection.add_argument("--method", choices=["auto", "umap", "tsne", "pca"], default="auto",
+                            help="auto: UMAP if umap-learn is installed, else t-SNE (scikit-learn), else PCA")
+    projection.add_argument("--out", default="umap.png", help="PNG path (a .json with the points goes next to it)")
+    projection.add_argument("--device", default="auto", help=DEVICE_HELP)
+    projection.set_defaults(func=cmd_umap)
+
+    curves = subcommands.add_parser("curves",
+                                    help="Figure 2: valid accuracy per epoch, FINETUNE vs PAIRTUNE, mean ± std")
+    curves.add_argument("runs_dir", metavar="RUNS_DIR", help="directory searched recursively for run folders")
+    curves.add_argument("--out", required=True, metavar="DIR", help="folder for curves-*.png and curves.json")
+    curves.set_defaults(func=cmd_curves)
+
+    report = subcommands.add_parser("report", help="Table 2, Table 3, confusion, Figures 2 and 3 into one folder")
+    report.add_argument("runs_dir", metavar="RUNS_DIR", help="directory searched recursively for runs")
+    report.add_argument("--out", metavar="DIR", help="default: RUNS_DIR/report")
+    report.add_argument("--triplets", type=int, default=3, help="hardest triplets shown in Figure 3")
+    report.add_argument("--device", default="auto", help=DEVICE_HELP)
+    report.set_defaults(func=cmd_report)
 
     return parser
 

@@ -467,4 +467,4 @@ def test_isotropy_and_dimcontrib_commands(tmp_path, capsys):
     assert ev.main(["dimcontrib", "--features", str(a)]) == 0
     assert "| dims50 |" in capsys.readouterr().out
     assert ev.main(["isotropy", "--ckpt", str(tmp_path)]) == 1
-    assert "no cached test features" in capsys.readouterr().err
+    assert "not a run folder (no run.json)" in capsys.readouterr().err
