@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full AudioConFit comparison: datasets x backbones x seeds (fold datasets: folds) x
-# {finetune, pairtune + probe}, ending with the results table.
+# {finetune, pairtune + probe}, ending with the results table and the analysis in RUNS/report/.
 #
 #   bash run_all.sh            # the paper's grid (prepare the datasets first, see README)
 #   bash run_all.sh --quick    # demo data + tiny random backbone, a few minutes on 2 CPU cores
@@ -83,4 +83,6 @@ for dataset in $DATASETS; do
 done
 
 echo "== all runs done in $(( SECONDS - started )) s"
-"$PYTHON" eval.py table "$RUNS"
+# Table 2 on stdout; Table 3, confusion and Figures 2-3 into $RUNS/report/ (report.md links them;
+# the figures need matplotlib and umap-learn, and are skipped with a note where they are missing).
+"$PYTHON" eval.py report "$RUNS"

@@ -58,7 +58,7 @@ def test_esc50_runs_its_five_folds_and_other_datasets_their_seeds(tmp_path):
     assert outs == {str(tmp_path / f"runs/esc50/tiny/finetune/fold-{k}") for k in range(1, 6)}
     probes = [flag(c, "--ckpt") for c in calls if c[0] == "probe.py"]
     assert len(probes) == 5 + 3 and all("/pairtune/" in p for p in probes)
-    assert calls[-1][:2] == ["eval.py", "table"]
+    assert calls[-1][:2] == ["eval.py", "report"]
 
 
 def test_finished_runs_are_skipped(tmp_path):
