@@ -237,7 +237,7 @@ def weights_fingerprint(encoder: AudioEncoder) -> str:
     digest = hashlib.sha1()
     for name, tensor in encoder.model.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
     return digest.hexdigest()
 
 
@@ -250,6 +250,18 @@ def cache_key(clips, classes, max_seconds, fingerprint: str) -> dict:
     """What a cached feature file must match: the same clips, classes, chunk length and weights."""
     return {"paths": [c.path for c in clips], "classes": classes, "max_seconds": max_seconds,
             "encoder": fingerprint}
+
+
+def load_cache(file):
+    """A feature cache file's contents, or None when it is missing or unreadable (then re-encoded)."""
+    if not Path(file).is_file():
+        return None
+    try:
+        saved = torch.load(file, weights_only=False)
+    except Exception as error:  # a truncated or foreign file is only a cache miss
+        print(f"ignoring unreadable feature cache {file}: {error}")
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_seconds: float, device, names,
@@ -267,11 +279,10 @@ def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_secon
     for split in names:
         key = cache_key(splits[split], classes, max_seconds, fingerprint)
         file = cache_dir / f"{split}.pt"
-        if file.exists():
-            saved = torch.load(file, weights_only=False)
-            if saved["key"] == key:
-                features[split] = (saved["features"], saved["labels"])
-                continue
+        saved = load_cache(file)
+        if saved is not None and saved.get("key") == key:
+            features[split] = (saved["features"], saved["labels"])
+            continue
         started = time.time()
         feats, labels = extract_features(encoder, splits[split], classes, max_seconds, device, batch_size,
                                          num_workers, desc=f"encoding {split}")

@@ -51,8 +51,7 @@ import numpy as np
 # paper compares, so they always get a row (showing "–" where runs are
 # missing); FROZEN is an optional baseline and only shown when it was run.
 METHOD_ORDER = ("finetune", "pairtune", "frozen")
-ALWAYS_SHOWN_METHODS = ("finetune", "pairtune")
-COMPARED_METHODS = ("finetune", "pairtune")
+ARMS = ("finetune", "pairtune")  # the two arms the paper compares
 
 # Fields a results.json must carry.  ``seed``/``fold`` are checked separately
 # because a run may give either one (ESC-50 runs are told apart by fold).
@@ -257,7 +256,7 @@ def summarise(results):
         present_methods = {r["method"] for r in own}
         methods = {}
         for method in METHOD_ORDER:
-            if method not in ALWAYS_SHOWN_METHODS and method not in present_methods:
+            if method not in ARMS and method not in present_methods:
                 continue
             cells = {}
             for dataset in datasets:
@@ -285,7 +284,7 @@ def summarise(results):
 
 def _mark_best(methods, dataset):
     """Flag the better of the compared arms for one (backbone, dataset)."""
-    cells = [methods.get(m, {}).get(dataset) for m in COMPARED_METHODS]
+    cells = [methods.get(m, {}).get(dataset) for m in ARMS]
     if any(cell is None for cell in cells):
         return
     # Compare at the printed precision: two means that print identically are
@@ -449,7 +448,9 @@ def dimension_contribution(features):
         "anisotropy": float(total),
         "top1": float(cumulative[0]), "top2": float(cumulative[min(1, len(cc) - 1)]),
         "top3": float(cumulative[min(2, len(cc) - 1)]),
-        "dims50": dims_for(0.5), "dims80": dims_for(0.8), "dims90": dims_for(0.9),
+        # all CC_i zero (e.g. orthogonal features): no number of dimensions reaches any share
+        "dims50": dims_for(0.5) if total_abs > 0 else None, "dims80": dims_for(0.8) if total_abs > 0 else None,
+        "dims90": dims_for(0.9) if total_abs > 0 else None,
         "top_dimensions": [int(i) for i in order[:3]],
         "signed_top1": float(signed[0]), "signed_top3": float(np.sum(signed[:3])),
         "dimensions": int(len(cc)),
@@ -460,16 +461,14 @@ def dimension_contribution(features):
 # Training runs on disk: finetune.py and pairtune.py folders (run.json, log.jsonl, features/)
 # --------------------------------------------------------------------------
 
-ARMS = ("finetune", "pairtune")
-
-
 def find_runs(runs_dir, warn=print_warning):
     """Finished FineTune and PairTune runs below runs_dir (any depth), one dict per run.json.
 
     Each dict: dir, method, dataset, backbone (label, random init flagged), seed, fold, run (the
-    decoded run.json). Unfinished runs are skipped with a warning: their encoder/ is not final.
+    decoded run.json). Unfinished runs are skipped with a warning: their encoder/ is not final. Two
+    folders holding the same run (method, dataset, backbone, seed, fold), e.g. a copy, count once.
     """
-    runs = []
+    runs, seen = [], {}
     for path in sorted(Path(runs_dir).rglob("run.json")):
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
@@ -482,11 +481,18 @@ def find_runs(runs_dir, warn=print_warning):
             warn(f"skipping {path.parent}: the run has not finished")
             continue
         args = run.get("args", {})
-        runs.append({
+        found = {
             "dir": path.parent, "method": run["stage"], "dataset": run["dataset"],
             "backbone": run["backbone"] + (RANDOM_INIT_SUFFIX if run.get("backbone_random_init") else ""),
             "seed": args.get("seed"), "fold": args.get("fold"), "run": run,
-        })
+        }
+        key = (found["method"], found["dataset"], found["backbone"], found["seed"], found["fold"])
+        if key in seen:
+            warn(f"duplicate run {path.parent} (same method, dataset, backbone, seed and fold as "
+                 f"{seen[key]}); keeping {seen[key]}")
+            continue
+        seen[key] = path.parent
+        runs.append(found)
     return runs
 
 
@@ -500,45 +506,51 @@ def group_runs(runs):
 
 
 def repeat_name(run):
-    """'fold-3' for fold datasets, else 'seed-0': how runs of one group are told apart."""
-    return f"fold-{run['fold']}" if run["fold"] is not None else f"seed-{run['seed']}"
+    """How runs of one group are told apart: 'seed-0', or 'fold-3' for fold datasets (whose runs use
+    seed 0, as run_all.sh does; another seed is added: 'fold-3-seed-1')."""
+    if run["fold"] is None:
+        return f"seed-{run['seed']}"
+    return f"fold-{run['fold']}" + ("" if run["seed"] in (None, 0) else f"-seed-{run['seed']}")
 
 
-def arm_results(run_dir):
-    """The results.json holding a run's test confusion: FineTune's own, or PairTune's probe/results.json."""
-    run_dir = Path(run_dir)
-    if run_dir.is_file():
-        return json.loads(run_dir.read_text(encoding="utf-8"))
-    for candidate in (run_dir / "results.json", run_dir / "probe" / "results.json"):
+def run_results(run):
+    """The results.json with a run's test confusion: FineTune's own, or PairTune's probe/results.json
+    (a results.json path is read as it is)."""
+    run = Path(run)
+    if run.is_file():
+        return json.loads(run.read_text(encoding="utf-8"))
+    for candidate in (run / "results.json", run / "probe" / "results.json"):
         if candidate.is_file():
             return json.loads(candidate.read_text(encoding="utf-8"))
-    raise ValueError(f"{run_dir}: no results.json (nor probe/results.json); finish the run, and for a "
-                     f"PairTune run `python probe.py --ckpt {run_dir}`")
+    raise ValueError(f"{run}: no results.json (nor probe/results.json); finish the run, and for a "
+                     f"PairTune run `python probe.py --ckpt {run}`")
 
 
 def read_log(run_dir):
-    """The per-epoch lines of a run's log.jsonl (epoch, train_loss, valid_acc, seconds)."""
+    """{epoch: valid_acc} from a run's log.jsonl. An epoch logged twice (a run killed between its log
+    line and its checkpoint, then resumed) keeps its last line: the one the run went on from."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise ValueError(f"{path}: missing (every finetune.py or pairtune.py run writes one)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {int(line["epoch"]): float(line["valid_acc"]) for line in lines}
 
 
-def run_test_features(run_dir, device="auto"):
+def run_test_features(run_dir, device="auto", data_root=None):
     """(features [N, d] float64, labels [N] int64, classes) of a finished run's test split, as
     encoded by the run's encoder/ (its best-valid epoch) through backbone.extract_features.
 
     finetune.py and probe.py cache these in RUN/features/<dataset>[-fold<k>]/test.pt. The cache is
-    used when it was made with these very weights (checked by fingerprint); otherwise the test split
-    is encoded now, from the run's manifest, and cached there. This path imports torch.
+    used when it was made by these very weights (SHA-1 fingerprint), for the run's classes, chunk
+    length and number of test clips; otherwise the test split is encoded now and cached there. The
+    clips come from the run's manifest, or, where that has moved, from data_root/<dataset>/
+    (default $CONFIT_DATA or data/). This path imports torch.
     """
     import backbone  # the training stack: only the feature path needs it
     import data
-    import torch
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # one bar per loaded encoder would flood a report
-
     run_dir = Path(run_dir)
     run_file = run_dir / "run.json"
     if not run_file.is_file():
@@ -547,32 +559,32 @@ def run_test_features(run_dir, device="auto"):
     if run.get("stage") not in ARMS or not run.get("finished") or not (run_dir / "encoder").is_dir():
         raise ValueError(f"{run_dir}: not a finished finetune.py or pairtune.py run (no final encoder/)")
     args = run["args"]
-    device = backbone.resolve_device(device)
-    encoder = backbone.load_encoder(str(run_dir / "encoder")).to(device)
-    cache_dir = backbone.feature_dir(run_dir, run["dataset"], args.get("fold"))
-    cached = cache_dir / "test.pt"
-    fingerprint = backbone.weights_fingerprint(encoder)
-    if cached.is_file():
-        saved = torch.load(cached, weights_only=False)
-        key = saved.get("key", {}) if isinstance(saved, dict) else {}
-        if key.get("encoder") == fingerprint and key.get("classes") == run["classes"]:
-            return saved["features"].double().numpy(), saved["labels"].numpy(), run["classes"]
-    splits, classes = data.load_splits(run["manifest"], args.get("data_root"), args.get("fold"),
-                                       args.get("skip_bad", False))
+    encoder = backbone.load_encoder(str(run_dir / "encoder"))
     max_seconds = args["max_seconds"]
-    if encoder.max_seconds is not None:
+    if encoder.max_seconds is not None:  # as probe.py does
         max_seconds = min(max_seconds, encoder.max_seconds)
-    features, labels = backbone.cached_features(encoder, splits, classes, cache_dir, max_seconds, device,
-                                                ("test",))["test"]
+    cache_dir = backbone.feature_dir(run_dir, run["dataset"], args.get("fold"))
+    saved = backbone.load_cache(cache_dir / "test.pt")
+    key = saved.get("key", {}) if saved else {}
+    if (key.get("encoder") == backbone.weights_fingerprint(encoder) and key.get("classes") == run["classes"]
+            and key.get("max_seconds") == max_seconds and len(key.get("paths", ())) == run["clips"]["test"]):
+        return saved["features"].double().numpy(), saved["labels"].numpy(), run["classes"]
+    manifest = Path(run["manifest"])
+    if not manifest.is_file():
+        manifest = data.resolve_dataset(run["dataset"], data_root)
+    splits, classes = data.load_splits(str(manifest), None, args.get("fold"), args.get("skip_bad", False))
+    device = backbone.resolve_device(device)
+    features, labels = backbone.cached_features(encoder.to(device), splits, classes, cache_dir, max_seconds,
+                                                device, ("test",))["test"]
     return features.double().numpy(), labels.numpy(), classes
 
 
-def load_features(spec, device="auto"):
+def load_features(spec, device="auto", data_root=None):
     """A [N, d] array from a .npy file, or a run folder's test features (run_test_features)."""
     path = Path(spec)
     if path.suffix == ".npy":
         return np.load(path)
-    return run_test_features(path, device)[0]
+    return run_test_features(path, device, data_root)[0]
 
 
 # --------------------------------------------------------------------------
@@ -592,7 +604,7 @@ GEOMETRY_LEGEND = (
 )
 
 
-def geometry_of_runs(groups, device="auto", warn=print_warning):
+def geometry_of_runs(groups, device="auto", data_root=None, warn=print_warning):
     """{(dataset, backbone): {arm: [(repeat, dimension_contribution row), ...]}} for every run."""
     table = {}
     for key, arms in groups.items():
@@ -601,7 +613,8 @@ def geometry_of_runs(groups, device="auto", warn=print_warning):
             rows = []
             for run in runs:
                 try:
-                    rows.append((repeat_name(run), dimension_contribution(run_test_features(run["dir"], device)[0])))
+                    features = run_test_features(run["dir"], device, data_root)[0]
+                    rows.append((repeat_name(run), dimension_contribution(features)))
                 except Exception as error:  # one unreadable run must not sink a day's report
                     warn(f"no test features for {run['dir']}: {error}")
             table[key][arm] = rows
@@ -609,13 +622,27 @@ def geometry_of_runs(groups, device="auto", warn=print_warning):
 
 
 def geometry_cells(rows):
-    """{field: {"mean", "std", "n"}} over runs (std None for one run), from dimension_contribution rows."""
+    """{field: {"mean", "std", "n"}} over runs (std None for one run), from dimension_contribution rows.
+    A field a run could not give (None: dims of all-zero contributions) is averaged over the others."""
     cells = {}
     for field, *_ in GEOMETRY_COLUMNS:
-        values = np.array([row[field] for _, row in rows], dtype=float)
-        cells[field] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-                        "n": int(len(values))}
+        values = np.array([row[field] for _, row in rows if row[field] is not None], dtype=float)
+        cells[field] = {"mean": float(values.mean()) if len(values) else None,
+                        "std": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values))}
     return cells
+
+
+def paired_repeats(arms):
+    """Keep, in each arm, only the runs whose repeat (seed or fold) the other arm has too, so that
+    Table 3 compares like with like. Returns (kept arms, a note naming what was left out, or "")."""
+    names = [{name for name, _ in arms.get(arm, [])} for arm in ARMS]
+    if not all(names):
+        return arms, ""
+    shared = names[0] & names[1]
+    left_out = sorted((names[0] | names[1]) - shared)
+    kept = {arm: [(name, row) for name, row in rows if name in shared] for arm, rows in arms.items()}
+    note = f"Left out, having no run in the other arm: {', '.join(left_out)}." if left_out else ""
+    return kept, note
 
 
 def format_geometry_table(arms):
@@ -626,12 +653,15 @@ def format_geometry_table(arms):
     for arm in ARMS:
         if arm not in cells:
             continue
-        row = [arm.upper(), str(cells[arm]["top1"]["n"])]
+        row = [arm.upper(), str(len(arms[arm]))]
         for field, _, decimals, better in GEOMETRY_COLUMNS:
             cell = cells[arm][field]
+            if cell["mean"] is None:
+                row.append(MISSING_CELL)
+                continue
             text = f"{cell['mean']:.{decimals}f}" + ("" if cell["std"] is None else f" ± {cell['std']:.{decimals}f}")
             other = cells.get("pairtune" if arm == "finetune" else "finetune")
-            if better and other is not None:
+            if better and other is not None and other[field]["mean"] is not None:
                 mine, theirs = round(cell["mean"], decimals), round(other[field]["mean"], decimals)
                 if (mine < theirs) if better == "lower" else (mine > theirs):
                     text = f"**{text}**"
@@ -666,34 +696,39 @@ def confused_pairs(confusion, top=10):
 
 def confused_triplets(confusion, top=10, exclude=()):
     """The `top` class triplets with the most confusion among their members, as (mass, a, b, c),
-    a < b < c: mass is the sum of their three pair masses (all six off-diagonal cells). Exact: every
-    triplet is scored, one first class at a time (O(K^3) additions, a second for K = 630). Classes
-    in `exclude` take no part; triplets without any confusion are left out; ties go to lower indices."""
+    a < b < c: mass is the sum of their three pair masses (all six off-diagonal cells).
+
+    A triplet counts only when at least two of its three pairs are confused, so that its classes are
+    linked by confusion: otherwise it is one confused pair plus an arbitrary class. Classes in
+    `exclude` take no part; ties go to lower indices. Exact: every triplet is scored, one first class
+    at a time, keeping only those that beat the running `top`-th best (about a second for K = 630).
+    """
     pairs = pair_confusion(confusion)
-    if exclude:
+    confused = (pairs > 0).astype(np.int8)
+    if len(exclude):
         pairs[list(exclude), :] = -np.inf  # any triplet with an excluded member scores -inf
         pairs[:, list(exclude)] = -np.inf
-    k = len(pairs)
-    found = []
-    for a in range(k - 2):
+    found = []  # best first, at most `top`
+    for a in range(len(pairs) - 2):
         rest = pairs[a, a + 1:]
-        scores = rest[:, None] + rest[None, :] + pairs[a + 1:, a + 1:]  # [b, c] for b, c > a
-        b, c = np.triu_indices(len(rest), k=1)
-        values = scores[b, c]
-        positive = values > 0
-        if not positive.any():
+        b, c = np.triu_indices(len(rest), k=1)  # every b < c after a, as offsets from a + 1
+        mass = rest[b] + rest[c] + pairs[a + 1 + b, a + 1 + c]
+        links = confused[a, a + 1 + b] + confused[a, a + 1 + c] + confused[a + 1 + b, a + 1 + c]
+        # A later first class loses every tie, so it must strictly beat the current top-th triplet.
+        bar = found[-1][0] if len(found) == top else 0.0
+        keep = np.flatnonzero((mass > bar) & (links >= 2))
+        if keep.size == 0:
             continue
-        # Keep every triplet at least as good as this class's `top`-th best, so ties all survive.
-        cut = np.partition(values[positive], -min(top, positive.sum()))[-min(top, positive.sum())]
-        for i in np.flatnonzero(values >= cut):
-            found.append((float(values[i]), a, a + 1 + int(b[i]), a + 1 + int(c[i])))
-    found.sort(key=lambda t: (-t[0], t[1], t[2], t[3]))
-    return found[:top]
+        keep = keep[np.lexsort((c[keep], b[keep], -mass[keep]))][:top]
+        found += [(float(mass[i]), a, a + 1 + int(b[i]), a + 1 + int(c[i])) for i in keep]
+        found = sorted(found, key=lambda t: (-t[0], t[1], t[2], t[3]))[:top]
+    return found
 
 
 def hardest_classes(confusion, triplets=3):
     """Class indices of the `triplets` most confused disjoint triplets, picked greedily (the paper's
-    Figure 3 shows three such triplets of FINETUNE). With at most 3 * triplets classes, all of them."""
+    Figure 3 shows three such triplets of FINETUNE). Where no linked triplet is left among the unused
+    classes, the most confused pair of them is taken instead. With at most 3 * triplets classes: all."""
     k = len(np.asarray(confusion))
     if k <= 3 * triplets:
         return list(range(k))
@@ -701,22 +736,28 @@ def hardest_classes(confusion, triplets=3):
     for _ in range(triplets):
         best = confused_triplets(confusion, top=1, exclude=chosen)
         if not best:
+            unused = [p for p in confused_pairs(confusion, top=k * k) if p[1] not in chosen and p[2] not in chosen]
+            best = unused[:1]
+        if not best:
             break
         chosen.extend(best[0][1:])
     return chosen
 
 
-def describe_confusion(confusion, classes, top=5):
-    """Text: accuracy, the most confused pairs and triplets with their share of all errors."""
+def describe_confusion(confusion, classes, top=5, pairs=None, triplets=None):
+    """Text: accuracy, the most confused pairs and triplets with their share of all errors (pass
+    `pairs`/`triplets` when they are computed already)."""
     c = np.asarray(confusion, dtype=float)
+    pairs = confused_pairs(c, top) if pairs is None else pairs
+    triplets = confused_triplets(c, top) if triplets is None else triplets
     errors = c.sum() - np.trace(c)
     lines = [f"{int(c.sum())} test clips, {int(errors)} errors, accuracy {100 * np.trace(c) / max(c.sum(), 1):.2f}%"]
     share = lambda mass: f"{100 * mass / errors:.1f}% of errors" if errors else ""
     lines.append("most confused pairs (clips of one predicted as the other, both ways):")
-    for mass, a, b in confused_pairs(c, top):
+    for mass, a, b in pairs:
         lines.append(f"  {classes[a]} / {classes[b]}: {int(mass)} ({share(mass)})")
-    lines.append("most confused triplets (all six off-diagonal cells):")
-    for mass, a, b, d in confused_triplets(c, top):
+    lines.append("most confused triplets (all six off-diagonal cells; at least two pairs confused):")
+    for mass, a, b, d in triplets:
         lines.append(f"  {classes[a]} / {classes[b]} / {classes[d]}: {int(mass)} ({share(mass)})")
     if errors == 0:
         lines.append("  (no errors)")
@@ -756,22 +797,39 @@ def pyplot():
     return plt
 
 
-def plot_confusion(confusion, classes, path, title):
-    """Heatmap of the confusion matrix, each row as fractions of its true class."""
+def plot_confusion(confusion, classes, path, title, max_classes=40):
+    """Heatmap of where each true class's clips went, as fractions of that class.
+
+    The diagonal (the correct share) is greyed out and its accuracy put in the row label, so the
+    colour scale is spent on the errors. Above `max_classes` classes (TIMIT has 630), only the
+    classes of the most confused pairs are drawn, with their names, and the title says so."""
     plt = pyplot()
     c = np.asarray(confusion, dtype=float)
-    rows = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
-    side = min(max(4.0, 0.22 * len(classes) + 2.5), 24.0)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    if len(classes) <= 60:  # beyond that, names would overlap
-        font = 8 if len(classes) <= 20 else 5
-        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=font)
-        ax.set_yticks(range(len(classes)), classes, fontsize=font)
+    shown = list(range(len(classes)))
+    if len(classes) > max_classes:
+        shown = []
+        for _, a, b in confused_pairs(c, top=len(classes) ** 2):
+            shown += [i for i in (a, b) if i not in shown]
+            if len(shown) >= max_classes:
+                break
+        shown = sorted(shown[:max_classes]) or list(range(max_classes))
+        title += f"\n{len(shown)} of {len(classes)} classes: those of the most confused pairs"
+    fractions = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+    accuracy = np.diag(fractions)
+    sub = fractions[np.ix_(shown, shown)]
+    errors = np.ma.masked_array(sub, mask=np.eye(len(shown), dtype=bool))
+    top = max(float(errors.max()) if errors.count() else 0.0, 1e-9)
+    colours = plt.get_cmap("Reds").with_extremes(bad="0.85")  # grey for the masked diagonal
+    side = min(max(4.0, 0.22 * len(shown) + 3.0), 16.0)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(errors, cmap=colours, vmin=0, vmax=top, interpolation="nearest")
+    font = 8 if len(shown) <= 20 else 6
+    ax.set_xticks(range(len(shown)), [classes[i] for i in shown], rotation=90, fontsize=font)
+    ax.set_yticks(range(len(shown)), [f"{classes[i]} ({100 * accuracy[i]:.0f}%)" for i in shown], fontsize=font)
     ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    ax.set_ylabel("true class (its accuracy)")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class (errors; diagonal grey)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -781,46 +839,47 @@ def project_2d(features, method="auto", seed=0):
     """2-D coordinates of L2-normalised features and the name of the projection used.
 
     method: umap (umap-learn), tsne (scikit-learn), pca (numpy), or auto: the first of these that is
-    installed. The name says when a fallback was used, so a figure is never taken for UMAP wrongly.
+    installed and has enough points. The name says when and why a fallback was used, so a figure is
+    never taken for UMAP wrongly.
     """
     u = unit_rows(features)
     n = len(u)
-    missing = []
+    reasons = []  # why auto did not use the method before
     if method in ("auto", "umap"):
         try:
             import umap
         except ImportError:
             if method == "umap":
                 raise MissingPackage("--method umap needs umap-learn: pip install umap-learn") from None
-            missing.append("umap-learn")
+            reasons.append("umap-learn not installed")
         else:
-            if n >= 10:  # UMAP's neighbour graph needs some points; below that, PCA says as much
+            if n >= 10:  # UMAP's neighbour graph needs some points
                 reducer = umap.UMAP(n_neighbors=min(15, n - 1), random_state=seed,
                                     init="random" if n < 30 else "spectral")  # spectral init fails on few points
                 with warnings.catch_warnings():  # a fixed seed makes UMAP single-threaded, and it says so
                     warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
                     return np.asarray(reducer.fit_transform(u), dtype=float), "UMAP"
-            missing.append("enough points for UMAP")
+            reasons.append(f"{n} points are too few for UMAP")
     if method in ("auto", "tsne"):
         try:
             from sklearn.manifold import TSNE
         except ImportError:
             if method == "tsne":
                 raise MissingPackage("--method tsne needs scikit-learn: pip install scikit-learn") from None
-            missing.append("scikit-learn")
+            reasons.append("scikit-learn not installed")
         else:
             if n >= 5:
                 tsne = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed)
-                label = "t-SNE" + (f" ({' and '.join(missing)} not installed)" if missing else "")
+                label = "t-SNE" + (f" ({'; '.join(reasons)})" if reasons else "")
                 return np.asarray(tsne.fit_transform(u), dtype=float), label
-            missing.append("enough points for t-SNE")
+            reasons.append(f"{n} points are too few for t-SNE")
     centred = u - u.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     axes = vt[:2] * np.sign(vt[:2, [0]] + (vt[:2, [0]] == 0))  # fix each axis's sign: reproducible
     coords = centred @ axes.T
     if coords.shape[1] < 2:
         coords = np.hstack([coords, np.zeros((n, 2 - coords.shape[1]))])
-    return coords, "PCA" + (f" ({', '.join(missing)} not available)" if missing else "")
+    return coords, "PCA" + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
 def class_colours(count):
@@ -850,16 +909,20 @@ def plot_projection(panels, class_names, path, title):
 
 
 def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3, method="auto", device="auto",
-                      confusion=None):
+                      confusion=None, data_root=None):
     """Figure 3: the test features of the hardest classes, FINETUNE and PAIRTUNE side by side.
 
     The classes come from `classes` (names), else from the FINETUNE confusion (`confusion`, or the
     finetune run's own): its `triplets` most confused disjoint triplets. Each arm is projected on its
     own. Returns what was drawn (also written next to the PNG as JSON)."""
+    setups = [json.loads((Path(d) / "run.json").read_text(encoding="utf-8")) for d in (finetune_dir, pairtune_dir)
+              if (Path(d) / "run.json").is_file()]
+    if len(setups) == 2 and ({s["dataset"] for s in setups} != {setups[0]["dataset"]}
+                             or {s["args"].get("fold") for s in setups} != {setups[0]["args"].get("fold")}):
+        raise ValueError(f"{finetune_dir} and {pairtune_dir} were tested on different data (dataset or fold)")
     arms = {}
     for arm, run_dir in (("finetune", finetune_dir), ("pairtune", pairtune_dir)):
-        features, labels, names = run_test_features(run_dir, device)
-        arms[arm] = (features, labels, names)
+        arms[arm] = run_test_features(run_dir, device, data_root)
     names = arms["finetune"][2]
     if arms["pairtune"][2] != names:
         raise ValueError(f"{finetune_dir} and {pairtune_dir} have different classes")
@@ -871,9 +934,9 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
         source = "--classes"
     else:
         if confusion is None:
-            confusion = arm_results(finetune_dir)["confusion"]
+            confusion = run_results(finetune_dir)["confusion"]
         chosen = hardest_classes(confusion, triplets)
-        source = f"the {triplets} most confused disjoint triplets of FINETUNE's test confusion"
+        source = f"the {triplets} most confused disjoint triplets (or pairs) of FINETUNE's test confusion"
     panels, drawn = [], {}
     run_dirs = {"finetune": finetune_dir, "pairtune": pairtune_dir}
     for arm, (features, labels, _) in arms.items():
@@ -900,8 +963,8 @@ def curve_data(groups, warn=print_warning):
             per_epoch = {}
             for run in runs:
                 try:
-                    for line in read_log(run["dir"]):
-                        per_epoch.setdefault(int(line["epoch"]), []).append(100.0 * float(line["valid_acc"]))
+                    for epoch, valid_acc in read_log(run["dir"]).items():
+                        per_epoch.setdefault(epoch, []).append(100.0 * valid_acc)
                 except (OSError, ValueError, KeyError) as error:
                     warn(f"skipping the curve of {run['dir']}: {error}")
             if not per_epoch:
@@ -972,8 +1035,8 @@ def cmd_geometry(args):
     rows = {}
     for name in names:
         try:
-            rows[name] = dimension_contribution(load_features(name, args.device))
-        except (OSError, ValueError) as error:
+            rows[name] = dimension_contribution(load_features(name, args.device, args.data_root))
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
     if args.command == "isotropy":
@@ -998,10 +1061,11 @@ def cmd_geometry_runs(args):
     if not groups:
         print(f"error: no finished finetune/pairtune runs under {args.runs}", file=sys.stderr)
         return 1
-    geometry = geometry_of_runs(groups, args.device)
-    for (dataset, backbone_label_), arms in geometry.items():
-        print(f"\n### {dataset} · {backbone_label_}\n")
-        print(format_geometry_table(arms))
+    geometry = geometry_of_runs(groups, args.device, args.data_root)
+    for key, arms in geometry.items():
+        paired, note = paired_repeats(arms)
+        print(f"\n### {group_name(key)}\n")
+        print(format_geometry_table(paired) + (f"\n{note}" if note else ""))
     print(GEOMETRY_LEGEND)
     if args.json:
         payload = by_name({key: {arm: dict(rows) for arm, rows in arms.items()} for key, arms in geometry.items()})
@@ -1012,11 +1076,20 @@ def cmd_geometry_runs(args):
 
 def cmd_confusion(args):
     try:
-        results_list = [arm_results(run) for run in args.runs]
+        results_list = [run_results(run) for run in args.runs]
         confusion, classes = summed_confusion(results_list)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if len(results_list) > 1:
+        kinds = {(r.get("method"), r.get("dataset"), r.get("backbone")) for r in results_list}
+        if len(kinds) > 1:
+            print(f"error: only runs of one method, dataset and backbone are summed; got {sorted(map(str, kinds))}",
+                  file=sys.stderr)
+            return 1
+        if not args.out:  # the sum is no single run's, so it does not go into one
+            print("error: give --out DIR for the figure of several runs summed", file=sys.stderr)
+            return 1
     first = results_list[0]
     label = f"{first.get('method', '?').upper()} {first.get('dataset', '?')} {first.get('backbone', '?')}"
     if len(results_list) > 1:
@@ -1027,14 +1100,14 @@ def cmd_confusion(args):
         print("rows: true class, columns: predicted (in the same order)")
         for name, row in zip(classes, confusion.astype(int)):
             print(f"  {name:>{width}} " + " ".join(f"{v:4d}" for v in row))
-    print(describe_confusion(confusion, classes, args.top))
+    pairs, triplets = confused_pairs(confusion, args.top), confused_triplets(confusion, args.top)
+    print(describe_confusion(confusion, classes, args.top, pairs, triplets))
     first_run = Path(args.runs[0])
     out = Path(args.out) if args.out else first_run if first_run.is_dir() else first_run.parent
     out.mkdir(parents=True, exist_ok=True)
     summary = {"classes": classes, "confusion": confusion.astype(int).tolist(),
-               "pairs": [[int(m), classes[a], classes[b]] for m, a, b in confused_pairs(confusion, args.top)],
-               "triplets": [[int(m), classes[a], classes[b], classes[c]]
-                            for m, a, b, c in confused_triplets(confusion, args.top)]}
+               "pairs": [[int(m), classes[a], classes[b]] for m, a, b in pairs],
+               "triplets": [[int(m), classes[a], classes[b], classes[c]] for m, a, b, c in triplets]}
     (out / "confusion.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     try:
         plot_confusion(confusion, classes, out / "confusion.png", label)
@@ -1051,7 +1124,8 @@ def cmd_umap(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         pyplot()  # fail before encoding anything
-        info = projection_figure(args.finetune, args.pairtune, out, classes, args.triplets, args.method, args.device)
+        info = projection_figure(args.finetune, args.pairtune, out, classes, args.triplets, args.method, args.device,
+                                 data_root=args.data_root)
     except (MissingPackage, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -1113,18 +1187,21 @@ def cmd_report(args):
         md += [f"**No figures:** {error}", ""]
 
     groups = group_runs(find_runs(runs_dir))
-    geometry = geometry_of_runs(groups, args.device)
+    geometry = geometry_of_runs(groups, args.device, args.data_root)
     curves = curve_data(groups)
     (out / "curves.json").write_text(json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "geometry.json").write_text(json.dumps(
         by_name({key: {arm: dict(rows) for arm, rows in arms.items()} for key, arms in geometry.items()}),
         indent=2) + "\n", encoding="utf-8")
 
-    for (dataset, backbone_label_), arms in groups.items():
-        name, stem = group_name((dataset, backbone_label_)), group_stem((dataset, backbone_label_))
+    for (dataset, backbone_name), arms in groups.items():
+        name, stem = group_name((dataset, backbone_name)), group_stem((dataset, backbone_name))
         md += [f"## {name}", ""]
-        md += ["### Representation geometry (Table 3)", "", format_geometry_table(geometry[(dataset, backbone_label_)]),
-               GEOMETRY_LEGEND, ""] if any(geometry[(dataset, backbone_label_)].values()) else []
+        paired, note = paired_repeats(geometry[(dataset, backbone_name)])
+        if any(paired.values()):
+            md += ["### Representation geometry (Table 3)", "", format_geometry_table(paired)]
+            md += [note, ""] if note else []
+            md += [GEOMETRY_LEGEND, ""]
 
         md += ["### Confusion", ""]
         confusions = {}
@@ -1132,7 +1209,7 @@ def cmd_report(args):
             if not runs:
                 continue
             try:
-                confusion, classes = summed_confusion([arm_results(run["dir"]) for run in runs])
+                confusion, classes = summed_confusion([run_results(run["dir"]) for run in runs])
             except (OSError, ValueError, KeyError) as error:
                 md += [f"{arm.upper()}: no confusion ({error})", ""]
                 continue
@@ -1144,9 +1221,9 @@ def cmd_report(args):
                 plot_confusion(confusion, classes, out / png, f"{arm.upper()} {name}, {len(runs)} run(s)")
                 md += [f"![{arm} confusion]({png})", ""]
 
-        if figures and (dataset, backbone_label_) in curves:
+        if figures and (dataset, backbone_name) in curves:
             png = f"curves-{stem}.png"
-            plot_curves(curves[(dataset, backbone_label_)], out / png, f"Valid accuracy per epoch: {name}")
+            plot_curves(curves[(dataset, backbone_name)], out / png, f"Valid accuracy per epoch: {name}")
             md += ["### Convergence (Figure 2)", "", f"![curves]({png})",
                    "FINETUNE's valid accuracy is its classifier's; PAIRTUNE's is its selection metric on "
                    "encoder features (see log.jsonl). Numbers in [curves.json](curves.json).", ""]
@@ -1159,7 +1236,7 @@ def cmd_report(args):
             try:
                 info = projection_figure(run_of("finetune")["dir"], run_of("pairtune")["dir"], out / png,
                                          triplets=args.triplets, device=args.device,
-                                         confusion=confusions.get("finetune"))
+                                         confusion=confusions.get("finetune"), data_root=args.data_root)
                 md += ["### Hardest classes (Figure 3)", "",
                        f"![projection]({png})",
                        f"{pick}; classes: {', '.join(info['classes'])}, from {info['classes_from']} "
@@ -1207,6 +1284,8 @@ def cmd_table(args):
     return 0
 
 
+DATA_ROOT_HELP = ("where the runs' data is now, if it moved since training (folder holding <dataset>/manifest.csv; "
+                  "default $CONFIT_DATA or data/): used only for test features not cached yet")
 DEVICE_HELP = "device for encoding test features that are not cached yet: auto (CUDA if available), cuda, cpu"
 
 
@@ -1241,6 +1320,7 @@ def build_parser():
                               help="every run below RUNS_DIR: FINETUNE vs PAIRTUNE per dataset and backbone")
         geometry.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
         geometry.add_argument("--device", default="auto", help=DEVICE_HELP)
+        geometry.add_argument("--data-root", help=DATA_ROOT_HELP)
         geometry.set_defaults(func=cmd_geometry)
 
     confusion = subcommands.add_parser(
@@ -1262,6 +1342,7 @@ def build_parser():
                             help="auto: UMAP if umap-learn is installed, else t-SNE (scikit-learn), else PCA")
     projection.add_argument("--out", default="umap.png", help="PNG path (a .json with the points goes next to it)")
     projection.add_argument("--device", default="auto", help=DEVICE_HELP)
+    projection.add_argument("--data-root", help=DATA_ROOT_HELP)
     projection.set_defaults(func=cmd_umap)
 
     curves = subcommands.add_parser("curves",
@@ -1275,6 +1356,7 @@ def build_parser():
     report.add_argument("--out", metavar="DIR", help="default: RUNS_DIR/report")
     report.add_argument("--triplets", type=int, default=3, help="hardest triplets shown in Figure 3")
     report.add_argument("--device", default="auto", help=DEVICE_HELP)
+    report.add_argument("--data-root", help=DATA_ROOT_HELP)
     report.set_defaults(func=cmd_report)
 
     return parser

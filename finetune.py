@@ -10,12 +10,13 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
 
 Writes to --out: run.json, log.jsonl (epoch, train_loss, valid_acc, seconds), results.json (test_acc
 at the best-valid epoch, valid_acc, best_epoch, confusion), encoder/ and head.pt of the best-valid
-epoch, features/<dataset>/test.pt (its pooled test features, for eval.py), checkpoint.pt and
+epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
 best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -167,8 +168,16 @@ def main(argv=None):
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         backbone.restore_random_states(state["rng"], loader_generator)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
-    elif (out / "log.jsonl").exists():
-        (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
+    else:
+        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    # Results of an earlier run in this --out (or of this run before it was extended) describe other
+    # weights: removed, so that neither eval.py nor run_all.sh's skip test can take them for this run's.
+    for stale in ("results.json", "features"):
+        path = out / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     backbone.write_json(out / "run.json", run)
 
     # ---------------- training, selecting on valid ----------------

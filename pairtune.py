@@ -279,8 +279,16 @@ def main(argv=None):
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         backbone.restore_random_states(state["rng"], loader_generator)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
-    elif (out / "log.jsonl").exists():
-        (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
+    else:
+        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    # Results of an earlier run in this --out (or of this run before it was extended) describe other
+    # weights: removed, so that neither eval.py nor run_all.sh's skip test can take them for this run's.
+    for stale in ("probe", "features"):
+        path = out / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     backbone.write_json(out / "run.json", run)
 
     # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------

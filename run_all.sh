@@ -83,6 +83,7 @@ for dataset in $DATASETS; do
 done
 
 echo "== all runs done in $(( SECONDS - started )) s"
-# Table 2 on stdout; Table 3, confusion and Figures 2-3 into $RUNS/report/ (report.md links them;
-# the figures need matplotlib and umap-learn, and are skipped with a note where they are missing).
+# Table 2 on stdout; Table 3, confusion and Figures 2-3 into $RUNS/report/ (report.md links them).
+# Figures need matplotlib (skipped with a note without it); Figure 3 uses umap-learn where installed,
+# else t-SNE or PCA, and says which.
 "$PYTHON" eval.py report "$RUNS"

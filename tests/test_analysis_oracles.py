@@ -48,28 +48,32 @@ def oracle_pairs(C, top):
 
 
 def oracle_triplets(C, top, exclude=()):
-    """All triplets a<b<c avoiding `exclude` with positive mass, sorted by mass desc then (a, b, c)."""
+    """All triplets a<b<c avoiding `exclude` whose classes are linked by confusion (at least two of
+    the three pairs have positive mass), sorted by mass desc then (a, b, c)."""
     K = len(C)
     excluded = set(exclude)
     found = []
     for a, b, c in itertools.combinations(range(K), 3):
         if excluded & {a, b, c}:
             continue
-        mass = oracle_pair_mass(C, a, b) + oracle_pair_mass(C, a, c) + oracle_pair_mass(C, b, c)
-        if mass > 0:
-            found.append((mass, a, b, c))
+        pair_masses = [oracle_pair_mass(C, a, b), oracle_pair_mass(C, a, c), oracle_pair_mass(C, b, c)]
+        if sum(m > 0 for m in pair_masses) >= 2:
+            found.append((sum(pair_masses), a, b, c))
     found.sort(key=lambda t: (-t[0], t[1], t[2], t[3]))
     return found if top is None else found[:top]
 
 
 def oracle_hardest(C, triplets):
-    """Greedy: best remaining triplet (disjoint from those chosen), `triplets` times, or all classes."""
+    """Greedy: best remaining linked triplet (disjoint from those chosen), else the best remaining
+    confused pair, `triplets` times; or all classes when K <= 3 * triplets."""
     K = len(C)
     if K <= 3 * triplets:
         return list(range(K))
     chosen = []
     for _ in range(triplets):
         remaining = oracle_triplets(C, top=None, exclude=chosen)
+        if not remaining:
+            remaining = [p for p in oracle_pairs(C, None) if p[1] not in chosen and p[2] not in chosen]
         if not remaining:
             break
         chosen.extend(remaining[0][1:])
@@ -166,9 +170,9 @@ def test_confused_triplets_hand_example_k3_k4():
           [1, 0, 9, 0],
           [0, 0, 0, 9]]
     # P: (0,1)=2 (0,2)=1 (0,3)=1 (1,2)=3 (1,3)=0 (2,3)=0
-    # (0,1,2)=6, (0,1,3)=3, (0,2,3)=2, (1,2,3)=3
+    # (0,1,2)=6, (0,1,3)=3, (0,2,3)=2; (1,2,3)=3 has only one confused pair (1,2): not linked
     assert as_tuples(ev.confused_triplets(C4, top=10)) == [
-        (6.0, 0, 1, 2), (3.0, 0, 1, 3), (3.0, 1, 2, 3), (2.0, 0, 2, 3)]
+        (6.0, 0, 1, 2), (3.0, 0, 1, 3), (2.0, 0, 2, 3)]
     assert as_tuples(ev.confused_triplets(C4, top=2)) == [(6.0, 0, 1, 2), (3.0, 0, 1, 3)]
 
 
@@ -232,7 +236,8 @@ def test_confused_triplets_exclude_hides_the_only_confusion():
     C[1, 3] = 4
     assert ev.confused_triplets(C, top=10, exclude=[3]) == []
     assert ev.confused_triplets(C, top=10, exclude=(1,)) == []
-    assert as_tuples(ev.confused_triplets(C, top=2)) == [(4.0, 0, 1, 3), (4.0, 1, 2, 3)]
+    # one confused pair plus any class is not a linked triplet
+    assert ev.confused_triplets(C, top=2) == []
 
 
 def test_confused_triplets_no_confusion_is_empty():
@@ -286,9 +291,10 @@ def test_hardest_classes_star_needs_exclusion():
     C[0, 1:] = 5  # class 0 is mixed up with every other class
     C[8, 9] = 2
     C[3, 4] = 1
-    # (0,a,b) all score 10 (+ P[a,b]); best: (0,8,9)=12. Then among 1..7: (3,4,x) = 1 -> (1,3,4).
-    assert list(ev.hardest_classes(C, triplets=2)) == [0, 8, 9, 1, 3, 4]
-    assert oracle_hardest(C, 2) == [0, 8, 9, 1, 3, 4]
+    # (0,a,b) all score 10 (+ P[a,b]); best: (0,8,9)=12. Then among 1..7 only the pair (3,4) is
+    # confused: no linked triplet is left, so the pair is taken.
+    assert list(ev.hardest_classes(C, triplets=2)) == [0, 8, 9, 3, 4]
+    assert oracle_hardest(C, 2) == [0, 8, 9, 3, 4]
 
 
 # --------------------------------------------------------------------------

@@ -207,3 +207,130 @@ def test_training_scripts_never_import_the_plotting_packages():
             "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# What a review of the first version found: each case reproduced, then fixed
+# ---------------------------------------------------------------------------------------------
+
+def copy_run(runs, arm, seed, to):
+    import shutil
+    shutil.copytree(runs / f"demo/tiny/{arm}/seed-{seed}", to)
+    return to
+
+
+def edit_run_json(run_dir, **changes):
+    run = json.loads((run_dir / "run.json").read_text())
+    for key, value in changes.items():
+        if key in run["args"]:
+            run["args"][key] = value
+        else:
+            run[key] = value
+    (run_dir / "run.json").write_text(json.dumps(run))
+
+
+def test_a_cache_of_another_chunk_length_or_an_unreadable_one_is_not_served(runs, ds, tmp_path):
+    run_dir = copy_run(runs, "finetune", 0, tmp_path / "ft")
+    expected = encode_again(run_dir)[0].double().numpy()
+    cache = run_dir / f"features/{ds}/test.pt"
+    saved = torch.load(cache, weights_only=False)
+    saved["key"]["max_seconds"] = 0.3  # e.g. probe.py --max-seconds 0.3 on the same weights
+    saved["features"] = saved["features"] * 0
+    torch.save(saved, cache)
+    assert np.allclose(ev.run_test_features(run_dir, "cpu")[0], expected, atol=1e-5)
+    cache.write_bytes(cache.read_bytes()[:100])  # a truncated file
+    assert np.allclose(ev.run_test_features(run_dir, "cpu")[0], expected, atol=1e-5)
+    assert torch.load(cache, weights_only=False)["key"]["max_seconds"] == 1.0  # re-encoded and re-cached
+
+
+def test_probe_sent_elsewhere_leaves_the_runs_features_alone(runs, ds, tmp_path):
+    run_dir = copy_run(runs, "pairtune", 0, tmp_path / "pt")
+    before = (run_dir / f"features/{ds}/test.pt").read_bytes()
+    probe.main(["--ckpt", str(run_dir), "--max-seconds", "0.5", "--out", str(tmp_path / "side"), "--lrs", "1e-2",
+                "--batch-sizes", "32", "--epochs", "2", "--device", "cpu", "--num-workers", "0"])
+    assert (run_dir / f"features/{ds}/test.pt").read_bytes() == before
+    assert (tmp_path / f"side/features/{ds}/test.pt").is_file()
+
+
+def test_moved_data_is_found_through_data_root(runs, ds, demo_manifest, tmp_path):
+    run_dir = copy_run(runs, "finetune", 1, tmp_path / "ft")
+    expected = encode_again(run_dir)[0].double().numpy()
+    edit_run_json(run_dir, manifest=str(tmp_path / "gone/manifest.csv"))
+    import shutil
+    shutil.rmtree(run_dir / "features")
+    with pytest.raises(data.DataError):
+        ev.run_test_features(run_dir, "cpu", data_root=str(tmp_path / "nowhere"))
+    got = ev.run_test_features(run_dir, "cpu", data_root=str(demo_manifest.parent.parent))
+    assert np.allclose(got[0], expected, atol=1e-5)
+
+
+def test_a_copied_run_counts_once_and_table_3_pairs_repeats(runs, tmp_path, capsys):
+    import shutil
+    tree = tmp_path / "tree"
+    shutil.copytree(runs, tree)
+    shutil.copytree(tree / "demo/tiny/finetune/seed-0", tree / "old-sweep/finetune-seed-0")
+    warnings = []
+    found = ev.find_runs(tree, warn=warnings.append)
+    assert len(found) == 4 and any("duplicate run" in w for w in warnings)
+    shutil.rmtree(tree / "demo/tiny/pairtune/seed-1")  # PAIRTUNE now has seed 0 only
+    assert ev.main(["dimcontrib", "--runs", str(tree), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "| FINETUNE | 1 |" in printed and "| PAIRTUNE | 1 |" in printed and "seed-1" in printed
+
+
+def test_an_epoch_logged_twice_counts_once(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lines = [{"epoch": 1, "valid_acc": 0.1}, {"epoch": 2, "valid_acc": 0.2}, {"epoch": 2, "valid_acc": 0.25},
+             {"epoch": 3, "valid_acc": 0.3}]  # killed after epoch 2's log line, resumed: epoch 2 again
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert ev.read_log(run_dir) == {1: 0.1, 2: 0.25, 3: 0.3}
+    curves = ev.curve_data({("d", "b"): {"finetune": [{"dir": run_dir, "run": {"args": {}}}], "pairtune": []}})
+    assert curves[("d", "b")]["finetune"]["n"] == [1, 1, 1]
+
+
+def test_a_fresh_run_in_a_reused_folder_removes_the_old_runs_results(demo_manifest, tmp_path):
+    out = tmp_path / "pt"
+    (out / "probe").mkdir(parents=True)
+    (out / "probe/results.json").write_text('{"method": "pairtune", "test_acc": 0.99}')
+    (out / "features/old").mkdir(parents=True)
+    pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "1", "--max-seconds", "1",
+                   "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out)])
+    assert not (out / "probe").exists() and not (out / "features").exists()
+
+
+def test_large_class_counts_draw_the_confused_classes_only(tmp_path):
+    rng = np.random.default_rng(0)
+    k = 200
+    confusion = np.diag(rng.integers(3, 8, k))
+    for _ in range(300):
+        confusion[rng.integers(k), rng.integers(k)] += 1
+    ev.plot_confusion(confusion, [f"spk{i:03d}" for i in range(k)], tmp_path / "big.png", "200 classes")
+    assert_plausible_png(tmp_path / "big.png")
+    width, height = png_size(tmp_path / "big.png")
+    assert width < 2000 and height < 2000  # 40 labelled classes, not 200 unreadable ones
+
+
+def test_fingerprint_of_a_model_with_scalar_buffers():
+    class Holder:
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))  # num_batches_tracked: 0-dim
+    assert len(backbone.weights_fingerprint(Holder())) == 40
+
+
+def test_a_projection_says_why_it_is_not_umap():
+    pytest.importorskip("umap")
+    coords, name = ev.project_2d(np.random.default_rng(0).normal(size=(8, 16)))
+    assert coords.shape == (8, 2) and name == "t-SNE (8 points are too few for UMAP)"
+
+
+def test_small_edge_cases_of_the_metrics(tmp_path, capsys):
+    assert ev.dimension_contribution(np.eye(4))["dims90"] is None  # no contribution at all
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"method": "finetune", "dataset": "d", "backbone": "x", "classes": ["p", "q"],
+                             "confusion": [[1, 0], [1, 1]]}))
+    b.write_text(json.dumps({"method": "pairtune", "dataset": "d", "backbone": "x", "classes": ["p", "q"],
+                             "confusion": [[1, 0], [0, 2]]}))
+    assert ev.main(["confusion", str(a), str(b), "--out", str(tmp_path / "c")]) == 1
+    assert "one method" in capsys.readouterr().err
+    assert ev.main(["confusion", str(a), str(a)]) == 1
+    assert "--out" in capsys.readouterr().err
