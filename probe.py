@@ -101,9 +101,9 @@ def main(argv=None):
         max_seconds = args.max_seconds or run_args["max_seconds"]
         seed = args.seed if args.seed is not None else run_args["seed"]
         out = Path(args.out) if args.out else ckpt / "probe"
-        # features/ next to the checkpoint, where finetune.py keeps its own and eval.py looks; a probe
-        # sent elsewhere with --out (e.g. with another --max-seconds) keeps its features there too
-        feature_root = Path(args.out) if args.out else ckpt
+        # features/ next to the checkpoint, where eval.py looks for the run's test features; a probe
+        # with another chunk length than the run's keeps its features in its own --out instead
+        feature_root = ckpt if max_seconds == run_args["max_seconds"] else out
     else:  # a backbone: the frozen pre-trained (or, with --random-init, untrained) encoder
         if not args.dataset:
             sys.exit("error: --ckpt is not a pairtune run folder (no run.json), so --dataset is needed")

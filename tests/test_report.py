@@ -243,7 +243,7 @@ def test_a_cache_of_another_chunk_length_or_an_unreadable_one_is_not_served(runs
     assert torch.load(cache, weights_only=False)["key"]["max_seconds"] == 1.0  # re-encoded and re-cached
 
 
-def test_probe_sent_elsewhere_leaves_the_runs_features_alone(runs, ds, tmp_path):
+def test_a_probe_with_another_chunk_length_leaves_the_runs_features_alone(runs, ds, tmp_path):
     run_dir = copy_run(runs, "pairtune", 0, tmp_path / "pt")
     before = (run_dir / f"features/{ds}/test.pt").read_bytes()
     probe.main(["--ckpt", str(run_dir), "--max-seconds", "0.5", "--out", str(tmp_path / "side"), "--lrs", "1e-2",
