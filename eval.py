@@ -21,7 +21,7 @@ Examples::
     python eval.py dimcontrib --runs runs/ --json table3.json
 
     # which classes a run confuses (several runs: summed), as text and a PNG heatmap
-    python eval.py confusion runs/esc50/wav2vec2/finetune/fold-*
+    python eval.py confusion runs/esc50/wav2vec2/finetune/fold-* --out reports/esc50-finetune
 
     # Figure 3 and Figure 2
     python eval.py umap --out fig3.png --finetune runs/esc50/wav2vec2/finetune/fold-1 \\
@@ -140,6 +140,7 @@ def parse_result(data):
         "fold": fold,
         "test_acc": float(test_acc),
         "valid_acc": data.get("valid_acc"),
+        "run_settings": data.get("run_settings", True) is not False,  # False: a probe on other settings
     }
     return result, None
 
@@ -185,6 +186,12 @@ def collect_results(runs_dir, warn=print_warning):
             continue
 
         key = run_key(result)
+        kept = next((r for r in results if r["path"] == str(seen.get(key))), None)
+        if kept is not None and result["run_settings"] and not kept["run_settings"]:
+            # a side probe (another chunk length...) found first yields to the run's own probe
+            warn(f"duplicate run: {path} is the run's own probe, {kept['path']} a side experiment; keeping {path}")
+            results.remove(kept)
+            del seen[key]
         if key in seen:
             warn(
                 f"duplicate run (dataset={key[0]}, backbone={key[1]}, "
@@ -443,16 +450,17 @@ def dimension_contribution(features):
     cumulative = np.cumsum(shares)
     dims_for = lambda q: int(np.searchsorted(cumulative, q - 1e-12) + 1)  # first rank whose total >= q
     total = cc.sum()
-    signed = cc[order[:3]] / total if total != 0 else np.full(min(3, len(cc)), np.nan)
+    signed = cc[order[:3]] / total if total != 0 else None  # undefined for a zero mean cosine
+    share = lambda rank: float(cumulative[min(rank, len(cc) - 1)]) if total_abs > 0 else None
     return {
         "anisotropy": float(total),
-        "top1": float(cumulative[0]), "top2": float(cumulative[min(1, len(cc) - 1)]),
-        "top3": float(cumulative[min(2, len(cc) - 1)]),
+        "top1": share(0), "top2": share(1), "top3": share(2),
         # all CC_i zero (e.g. orthogonal features): no number of dimensions reaches any share
         "dims50": dims_for(0.5) if total_abs > 0 else None, "dims80": dims_for(0.8) if total_abs > 0 else None,
         "dims90": dims_for(0.9) if total_abs > 0 else None,
         "top_dimensions": [int(i) for i in order[:3]],
-        "signed_top1": float(signed[0]), "signed_top3": float(np.sum(signed[:3])),
+        "signed_top1": None if signed is None else float(signed[0]),
+        "signed_top3": None if signed is None else float(np.sum(signed[:3])),
         "dimensions": int(len(cc)),
     }
 
@@ -704,6 +712,8 @@ def confused_triplets(confusion, top=10, exclude=()):
     at a time, keeping only those that beat the running `top`-th best (about a second for K = 630).
     """
     pairs = pair_confusion(confusion)
+    if top < 1:
+        return []
     confused = (pairs > 0).astype(np.int8)
     if len(exclude):
         pairs[list(exclude), :] = -np.inf  # any triplet with an excluded member scores -inf
@@ -937,6 +947,9 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
             confusion = run_results(finetune_dir)["confusion"]
         chosen = hardest_classes(confusion, triplets)
         source = f"the {triplets} most confused disjoint triplets (or pairs) of FINETUNE's test confusion"
+        if not chosen:  # FINETUNE made no errors: no class is harder than another
+            chosen = list(range(min(len(names), 3 * triplets)))
+            source = f"the first {len(chosen)} classes (FINETUNE made no test errors)"
     panels, drawn = [], {}
     run_dirs = {"finetune": finetune_dir, "pairtune": pairtune_dir}
     for arm, (features, labels, _) in arms.items():
@@ -1047,8 +1060,9 @@ def cmd_geometry(args):
         print("| features | top1 | top2 | top3 | dims50 | dims80 | dims90 | signed top1 | signed top3 |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in rows.items():
-            print(f"| {name} | {r['top1']:.3f} | {r['top2']:.3f} | {r['top3']:.3f} | {r['dims50']} | "
-                  f"{r['dims80']} | {r['dims90']} | {r['signed_top1']:.3f} | {r['signed_top3']:.3f} |")
+            shown = lambda x: MISSING_CELL if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+            print("| " + " | ".join([name] + [shown(r[f]) for f in ("top1", "top2", "top3", "dims50", "dims80",
+                                                                      "dims90", "signed_top1", "signed_top3")]) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
@@ -1082,7 +1096,8 @@ def cmd_confusion(args):
         print(f"error: {error}", file=sys.stderr)
         return 1
     if len(results_list) > 1:
-        kinds = {(r.get("method"), r.get("dataset"), r.get("backbone")) for r in results_list}
+        kinds_list = [(r.get("method"), r.get("dataset"), r.get("backbone")) for r in results_list]
+        kinds = {kind + (r.get("backbone_random_init", False),) for kind, r in zip(kinds_list, results_list)}
         if len(kinds) > 1:
             print(f"error: only runs of one method, dataset and backbone are summed; got {sorted(map(str, kinds))}",
                   file=sys.stderr)
@@ -1198,10 +1213,10 @@ def cmd_report(args):
         name, stem = group_name((dataset, backbone_name)), group_stem((dataset, backbone_name))
         md += [f"## {name}", ""]
         paired, note = paired_repeats(geometry[(dataset, backbone_name)])
+        md += ["### Representation geometry (Table 3)", ""]
         if any(paired.values()):
-            md += ["### Representation geometry (Table 3)", "", format_geometry_table(paired)]
-            md += [note, ""] if note else []
-            md += [GEOMETRY_LEGEND, ""]
+            md += [format_geometry_table(paired), GEOMETRY_LEGEND, ""]
+        md += [note, ""] if note else []
 
         md += ["### Confusion", ""]
         confusions = {}
@@ -1284,6 +1299,13 @@ def cmd_table(args):
     return 0
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 DATA_ROOT_HELP = ("where the runs' data is now, if it moved since training (folder holding <dataset>/manifest.csv; "
                   "default $CONFIT_DATA or data/): used only for test features not cached yet")
 DEVICE_HELP = "device for encoding test features that are not cached yet: auto (CUDA if available), cuda, cpu"
@@ -1327,7 +1349,7 @@ def build_parser():
         "confusion", help="test confusion matrix of a run (or summed over runs): most confused pairs and triplets, PNG")
     confusion.add_argument("runs", nargs="+", metavar="RUN",
                            help="a finetune run, a pairtune run (its probe/), or a results.json; several are summed")
-    confusion.add_argument("--top", type=int, default=10, help="how many pairs and triplets to list")
+    confusion.add_argument("--top", type=positive_int, default=10, help="how many pairs and triplets to list")
     confusion.add_argument("--out", metavar="DIR", help="folder for confusion.png/.json (default: the first RUN)")
     confusion.set_defaults(func=cmd_confusion)
 

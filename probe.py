@@ -5,7 +5,8 @@
     python probe.py --ckpt ../shared/models/whisper-tiny.en-encoder --dataset data/fsdd-digit --random-init
 
 Each split is encoded once (whole clips, chunked, as in the other stages) and the features are cached
-next to the checkpoint (CKPT/features/). A grid over learning rates and batch sizes is trained on the
+in CKPT/features/ for a run's own probe (OUT/features/ for a frozen backbone, or for a probe with
+another --dataset, --fold or --max-seconds than its run, which must then be given its own --out). A grid over learning rates and batch sizes is trained on the
 cached train features; the configuration and epoch are chosen on valid accuracy (ties: lower valid
 loss, then grid order); test is read once, with the chosen classifier.
 
@@ -100,10 +101,17 @@ def main(argv=None):
         fold = args.fold if args.fold is not None else run_args.get("fold")
         max_seconds = args.max_seconds or run_args["max_seconds"]
         seed = args.seed if args.seed is not None else run_args["seed"]
+        # The probe with the run's own data and chunk length is the run's stage 2: RUN/probe/, with its
+        # features in RUN/features/, where eval.py reads the run's test features. Any other probe is a
+        # side experiment: it must be given its own --out, and keeps its features there.
+        clamp = lambda seconds: seconds if encoder.max_seconds is None else min(seconds, encoder.max_seconds)
+        run_settings = (args.dataset is None and fold == run_args.get("fold")
+                        and clamp(max_seconds) == clamp(run_args["max_seconds"]))
+        if not run_settings and (not args.out or Path(args.out).resolve() == (ckpt / "probe").resolve()):
+            sys.exit(f"error: with another --dataset, --fold or --max-seconds than the run's, this probe is not "
+                     f"the run's own stage 2: give it an --out other than {ckpt / 'probe'}")
         out = Path(args.out) if args.out else ckpt / "probe"
-        # features/ next to the checkpoint, where eval.py looks for the run's test features; a probe
-        # with another chunk length than the run's keeps its features in its own --out instead
-        feature_root = ckpt if max_seconds == run_args["max_seconds"] else out
+        feature_root = ckpt if run_settings else out
     else:  # a backbone: the frozen pre-trained (or, with --random-init, untrained) encoder
         if not args.dataset:
             sys.exit("error: --ckpt is not a pairtune run folder (no run.json), so --dataset is needed")
@@ -117,7 +125,7 @@ def main(argv=None):
         fold_tag = "" if fold is None else f"-fold{fold}"
         default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
         out = Path(args.out) if args.out else default_out
-        feature_root = out
+        feature_root, run_settings = out, True
     encoder = encoder.to(device)
     out.mkdir(parents=True, exist_ok=True)
     if encoder.max_seconds is not None:
@@ -169,7 +177,7 @@ def main(argv=None):
     confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
     torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
     results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
-               "backbone_random_init": random_init, "seed": seed, "fold": fold,
+               "backbone_random_init": random_init, "seed": seed, "fold": fold, "run_settings": run_settings,
                "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
                "batch_size": chosen["batch_size"], "best_epoch": chosen["best_epoch"], "grid": grid,
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,

@@ -63,7 +63,8 @@ for dataset in $DATASETS; do
       name="${backbone//\//_}"
 
       out="$RUNS/$dataset/$name/finetune/$repeat"
-      if [[ -f "$out/results.json" ]]; then
+      # done = results written and the run marked finished (the last thing finetune.py writes)
+      if [[ -f "$out/results.json" ]] && grep -q '"finished": true' "$out/run.json" 2>/dev/null; then
         echo "== skip $out (results exist)"
       else
         echo "== finetune $dataset $backbone $repeat -> $out"

@@ -250,6 +250,13 @@ def test_a_probe_with_another_chunk_length_leaves_the_runs_features_alone(runs, 
                 "--batch-sizes", "32", "--epochs", "2", "--device", "cpu", "--num-workers", "0"])
     assert (run_dir / f"features/{ds}/test.pt").read_bytes() == before
     assert (tmp_path / f"side/features/{ds}/test.pt").is_file()
+    assert json.loads((tmp_path / "side/results.json").read_text())["run_settings"] is False
+    with pytest.raises(SystemExit, match="not the run's own stage 2"):  # it may not pose as RUN/probe
+        probe.main(["--ckpt", str(run_dir), "--max-seconds", "0.5", "--device", "cpu"])
+    # Table 2 prefers the run's own probe to the side one, whichever it finds first
+    (tmp_path / "side").rename(run_dir / "probe-0.5s")
+    kept = ev.collect_results(run_dir, warn=lambda message: None)
+    assert len(kept) == 1 and kept[0]["path"] == str(run_dir / "probe/results.json")
 
 
 def test_moved_data_is_found_through_data_root(runs, ds, demo_manifest, tmp_path):
@@ -324,7 +331,14 @@ def test_a_projection_says_why_it_is_not_umap():
 
 
 def test_small_edge_cases_of_the_metrics(tmp_path, capsys):
-    assert ev.dimension_contribution(np.eye(4))["dims90"] is None  # no contribution at all
+    flat = ev.dimension_contribution(np.eye(4))  # orthogonal clips: no dimension contributes anything
+    assert flat["dims90"] is None and flat["top1"] is None and flat["signed_top1"] is None
+    np.save(tmp_path / "eye.npy", np.eye(4))
+    assert ev.main(["dimcontrib", "--features", str(tmp_path / "eye.npy")]) == 0
+    assert "| – | – |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ev.main(["confusion", "x", "--top", "0"])
+    capsys.readouterr()
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"method": "finetune", "dataset": "d", "backbone": "x", "classes": ["p", "q"],
                              "confusion": [[1, 0], [1, 1]]}))

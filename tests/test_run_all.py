@@ -20,7 +20,7 @@ RECORDER = textwrap.dedent("""\
       case $1 in --out) out=$2; shift;; --ckpt) ckpt=$2; shift;; esac; shift
     done
     case $script in
-      finetune.py) mkdir -p "$out" && echo '{}' > "$out/results.json";;
+      finetune.py) mkdir -p "$out" && echo '{}' > "$out/results.json" && echo '{"finished": true}' > "$out/run.json";;
       probe.py) mkdir -p "$ckpt/probe" && echo '{}' > "$ckpt/probe/results.json";;
     esac
     """)
