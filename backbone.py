@@ -341,5 +341,18 @@ def restore_random_states(states: dict, loader_generator: torch.Generator):
     loader_generator.set_state(states["loader"])
 
 
+def remove_old_results(out):
+    """Results of an earlier run in this output folder (or of this run before it was extended with
+    --resume) describe other weights: removed, so that neither eval.py nor run_all.sh's skip test can
+    take them for the new run's. Called once run.json marks the run unfinished."""
+    import shutil
+    for stale in ("results.json", "probe", "features"):
+        path = Path(out) / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def write_json(path, obj):
     Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -16,7 +16,6 @@ best-e<epoch>.pt (to resume with --resume).
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -171,14 +170,7 @@ def main(argv=None):
     else:
         (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     backbone.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
-    # Results of an earlier run in this --out (or of this run before it was extended) describe other
-    # weights: removed, so that neither eval.py nor run_all.sh's skip test can take them for this run's.
-    for stale in ("results.json", "probe", "features"):
-        path = out / stale
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    backbone.remove_old_results(out)
 
     # ---------------- training, selecting on valid ----------------
     for epoch in range(start_epoch, args.epochs + 1):
