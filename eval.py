@@ -614,18 +614,24 @@ GEOMETRY_LEGEND = (
 
 def geometry_of_runs(groups, device="auto", data_root=None, warn=print_warning):
     """{(dataset, backbone): {arm: [(repeat, dimension_contribution row), ...]}} for every run."""
+    from tqdm.auto import tqdm  # a runs tree of the paper's grid holds 180 runs
+
     table = {}
+    progress = tqdm(total=sum(len(runs) for arms in groups.values() for runs in arms.values()),
+                    desc="test features", disable=None)
     for key, arms in groups.items():
         table[key] = {}
         for arm, runs in arms.items():
             rows = []
             for run in runs:
+                progress.update()
                 try:
                     features = run_test_features(run["dir"], device, data_root)[0]
                     rows.append((repeat_name(run), dimension_contribution(features)))
                 except Exception as error:  # one unreadable run must not sink a day's report
                     warn(f"no test features for {run['dir']}: {error}")
             table[key][arm] = rows
+    progress.close()
     return table
 
 
