@@ -772,11 +772,13 @@ def describe_confusion(confusion, classes, top=5, pairs=None, triplets=None):
     lines.append("most confused pairs (clips of one predicted as the other, both ways):")
     for mass, a, b in pairs:
         lines.append(f"  {classes[a]} / {classes[b]}: {int(mass)} ({share(mass)})")
+    if not pairs:
+        lines.append("  (none)")
     lines.append("most confused triplets (all six off-diagonal cells; at least two pairs confused):")
     for mass, a, b, d in triplets:
         lines.append(f"  {classes[a]} / {classes[b]} / {classes[d]}: {int(mass)} ({share(mass)})")
-    if errors == 0:
-        lines.append("  (no errors)")
+    if not triplets:
+        lines.append("  (none)")
     return "\n".join(lines)
 
 
