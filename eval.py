@@ -163,13 +163,12 @@ def collect_results(runs_dir, warn=print_warning):
     Files that are not valid JSON or lack required fields are skipped with a
     warning; so is the second of two files describing the same run.  Each
     returned dict carries the parsed fields plus ``path`` (the file it came
-    from).  Files are visited in sorted path order so that which duplicate is
+    from).  Of two files of one run, a run's own probe wins over a side probe
+    (``run_settings: false``), else the first in sorted path order, so which is
     kept does not depend on the file system.
     """
-    runs_dir = Path(runs_dir)
-    results = []
-    seen = {}  # run key -> path of the file kept for it
-    for path in sorted(runs_dir.rglob("results.json")):
+    candidates = []
+    for path in sorted(Path(runs_dir).rglob("results.json")):
         if not path.is_file():
             continue
         try:
@@ -184,25 +183,23 @@ def collect_results(runs_dir, warn=print_warning):
         if problem is not None:
             warn(f"skipping {path}: {problem}")
             continue
+        result["path"] = str(path)
+        candidates.append(result)
 
+    results = []
+    seen = {}  # run key -> path of the file kept for it
+    for result in sorted(candidates, key=lambda r: not r["run_settings"]):  # stable: path order otherwise
         key = run_key(result)
-        kept = next((r for r in results if r["path"] == str(seen.get(key))), None)
-        if kept is not None and result["run_settings"] and not kept["run_settings"]:
-            # a side probe (another chunk length...) found first yields to the run's own probe
-            warn(f"duplicate run: {path} is the run's own probe, {kept['path']} a side experiment; keeping {path}")
-            results.remove(kept)
-            del seen[key]
         if key in seen:
             warn(
                 f"duplicate run (dataset={key[0]}, backbone={key[1]}, "
                 f"random_init={key[2]}, method={key[3]}, seed={key[4]}, fold={key[5]}) "
-                f"in {seen[key]} and {path}; keeping {seen[key]}"
+                f"in {seen[key]} and {result['path']}; keeping {seen[key]}"
             )
             continue
-        seen[key] = path
-        result["path"] = str(path)
+        seen[key] = result["path"]
         results.append(result)
-    return results
+    return sorted(results, key=lambda r: r["path"])
 
 
 # --------------------------------------------------------------------------
