@@ -43,8 +43,43 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from tqdm.auto import tqdm
+
+
+def torchaudio_load_error(error: BaseException) -> str:
+    """What to say when torchaudio does not import: the installed versions and the fix.
+
+    torchaudio's compiled library only loads against the torch releases it was built for; a
+    mismatched pair fails at import with an undefined symbol deep inside torchaudio.
+    """
+    from importlib import metadata
+
+    def installed(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    requirements = Path(__file__).with_name("requirements.txt")
+    pins = []
+    if requirements.is_file():
+        pins = [line.split("#")[0].strip() for line in requirements.read_text().splitlines()
+                if line.startswith(("torch==", "torchaudio=="))]
+    while error.__cause__ is not None:  # torchaudio wraps the loader's message (the missing symbol)
+        error = error.__cause__
+    fix = (f"pip install {' '.join(pins)}   (the tested pair pinned in {requirements})" if pins
+           else "pip install torch torchaudio   (one release of each that were built together)")
+    return (f"error: torchaudio cannot be loaded with this torch: torch {installed('torch')}, "
+            f"torchaudio {installed('torchaudio')} installed.\n"
+            f"  ({type(error).__name__}: {error})\n"
+            f"torch and torchaudio must be a pair built together. Fix it with:\n  {fix}\n"
+            f"or keep your torch and install the torchaudio release built for it.")
+
+
+try:
+    import torchaudio.functional as AF
+except (ImportError, OSError) as _error:  # OSError: libtorchaudio.so built against another torch
+    sys.exit(torchaudio_load_error(_error))
 
 SPLITS = ("train", "valid", "test")
 UNSUPPORTED_SUFFIXES = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".amr")  # containers libsndfile lacks
