@@ -9,7 +9,9 @@ For each batch size B (about B/8 classes, 8 clips each), the time of loss(z).bac
   fused   losses.fused_supcon_loss: closed-form backward, torch.compile'd passes over S
   pml     pytorch-metric-learning SupConLoss + MultiSimilarityMiner (when installed; mining ms)
   floor   S = Z Z^T plus dZ = G Z for a dense G: the two GEMMs that any exact method needs
-Times are medians over --repeats runs after warm-up; compile time is reported apart. Peak memory
+Times are medians over --rounds blocks of --repeats consecutive runs, each after a warm-up run, the
+methods' blocks interleaved (so that a shared machine's drift hits all alike); compile time is
+reported apart. Peak memory
 is what a call adds on top of its inputs: on CUDA torch.cuda.max_memory_allocated; on CPU the rise
 of the process's peak resident memory (Linux VmHWM, reset through /proc/self/clear_refs, with freed
 heap memory handed back before each measurement), so it counts every allocation, PyTorch's or not.
@@ -31,7 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default="256,1024,2048,4096", help="comma-separated batch sizes B")
     p.add_argument("--dim", type=int, default=256, help="embedding size p (the projection head's)")
     p.add_argument("--mining", default="ms", choices=losses.MINING_MODES, help="mining mode")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per method and size")
+    p.add_argument("--repeats", type=int, default=10, help="consecutive timed runs per method, size and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each timing every method's block of runs")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--methods", default="eager,fused,pml,floor", help="which methods to run")
     p.add_argument("--seed", type=int, default=0, help="random seed of the embeddings and labels")
@@ -74,17 +77,25 @@ def build_methods(args, device):
     return {name: fn for name, fn in methods.items() if name in args.methods.split(",")}
 
 
-def median_ms(step, device, repeats):
-    step()  # warm-up: caches, allocator, and for fused the compiled kernels
-    step()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def median_ms(steps, device, repeats, rounds):
+    """Median time of each step over `rounds` blocks of `repeats` consecutive runs, the methods'
+    blocks interleaved.
+
+    Consecutive runs of one method, as in training, keep its own steady state (caches, and the
+    heap's reuse of the last step's freed B x B buffers); interleaving the blocks spreads a shared
+    machine's drift over every method instead of giving each a different stretch of time.
+    """
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            step()  # warm-up after the other methods: caches, heap, and for fused the compiled kernels
+            for _ in range(repeats):
+                synchronize(device)
+                start = time.perf_counter()
+                step()
+                synchronize(device)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_extra_bytes(step, device):
@@ -124,7 +135,7 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(args.seed)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; d = {args.dim}; mining = {args.mining}; "
-          f"median of {args.repeats}")
+          f"median of {args.rounds} x {args.repeats}")
 
     if "fused" in methods:  # the one compile, timed apart: later calls of any B reuse it
         z, y = make_inputs(sizes[0], args.dim, device, generator)
@@ -149,7 +160,7 @@ def main(argv=None):
         steps = {m: (lambda fn=fn: loss_step(fn, z, y)) for m, fn in methods.items() if m != "floor"}
         if "floor" in args.methods.split(","):
             steps["floor"] = floor_step
-        times = {m: median_ms(step, device, args.repeats) for m, step in steps.items()}
+        times = median_ms(steps, device, args.repeats, args.rounds)
         peaks = {m: peak_extra_bytes(step, device) for m, step in steps.items()}
         matrix = batch * batch * 4
         for m in steps:

@@ -262,12 +262,14 @@ def supcon_loss(
 # CUDA, C++/OpenMP on CPU):
 #
 #   forward   S = Z Z^T                                                     GEMM
+#             its diagonal set to +inf (see below)
 #             per row of S, in one compiled graph:
 #             pass 1 (ms, batch-hard): the mining thresholds
 #             pass 2: sum of exp(S/tau) over kept pairs, number of kept positives, sum of their
 #             S  ->  the loss
-#   backward  Gs = G + G^T in one elementwise pass: S is symmetric, so g[a, i] is computed at
-#             position (i, a) from S[i, a] and anchor a's row stats; no transposed B x B read
+#   backward  Gs = G + G^T in one elementwise pass, written over S: S is symmetric, so g[a, i] is
+#             computed at position (i, a) from S[i, a] and anchor a's row stats; no transposed
+#             B x B read, and no second B x B buffer
 #             dZ = Gs Z                                                     GEMM
 #
 # For an anchor i with kept positives (h_i = 1), M such anchors, kept pairs K, kept positives P:
@@ -276,7 +278,15 @@ def supcon_loss(
 #   g[i,a] = dL/dS[i,a] = h_i / (M tau) ( K[i,a] exp(S[i,a] / tau - lse_i) - P[i,a] / |P_i| ).
 # The masks are constants of the step (mining only selects pairs), as in supcon_loss. Autograd
 # through the eager version does the same maths with about ten B x B temporaries and two backward
-# GEMMs for S = Z Z^T. Extra memory here: S (kept for backward) and Gs, one B x B buffer each.
+# GEMMs for S = Z Z^T. Extra memory here: S alone (kept for backward, then overwritten by Gs).
+#
+# Pairs (i, i) never enter the loss, so S's diagonal is free to hold a sentinel: +inf. Then the
+# passes need no index comparison to leave an anchor's own entry out (on CPU that comparison was
+# a quarter of the vector instructions per element): +inf is never a hardest positive (the min),
+# sits among "same" entries so never among negatives, and fails every "kept" test (inf - eps <
+# max_neg is false; mining="none" tests S < inf). A row whose hardest positive is +inf has no
+# positive at all. S itself is finite: inputs with NaN or beyond the range below go to the eager
+# loss.
 #
 # exp(S / tau) is taken without subtracting a row maximum: that needs |S| / tau + ln B < 80 (the
 # row sums stay within float32), true for unit-norm z at tau = 0.1 for any B. fused_supcon_loss
@@ -285,36 +295,42 @@ def supcon_loss(
 
 def _thresholds(sim: Tensor, labels: Tensor, mining: str):
     """Pass 1: what each anchor's mining keeps, as [B, 1] columns (empty for mining="none")."""
-    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
-    same = labels[:, None] == labels[None, :]
-    pos = same & (index[:, None] != index[None, :])
     if mining == "none":
         return ()
-    if mining == "ms":  # hardest positive and hardest negative similarity per anchor
-        return (torch.where(pos, sim, math.inf).amin(dim=1, keepdim=True),
-                torch.where(same, -math.inf, sim).amax(dim=1, keepdim=True))
-    has_both = (pos.any(dim=1) & ~same.all(dim=1))[:, None]  # batch-hard: the two chosen columns
-    return (torch.where(pos, sim, math.inf).argmin(dim=1, keepdim=True),
+    same = labels[:, None] == labels[None, :]
+    # hardest positive and hardest negative similarity per anchor (the +inf diagonal is in `same`)
+    min_pos = torch.where(same, sim, math.inf).amin(dim=1, keepdim=True)
+    max_neg = torch.where(same, -math.inf, sim).amax(dim=1, keepdim=True)
+    if mining == "ms":
+        return min_pos, max_neg
+    has_both = (min_pos < math.inf) & (max_neg > -math.inf)  # batch-hard: the two chosen columns
+    return (torch.where(same, sim, math.inf).argmin(dim=1, keepdim=True),
             torch.where(same, -math.inf, sim).argmax(dim=1, keepdim=True), has_both)
 
 
-def _kept(sim, same, not_self, cols, stats, mining: str, epsilon: float):
-    """Kept-positive and kept-negative masks at every position (i, a) of S.
+def _kept(sim, same, cols, stats, mining: str, epsilon: float):
+    """Kept-positive and kept-negative masks at every position (i, a) of S (diagonal +inf).
 
     With the row anchors' stats ([B, 1] columns) and cols = index[None, :], entry (i, a) says
     whether anchor i keeps pair (i, a). With the stats transposed ([1, B] rows) and
     cols = index[:, None], entry (i, a) says whether anchor a keeps pair (a, i): the similarity
-    S[a, i] it compares is S[i, a] (S is symmetric), and `same`, `not_self` are symmetric too.
-    That second form puts g[a, i] at (i, a), so G + G^T needs no transposed read of a B x B matrix.
+    S[a, i] it compares is S[i, a] (S is symmetric), and `same` is symmetric too. That second
+    form puts g[a, i] at (i, a), so G + G^T needs no transposed read of a B x B matrix.
     """
-    pos, neg = same & not_self, ~same
     if mining == "ms":
         min_pos, max_neg = stats
-        return pos & (sim - epsilon < max_neg), neg & (sim + epsilon > min_pos)
-    if mining == "batch-hard":
+        return same & (sim - epsilon < max_neg), ~same & (sim + epsilon > min_pos)
+    if mining == "batch-hard":  # has_both is False where the chosen column could be the diagonal
         pos_idx, neg_idx, has_both = stats
         return (cols == pos_idx) & has_both, (cols == neg_idx) & has_both
-    return pos, neg
+    return same & (sim < math.inf), ~same
+
+
+def _columns(sim: Tensor, mining: str):
+    """index[None, :] where batch-hard compares column numbers; None otherwise (no index work)."""
+    if mining != "batch-hard":
+        return None
+    return torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
 
 
 def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, epsilon: float):
@@ -324,13 +340,13 @@ def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, ep
     each row in turn).
     """
     stats = _thresholds(sim, labels, mining)
-    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
     same = labels[:, None] == labels[None, :]
-    not_self = index[:, None] != index[None, :]
-    pos, neg = _kept(sim, same, not_self, index[None, :], stats, mining, epsilon)
+    index = _columns(sim, mining)
+    pos, neg = _kept(sim, same, None if index is None else index[None, :], stats, mining, epsilon)
     exp_sim = torch.exp(sim * (1.0 / temperature))
     sum_exp = torch.where(pos | neg, exp_sim, 0.0).sum(dim=1, keepdim=True)
-    n_pos = pos.sum(dim=1, keepdim=True).to(sim.dtype)
+    # counted in floating point: exact below 2^24 per row, and no int64 vector conversions
+    n_pos = torch.where(pos, 1.0, 0.0).to(sim.dtype).sum(dim=1, keepdim=True)
     sum_pos = torch.where(pos, sim, 0.0).sum(dim=1, keepdim=True)
     has_pos = n_pos > 0
     inv_n_pos = torch.where(has_pos, 1.0 / n_pos.clamp_min(1), 0.0)  # 0 also switches anchors off
@@ -344,22 +360,25 @@ def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, ep
     return per_anchor.sum() / n_anchors, stats, softmax_scale, inv_n_pos, n_anchors
 
 
-def _symmetric_pair_grad(sim: Tensor, labels: Tensor, stats, softmax_scale: Tensor,
-                         inv_n_pos: Tensor, scale: Tensor, temperature: float, mining: str,
-                         epsilon: float) -> Tensor:
-    """Gs = G + G^T, G = dL/dS, in one elementwise pass over S. scale = grad_out / (M tau)."""
-    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
+def _symmetric_pair_grad_into_sim(sim: Tensor, labels: Tensor, stats, softmax_scale: Tensor,
+                                  inv_n_pos: Tensor, scale: Tensor, temperature: float,
+                                  mining: str, epsilon: float) -> None:
+    """Gs = G + G^T, G = dL/dS, in one elementwise pass over S, written over S.
+
+    scale = grad_out / (M tau). Entry (i, a) of Gs needs S[i, a] alone, so the pass can overwrite
+    S as it goes: compiled, Inductor writes the result straight into S's buffer.
+    """
     same = labels[:, None] == labels[None, :]
-    not_self = index[:, None] != index[None, :]
+    index = _columns(sim, mining)
     exp_sim = torch.exp(sim * (1.0 / temperature))  # shared by g[i, a] and g[a, i]
     # g[i, a] at (i, a): anchor i's kept pairs and row stats
-    pos_r, neg_r = _kept(sim, same, not_self, index[None, :], stats, mining, epsilon)
+    pos_r, neg_r = _kept(sim, same, None if index is None else index[None, :], stats, mining, epsilon)
     g_rows = torch.where(pos_r | neg_r, exp_sim * softmax_scale, 0.0) - torch.where(pos_r, inv_n_pos, 0.0)
     # g[a, i] at (i, a): anchor a's kept pairs and row stats, laid along the columns (see _kept)
     stats_t = tuple(s.T for s in stats)
-    pos_c, neg_c = _kept(sim, same, not_self, index[:, None], stats_t, mining, epsilon)
+    pos_c, neg_c = _kept(sim, same, None if index is None else index[:, None], stats_t, mining, epsilon)
     g_cols = torch.where(pos_c | neg_c, exp_sim * softmax_scale.T, 0.0) - torch.where(pos_c, inv_n_pos.T, 0.0)
-    return scale * (g_rows + g_cols)
+    sim.copy_(scale * (g_rows + g_cols))
 
 
 _compiled_passes: dict = {}  # (pass, temperature, mining, epsilon) -> compiled function
@@ -395,18 +414,25 @@ class _FusedSupCon(torch.autograd.Function):
         run = (lambda fn: _compiled(fn, **options)) if compiled else (lambda fn: partial(fn, **options))
         zc = z.detach().to(torch.float64 if z.dtype == torch.float64 else torch.float32)
         sim = zc @ zc.T  # [B, B], the one forward GEMM
+        sim.diagonal().fill_(math.inf)  # the sentinel for pairs (i, i), see the notes above
         loss, stats, softmax_scale, inv_n_pos, n_anchors = run(_loss_terms)(sim, labels)
         ctx.save_for_backward(zc, sim, labels, softmax_scale, inv_n_pos, n_anchors, *stats)
         ctx.run, ctx.temperature, ctx.z_dtype = run, temperature, z.dtype
+        ctx.sim_overwritten = False
         return loss
 
     @staticmethod
     @once_differentiable  # the closed-form backward is not itself differentiable (no double backward)
     def backward(ctx, grad_out):
+        if ctx.sim_overwritten:  # a second backward through a retained graph
+            raise RuntimeError("fused_supcon_loss's backward overwrites its saved similarities with "
+                               "the gradient, so it runs once per forward; use supcon_loss for "
+                               "backward(retain_graph=True) run twice")
+        ctx.sim_overwritten = True
         zc, sim, labels, softmax_scale, inv_n_pos, n_anchors, *stats = ctx.saved_tensors
         scale = grad_out.to(sim.dtype) / (n_anchors * ctx.temperature)
-        grad_sim = ctx.run(_symmetric_pair_grad)(sim, labels, tuple(stats), softmax_scale, inv_n_pos, scale)
-        grad_z = grad_sim @ zc  # [B, p], the one backward GEMM
+        ctx.run(_symmetric_pair_grad_into_sim)(sim, labels, tuple(stats), softmax_scale, inv_n_pos, scale)
+        grad_z = sim @ zc  # [B, p], the one backward GEMM; sim now holds Gs
         return grad_z.to(ctx.z_dtype), None, None, None, None, None
 
 
@@ -425,7 +451,9 @@ def fused_supcon_loss(
     compiles (tens of seconds on CPU); later calls of any batch size reuse that.
     Inputs outside the fused path's range (max |s| / tau + ln B >= 80 in float32, e.g. z far from
     unit norm, or tau < 0.014 at B = 4096), inputs with NaN, and batches of fewer than 2 go to
-    `supcon_loss` instead. No double backward (create_graph): use `supcon_loss` for that.
+    `supcon_loss` instead. No double backward (create_graph), and one backward per forward (it
+    writes the gradient over its saved S; a second one through a retained graph raises): use
+    `supcon_loss` for either.
     The backward reads S[i, a] for both g[i, a] and g[a, i], assuming the GEMM's S is symmetric;
     where it is not bit-exact (some GPU GEMMs), a pair lying exactly on an MS margin could be
     counted as kept in the forward and not in the backward.

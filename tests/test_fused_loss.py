@@ -161,3 +161,34 @@ def test_nan_input_goes_to_eager_and_double_backward_is_refused():
     (grad,) = torch.autograd.grad(fused_supcon_loss(leaf, labels, compiled=False), leaf, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         grad.sum().backward()
+
+
+def test_coinciding_and_duplicate_embeddings():
+    # S's diagonal holds the +inf sentinel in the fused path; here other entries equal the diagonal's
+    # true value (s = 1 for a duplicate), so leaving out (i, i) must not depend on the value there
+    z, labels = batch(12, 3, seed=13)
+    z[5] = z[2]
+    labels[5] = labels[2]  # a duplicate positive
+    z[7] = z[3]
+    labels[7] = (labels[3] + 1) % 3  # a duplicate negative
+    one_point = z[:1].repeat(10, 1)  # every embedding the same
+    for mining in MINING_MODES:
+        assert_same(z, labels, 1e-5, mining=mining)
+        loss, grad = assert_same(one_point, labels[:10], 1e-5, mining=mining)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        got = value_and_grad(fused_supcon_loss, z.double(), labels, mining=mining, compiled=False)
+        torch.testing.assert_close(got, value_and_grad(supcon_loss, z.double(), labels, mining=mining),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_a_second_backward_through_a_retained_graph_is_refused():
+    # the backward writes the gradient over the saved similarities, so it cannot run twice
+    z, labels = batch(16, 4, seed=14)
+    for compiled in (False, True):
+        leaf = z.clone().requires_grad_()
+        loss = fused_supcon_loss(leaf, labels, compiled=compiled)
+        loss.backward(retain_graph=True)
+        want = value_and_grad(supcon_loss, z, labels)[1]
+        torch.testing.assert_close(leaf.grad, want, rtol=1e-5, atol=1e-5)
+        with pytest.raises(RuntimeError, match="runs once per forward"):
+            loss.backward()
