@@ -32,7 +32,7 @@ if (( QUICK )); then
   # arms get the same larger rate, batch and crop.
   EXTRA_ARGS=${EXTRA_ARGS:-"--lr 1e-3 --max-seconds 2 --batch-size 32"}
   if [[ ! -f "$CONFIT_DATA/demo/manifest.csv" ]]; then
-    "$PYTHON" data.py prepare demo --out "$CONFIT_DATA/demo"
+    "$PYTHON" prepare.py demo --out "$CONFIT_DATA/demo"
   fi
 else
   DATASETS=${DATASETS:-"timit esc50 gtzan mswc-s mswc-i emodb"}

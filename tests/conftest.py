@@ -28,9 +28,9 @@ def run_script(script: str, *args, cwd=None, check=True) -> subprocess.Completed
 
 @pytest.fixture(scope="session")
 def demo_manifest(tmp_path_factory) -> Path:
-    import data
+    import prepare
     out = tmp_path_factory.mktemp("demo")
-    data.prepare_demo(out)
+    prepare.prepare_demo(out)
     return out / "manifest.csv"
 
 

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 import data
+import prepare
 
 
 def write_wav(path, samples, rate=16_000):
@@ -124,7 +125,7 @@ def test_resolve_dataset_by_name_root_env_and_path(tmp_path, monkeypatch, small_
     assert data.resolve_dataset("mine") == target
     assert data.resolve_dataset(str(small_dataset)) == small_dataset
     assert data.resolve_dataset(str(tmp_path / "root" / "mine")) == target
-    with pytest.raises(data.DataError, match=r"dataset 'gtzan' not found.*data\.py prepare gtzan"):
+    with pytest.raises(data.DataError, match=r"dataset 'gtzan' not found.*python prepare\.py gtzan"):
         data.resolve_dataset("gtzan")
     assert data.dataset_name(str(target)) == "mine" and data.dataset_name("gtzan") == "gtzan"
 
@@ -292,7 +293,7 @@ def test_demo_dataset_is_deterministic_and_well_formed(demo_manifest, tmp_path):
     assert len({c.label for c in clips}) == 10
     info = sf.info(clips[0].path)
     assert info.samplerate == 16_000 and info.channels == 1
-    data.prepare_demo(tmp_path)  # a second build, same seed: byte-identical audio
+    prepare.prepare_demo(tmp_path)  # a second build, same seed: byte-identical audio
     for clip in clips[::37]:
         relative = os.path.relpath(clip.path, demo_manifest.parent)
         assert (tmp_path / relative).read_bytes() == open(clip.path, "rb").read()
@@ -318,7 +319,7 @@ def test_demo_classes_are_not_separable_by_loudness_or_duration(demo_manifest):
 
 
 def test_fsdd_official_split(fsdd_root, tmp_path):
-    data.prepare_fsdd(fsdd_root, tmp_path / "digit", "digit")
+    prepare.prepare_fsdd(fsdd_root, tmp_path / "digit", "digit")
     clips = data.read_manifest(tmp_path / "digit" / "manifest.csv")
     assert Counter(c.split for c in clips) == {"train": 2400, "valid": 300, "test": 300}
     for clip in clips:
@@ -326,6 +327,6 @@ def test_fsdd_official_split(fsdd_root, tmp_path):
         assert clip.label == digit and clip.speaker == speaker
         assert clip.split == ("test" if int(take) <= 4 else "valid" if int(take) <= 9 else "train")
         assert os.path.isfile(clip.path)
-    data.prepare_fsdd(fsdd_root, tmp_path / "speaker", "speaker")
+    prepare.prepare_fsdd(fsdd_root, tmp_path / "speaker", "speaker")
     speakers = data.read_manifest(tmp_path / "speaker" / "manifest.csv")
     assert len({c.label for c in speakers}) == 6 and Counter(c.split for c in speakers)["test"] == 300

@@ -1,9 +1,9 @@
-"""`data.py prepare` for the paper's datasets: GTZAN, ESC-50, TIMIT, EmoDB, MSWC (and FSDD).
+"""prepare.py for the paper's datasets: GTZAN, ESC-50, TIMIT, EmoDB, MSWC (and FSDD).
 
 Every dataset is rebuilt in tmp_path as a small but faithful replica of its on-disk layout (real
 file names, folder names and audio formats, a few hundred samples per file), and the manifest that
 `prepare` writes is checked against facts taken from ../shared (notes/datasets.md and the split
-files in splits/), never against data.py's own constants.
+files in splits/), never against prepare.py's own constants.
 """
 import csv
 import functools
@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 
 import data
+import prepare
 from conftest import SHARED
 
 # ------------------------------------------------------------------------------------------------
@@ -274,16 +275,16 @@ def test_gtzan_split_md5_is_that_of_the_shared_lists():
     need(GTZAN_LISTS / "train_filtered.txt")
     for split, file in GTZAN_FILES.items():
         raw = (GTZAN_LISTS / file).read_bytes()
-        assert data.GTZAN_SPLIT_MD5[split] == hashlib.md5(raw).hexdigest()
+        assert prepare.GTZAN_SPLIT_MD5[split] == hashlib.md5(raw).hexdigest()
         text = raw.decode()
-        assert data.canonical_gtzan_list(text) == text  # the shared copy is already canonical
+        assert prepare.canonical_gtzan_list(text) == text  # the shared copy is already canonical
         au_crlf = text.replace(".wav\n", ".au\r\n")
-        assert au_crlf != text and data.canonical_gtzan_list(au_crlf) == text
+        assert au_crlf != text and prepare.canonical_gtzan_list(au_crlf) == text
 
 
 def test_gtzan_au_copy_gives_the_fault_filtered_split(gtzan_root, tmp_path, capsys):
     out = tmp_path / "gtzan"
-    data.prepare_gtzan(gtzan_root, out, GTZAN_LISTS, skip_bad=False)
+    prepare.prepare_gtzan(gtzan_root, out, GTZAN_LISTS, skip_bad=False)
 
     expected = {}
     for split in GTZAN_FILES:
@@ -308,14 +309,14 @@ def test_gtzan_au_copy_gives_the_fault_filtered_split(gtzan_root, tmp_path, caps
 def test_gtzan_lists_with_au_names_and_crlf_match_the_published_md5(gtzan_root, tmp_path, capsys):
     lists = copy_gtzan_lists(tmp_path / "lists", lambda s, lines: [x.replace(".wav", ".au") for x in lines],
                              newline="\r\n")
-    data.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
+    prepare.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
     assert "MD5" not in capsys.readouterr().err
     assert Counter(split for _, split in by_file(tmp_path / "out").values()) == GTZAN_COUNTS
 
 
 def test_gtzan_edited_list_is_used_but_warned_about(gtzan_root, tmp_path, capsys):
     lists = copy_gtzan_lists(tmp_path / "lists", lambda s, lines: lines[:-1] if s == "test" else lines)
-    summary = data.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
+    summary = prepare.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
     err = capsys.readouterr().err
     assert "test_filtered.txt differs from the published fault-filtered list (MD5 mismatch)" in err
     assert "train_filtered.txt differs" not in err
@@ -331,11 +332,11 @@ def test_gtzan_wav_copy_with_corrupt_jazz_00054(tmp_path, capsys):
     bad = root / "Data" / "genres_original" / "jazz" / "jazz.00054.wav"
     with pytest.raises(data.DataError, match=r"(?s)1 of 930 gtzan file\(s\).*jazz\.00054\.wav \(.*train_filtered"
                                              r"\.txt line 253\): cannot be read as audio.*--skip-bad"):
-        data.prepare_gtzan(root, tmp_path / "strict", GTZAN_LISTS, skip_bad=False)
+        prepare.prepare_gtzan(root, tmp_path / "strict", GTZAN_LISTS, skip_bad=False)
     assert not (tmp_path / "strict" / "manifest.csv").exists()
 
     out = tmp_path / "out"
-    summary = data.prepare_gtzan(root, out, GTZAN_LISTS, skip_bad=True)
+    summary = prepare.prepare_gtzan(root, out, GTZAN_LISTS, skip_bad=True)
     files = by_file(out)
     assert len(files) == 929 and str(bad.resolve()) not in files
     assert all(f.endswith(".wav") and "genres_original" in f for f in files)
@@ -361,17 +362,17 @@ def test_gtzan_malformed_list_line_names_file_and_line(gtzan_root, tmp_path, spl
         return lines[:line_no - 1] + [line] + lines[line_no:] if s == split else lines
     lists = copy_gtzan_lists(tmp_path / "lists", edit)
     with pytest.raises(data.DataError, match=message):
-        data.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
+        prepare.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
 
 
 def test_gtzan_missing_root_pieces(gtzan_root, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataError, match=r"no blues/ folder.*--root must hold GTZAN's genres/ folder"):
-        data.prepare_gtzan(tmp_path / "empty", tmp_path / "out", GTZAN_LISTS, skip_bad=False)
+        prepare.prepare_gtzan(tmp_path / "empty", tmp_path / "out", GTZAN_LISTS, skip_bad=False)
     lists = copy_gtzan_lists(tmp_path / "lists")
     (lists / "valid_filtered.txt").unlink()
     with pytest.raises(data.DataError, match=r"valid_filtered\.txt not found: --splits must be the folder"):
-        data.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
+        prepare.prepare_gtzan(gtzan_root, tmp_path / "out", lists, skip_bad=False)
 
 
 def test_gtzan_missing_audio_file_is_named(tmp_path):
@@ -381,20 +382,20 @@ def test_gtzan_missing_audio_file_is_named(tmp_path):
     line = gtzan_list("valid").index("rock/rock.00050.wav") + 1
     with pytest.raises(data.DataError, match=rf"rock\.00050\.au \(.*valid_filtered\.txt line {line}; "
                                              r"no rock\.00050\.wav either\): file not found"):
-        data.prepare_gtzan(root, tmp_path / "out", GTZAN_LISTS, skip_bad=False)
+        prepare.prepare_gtzan(root, tmp_path / "out", GTZAN_LISTS, skip_bad=False)
 
 
 def test_gtzan_download_failure_asks_for_splits(tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match=r"could not download the GTZAN split list "
                                              r"http://127\.0\.0\.1:9/train_filtered\.txt.*--splits DIR"):
-        data.download_gtzan_lists(tmp_path, base_url="http://127.0.0.1:9/{file}")
+        prepare.download_gtzan_lists(tmp_path, base_url="http://127.0.0.1:9/{file}")
     assert not list((tmp_path / "splits").glob("*.txt"))
     # prepare without --splits goes through the download (pointed at the same dead port)
     build_gtzan(tmp_path / "raw")
-    offline = functools.partial(data.download_gtzan_lists, base_url="http://127.0.0.1:9/{file}")
-    monkeypatch.setattr(data, "download_gtzan_lists", offline)
+    offline = functools.partial(prepare.download_gtzan_lists, base_url="http://127.0.0.1:9/{file}")
+    monkeypatch.setattr(prepare, "download_gtzan_lists", offline)
     with pytest.raises(data.DataError, match="--splits"):
-        data.prepare_gtzan(tmp_path / "raw", tmp_path / "out", None, skip_bad=False)
+        prepare.prepare_gtzan(tmp_path / "raw", tmp_path / "out", None, skip_bad=False)
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
@@ -420,7 +421,7 @@ def test_esc50_manifest_keeps_the_official_folds(esc50, tmp_path, capsys, header
         (root / "audio").symlink_to(esc50[0] / "audio")
         write_csv(root / "meta" / "esc50.csv", ESC50_HEADERS[header], rows)
     out = tmp_path / "out"
-    data.prepare_esc50(root, out, skip_bad=False)
+    prepare.prepare_esc50(root, out, skip_bad=False)
 
     expected = {str((root / "audio" / name).resolve()): (category, "train", str(fold), str(target))
                 for name, fold, target, category, *_ in rows}
@@ -436,7 +437,7 @@ def test_esc50_manifest_keeps_the_official_folds(esc50, tmp_path, capsys, header
 def test_esc50_fold_k_is_the_test_set(esc50, tmp_path):
     root, rows = esc50
     out = tmp_path / "out"
-    data.prepare_esc50(root, out, skip_bad=False)
+    prepare.prepare_esc50(root, out, skip_bad=False)
     manifest = str(out / "manifest.csv")
     with pytest.raises(data.DataError, match="--fold"):
         data.load_splits(manifest)
@@ -464,20 +465,20 @@ def test_esc50_malformed_csv_row_names_file_and_line(tmp_path, row, message):
     good = ("1-100038-A-14.wav", "1", "14", "chirping_birds", "False", "100038", "A")
     root = build_esc50(tmp_path / "esc50", [good, row])
     with pytest.raises(data.DataError, match=rf"esc50\.csv {message}"):
-        data.prepare_esc50(root, tmp_path / "out", skip_bad=False)
+        prepare.prepare_esc50(root, tmp_path / "out", skip_bad=False)
 
 
 def test_esc50_unknown_header_and_missing_pieces(tmp_path):
     root = tmp_path / "esc50"
     with pytest.raises(data.DataError, match=r"ESC-50's meta/esc50\.csv not found under --root"):
-        data.prepare_esc50(tmp_path, tmp_path / "out", skip_bad=False)
+        prepare.prepare_esc50(tmp_path, tmp_path / "out", skip_bad=False)
     write_csv(root / "meta" / "esc50.csv", ESC50_HEADERS["current"], [])
     with pytest.raises(data.DataError, match=r"ESC-50's audio/ folder not found"):
-        data.prepare_esc50(root, tmp_path / "out", skip_bad=False)
+        prepare.prepare_esc50(root, tmp_path / "out", skip_bad=False)
     (root / "audio").mkdir()
     write_csv(root / "meta" / "esc50.csv", ["filename", "fold", "label"], [("1-100032-A-0.wav", 1, "dog")])
     with pytest.raises(data.DataError, match=r"esc50\.csv: header 'filename,fold,label' is neither ESC-50 version"):
-        data.prepare_esc50(root, tmp_path / "out", skip_bad=False)
+        prepare.prepare_esc50(root, tmp_path / "out", skip_bad=False)
 
 
 def test_esc50_missing_clip_fails_or_is_skipped_with_a_count_warning(tmp_path, capsys):
@@ -488,8 +489,8 @@ def test_esc50_missing_clip_fails_or_is_skipped_with_a_count_warning(tmp_path, c
     line = rows.index(gone) + 2
     with pytest.raises(data.DataError, match=rf"(?s)1 of 2000 esc50 .*{gone[0]} \(.*esc50\.csv line {line}\): "
                                              r"file not found"):
-        data.prepare_esc50(root, tmp_path / "strict", skip_bad=False)
-    summary = data.prepare_esc50(root, tmp_path / "out", skip_bad=True)
+        prepare.prepare_esc50(root, tmp_path / "strict", skip_bad=False)
+    summary = prepare.prepare_esc50(root, tmp_path / "out", skip_bad=True)
     assert len(manifest_rows(tmp_path / "out")) == 1999
     assert [Path(s["path"]).name for s in summary_of(tmp_path / "out")["skipped"]] == [gone[0]]
     checks = checks_of(summary)
@@ -505,23 +506,23 @@ def test_esc50_missing_clip_fails_or_is_skipped_with_a_count_warning(tmp_path, c
 
 @pytest.mark.parametrize("rule, expected", [("by-type", FCJF0_BY_TYPE), ("reynolds", FCJF0_REYNOLDS)])
 def test_timit_rule_for_one_speaker(rule, expected):
-    assert data.timit_split(list(FCJF0), rule, "FCJF0") == expected
-    assert data.timit_split(list(reversed(FCJF0)), rule, "FCJF0") == expected
+    assert prepare.timit_split(list(FCJF0), rule, "FCJF0") == expected
+    assert prepare.timit_split(list(reversed(FCJF0)), rule, "FCJF0") == expected
 
 
 def test_timit_random_rule_is_622_and_fixed_per_speaker():
     speakers = [s for _, _, s in timit_speakers(20, 0)]
-    splits = {s: data.timit_split(list(FCJF0), "random", s) for s in speakers}
+    splits = {s: prepare.timit_split(list(FCJF0), "random", s) for s in speakers}
     for speaker, split in splits.items():
         assert set(split) == set(FCJF0)
         assert Counter(split.values()) == {"train": 6, "valid": 2, "test": 2}
         shuffled = random.Random(1).sample(FCJF0, len(FCJF0))
-        assert data.timit_split(shuffled, "random", speaker) == split  # order given does not matter
+        assert prepare.timit_split(shuffled, "random", speaker) == split  # order given does not matter
     assert len({tuple(sorted(s.items())) for s in splits.values()}) > 5  # seeded per speaker, not one shuffle
 
 
 def test_timit_speaker_with_too_few_utterances_stays_in_train():
-    assert data.timit_split(["SA1", "SA2", "SX37"], "by-type", "FCJF0") == {u: "train" for u in ("SA1", "SA2", "SX37")}
+    assert prepare.timit_split(["SA1", "SA2", "SX37"], "by-type", "FCJF0") == {u: "train" for u in ("SA1", "SA2", "SX37")}
 
 
 def test_timit_full_corpus_replica(tmp_path, capsys):
@@ -529,7 +530,7 @@ def test_timit_full_corpus_replica(tmp_path, capsys):
     speakers = timit_speakers()
     root = build_timit(tmp_path / "raw", speakers)
     out = tmp_path / "out"
-    summary = data.prepare_timit(root, out, "by-type", skip_bad=False)
+    summary = prepare.prepare_timit(root, out, "by-type", skip_bad=False)
     files = by_file(out, "speaker")
     assert len(files) == 6300
     assert summary["clips"] == {"train": 3780, "valid": 1260, "test": 1260} and summary["classes"] == 630
@@ -550,7 +551,7 @@ def test_timit_copy_with_riff_duplicates_and_transcripts(tmp_path, lower):
     root = build_timit(tmp_path / "raw", speakers, lambda i: FCJF0, lower=lower, riff_copies=True, transcripts=True)
     put(root / ("timit/train/dr1/notaspeaker/sa1.wav" if lower else "TIMIT/TRAIN/DR1/NOTASPEAKER/SA1.WAV"), SPHERE)
     out = tmp_path / "out"
-    data.prepare_timit(root, out, "by-type", skip_bad=False)
+    prepare.prepare_timit(root, out, "by-type", skip_bad=False)
     files = by_file(out, "speaker")
     expected = {}
     for corpus_set, region, speaker in speakers:
@@ -569,8 +570,8 @@ def test_timit_unreadable_utterance_is_named_then_skipped(tmp_path, capsys):
     root = build_timit(tmp_path / "raw", speakers, lambda i: FCJF0)
     bad = put(root / "TIMIT" / "TEST" / "DR2" / "MABC0" / "SX37.WAV", b"NIST_1A\n   1024\nbroken")
     with pytest.raises(data.DataError, match=rf"{re.escape(str(bad))} \(.*\): cannot be read as audio"):
-        data.prepare_timit(root, tmp_path / "strict", "by-type", skip_bad=False)
-    summary = data.prepare_timit(root, tmp_path / "out", "by-type", skip_bad=True)
+        prepare.prepare_timit(root, tmp_path / "strict", "by-type", skip_bad=False)
+    summary = prepare.prepare_timit(root, tmp_path / "out", "by-type", skip_bad=True)
     assert [s["path"] for s in summary["skipped"]] == [str(bad.resolve())]
     assert str(bad.resolve()) not in by_file(tmp_path / "out")
     assert checks_of(summary)["clips per speaker (min)"] == (10, 9, False)
@@ -581,7 +582,7 @@ def test_timit_without_utterances_is_a_clear_error(tmp_path):
     put(tmp_path / "TIMIT" / "DOC" / "SPKRINFO.TXT", b"; speakers\n")
     put(tmp_path / "TIMIT" / "TRAIN" / "DR1" / "FCJF0" / "SA1.PHN", b"0 3050 h#\n")
     with pytest.raises(data.DataError, match=r"no TIMIT utterances under --root .*TIMIT/\{TRAIN,TEST\}/DR<n>"):
-        data.prepare_timit(tmp_path, tmp_path / "out", "by-type", skip_bad=False)
+        prepare.prepare_timit(tmp_path, tmp_path / "out", "by-type", skip_bad=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -594,7 +595,7 @@ def emodb_split() -> dict:
 
 
 def test_emodb_default_speakers_are_the_shared_split(emodb_split):
-    assert {s: set(v) for s, v in data.EMODB_SPEAKERS.items()} == \
+    assert {s: set(v) for s, v in prepare.EMODB_SPEAKERS.items()} == \
         {"train": set(emodb_split["train_speakers"]), "test": set(emodb_split["test_speakers"])}
 
 
@@ -603,7 +604,7 @@ def test_emodb_speaker_split_and_carved_valid(emodb_split, tmp_path, capsys):
     assert len(names) == len(set(names)) == 535
     root = build_emodb(tmp_path / "emodb", names)
     out = tmp_path / "out"
-    summary = data.prepare_emodb(root, out, EMODB_SPLIT, skip_bad=False)
+    summary = prepare.prepare_emodb(root, out, EMODB_SPLIT, skip_bad=False)
     files = by_file(out, "speaker")
     assert set(files) == {str((root / "wav" / n).resolve()) for n in names}
     train_speakers, test_speakers = set(emodb_split["train_speakers"]), set(emodb_split["test_speakers"])
@@ -624,7 +625,7 @@ def test_emodb_speaker_split_and_carved_valid(emodb_split, tmp_path, capsys):
     assert all(ok for _, _, ok in checks_of(summary).values())
     assert "WARNING" not in capsys.readouterr().err
 
-    data.prepare_emodb(root, tmp_path / "default", None, skip_bad=False)  # default = the paper's speakers
+    prepare.prepare_emodb(root, tmp_path / "default", None, skip_bad=False)  # default = the paper's speakers
     assert by_file(tmp_path / "default", "speaker") == files  # same split, same valid clips
     splits, classes = data.load_splits(str(out / "manifest.csv"))
     assert len(classes) == 7 and len(splits["valid"]) == sum(valid_per_emotion.values())
@@ -639,19 +640,19 @@ def test_emodb_speaker_split_and_carved_valid(emodb_split, tmp_path, capsys):
 def test_emodb_bad_file_name_is_named(tmp_path, name, message):
     root = build_emodb(tmp_path / "emodb", ["03a01Fa.wav", "12a01Fa.wav", name])
     with pytest.raises(data.DataError, match=message):
-        data.prepare_emodb(root, tmp_path / "out", None, skip_bad=False)
+        prepare.prepare_emodb(root, tmp_path / "out", None, skip_bad=False)
 
 
 def test_emodb_missing_pieces_and_bad_split_file(tmp_path):
     (tmp_path / "empty" / "wav").mkdir(parents=True)
     with pytest.raises(data.DataError, match=r"no \.wav files in .*wav: --root must hold EmoDB's wav/ folder"):
-        data.prepare_emodb(tmp_path / "empty", tmp_path / "out", None, skip_bad=False)
+        prepare.prepare_emodb(tmp_path / "empty", tmp_path / "out", None, skip_bad=False)
     root = build_emodb(tmp_path / "emodb", ["03a01Fa.wav", "12a01Fa.wav"])
     split_file = put(tmp_path / "split.json", b'{"train": ["03"], "test": ["12"]}')
     with pytest.raises(data.DataError, match=r"split\.json: not a speaker split JSON with train_speakers"):
-        data.prepare_emodb(root, tmp_path / "out", split_file, skip_bad=False)
+        prepare.prepare_emodb(root, tmp_path / "out", split_file, skip_bad=False)
     with pytest.raises(data.DataError, match=r"nope\.json: not a speaker split JSON"):
-        data.prepare_emodb(root, tmp_path / "out", tmp_path / "nope.json", skip_bad=False)
+        prepare.prepare_emodb(root, tmp_path / "out", tmp_path / "nope.json", skip_bad=False)
 
 
 def test_emodb_unreadable_clip_is_named_then_skipped(tmp_path, capsys):
@@ -659,8 +660,8 @@ def test_emodb_unreadable_clip_is_named_then_skipped(tmp_path, capsys):
     bad_name = next(n for n in names if n.startswith("14"))
     root = build_emodb(tmp_path / "emodb", names, corrupt={bad_name})
     with pytest.raises(data.DataError, match=rf"{bad_name} \(.*\): cannot be read as audio"):
-        data.prepare_emodb(root, tmp_path / "strict", None, skip_bad=False)
-    summary = data.prepare_emodb(root, tmp_path / "out", None, skip_bad=True)
+        prepare.prepare_emodb(root, tmp_path / "strict", None, skip_bad=False)
+    summary = prepare.prepare_emodb(root, tmp_path / "out", None, skip_bad=True)
     assert [Path(s["path"]).name for s in summary["skipped"]] == [bad_name]
     assert checks_of(summary)["test"] == (231, 230, False) and checks_of(summary)["train+valid"][2]
     assert "test: expected 231, found 230" in capsys.readouterr().err
@@ -675,7 +676,7 @@ def test_mswc_spanish_splits_csv(tmp_path, capsys):
             [("TEST", "madrid"), ("DEV", "fiesta")]  # fiesta has no train clip: no classifier can learn it
     root = build_mswc(tmp_path / "mswc", "es", clips)
     out = tmp_path / "out"
-    summary = data.prepare_mswc(root, out, "es", None, 1, skip_bad=False)
+    summary = prepare.prepare_mswc(root, out, "es", None, 1, skip_bad=False)
     with open(root / "es" / "es_splits.csv", newline="") as f:
         table = list(csv.DictReader(f))
     split_of = {"TRAIN": "train", "DEV": "valid", "TEST": "test"}
@@ -694,7 +695,7 @@ def test_mswc_indonesian_paper_keywords(tmp_path, capsys):
     clips = [(split, word) for word in words for split in ("TRAIN", "TRAIN", "DEV", "TEST")]
     root = build_mswc(tmp_path / "mswc", "id", clips)
     out = tmp_path / "out"
-    summary = data.prepare_mswc(root, out, "id", "paper", 1, skip_bad=False)
+    summary = prepare.prepare_mswc(root, out, "id", "paper", 1, skip_bad=False)
     assert {label for label, _ in by_file(out).values()} == MSWC_ID_PAPER_KEYWORDS
     assert Counter(split for _, split in by_file(out).values()) == {"train": 28, "valid": 14, "test": 14}
     assert checks_of(summary)["classes"] == (14, 14, True)
@@ -702,7 +703,7 @@ def test_mswc_indonesian_paper_keywords(tmp_path, capsys):
 
     # a paper keyword with no clips at all is reported by name
     root2 = build_mswc(tmp_path / "mswc2", "id", [c for c in clips if c[1] != "agustus"])
-    summary = data.prepare_mswc(root2, tmp_path / "out2", "id", "paper", 1, skip_bad=False)
+    summary = prepare.prepare_mswc(root2, tmp_path / "out2", "id", "paper", 1, skip_bad=False)
     assert summary["classes"] == 13
     assert "1 requested keyword(s) have no clips" in capsys.readouterr().err
 
@@ -711,18 +712,18 @@ def test_mswc_keywords_list_file_and_min_count(tmp_path):
     clips = [("TRAIN", "hola")] * 3 + [("TRAIN", "madrid")] * 2 + [("TRAIN", "roma"), ("TEST", "hola"),
                                                                       ("TEST", "madrid"), ("TEST", "roma")]
     root = build_mswc(tmp_path / "mswc", "es", clips)
-    data.prepare_mswc(root, tmp_path / "a", "es", None, 2, skip_bad=False)
+    prepare.prepare_mswc(root, tmp_path / "a", "es", None, 2, skip_bad=False)
     assert {label for label, _ in by_file(tmp_path / "a").values()} == {"hola", "madrid"}
-    data.prepare_mswc(root, tmp_path / "b", "es", "roma, madrid", 1, skip_bad=False)
+    prepare.prepare_mswc(root, tmp_path / "b", "es", "roma, madrid", 1, skip_bad=False)
     assert {label for label, _ in by_file(tmp_path / "b").values()} == {"roma", "madrid"}
     keyword_file = put(tmp_path / "words.txt", b"hola\n\nroma\n")
-    assert data.parse_keywords(str(keyword_file), "es") == ["hola", "roma"]
-    paper = data.parse_keywords("paper", "id")
+    assert prepare.parse_keywords(str(keyword_file), "es") == ["hola", "roma"]
+    paper = prepare.parse_keywords("paper", "id")
     assert len(paper) == 14 and set(paper) == MSWC_ID_PAPER_KEYWORDS
     with pytest.raises(data.DataError, match=r"paper's keyword list for 'es' is not known"):
-        data.parse_keywords("paper", "es")
+        prepare.parse_keywords("paper", "es")
     with pytest.raises(data.DataError, match=r"no keyword left after the filters .*--min-count 5"):
-        data.prepare_mswc(root, tmp_path / "c", "es", None, 5, skip_bad=False)
+        prepare.prepare_mswc(root, tmp_path / "c", "es", None, 5, skip_bad=False)
 
 
 def test_sil_ai_metadata_formats(tmp_path):
@@ -733,13 +734,13 @@ def test_sil_ai_metadata_formats(tmp_path):
     by_split = {"train": [record(1, "asia", "a1b2"), record(2, "dan", "c3d4")], "validation": [record(3, "asia")],
                 "test": [record(4, "dan", "e5f6")]}
     put(tmp_path / "ind.json", json.dumps(by_split).encode())
-    records = list(data.read_keyword_records(tmp_path / "ind.json"))
+    records = list(prepare.read_keyword_records(tmp_path / "ind.json"))
     assert [(r["split"], r["file"], r["keyword"], r["speaker"]) for r in records] == [
         ("train", "asia/common_voice_id_1.opus", "asia", "a1b2"), ("train", "dan/common_voice_id_2.opus", "dan", "c3d4"),
         ("valid", "asia/common_voice_id_3.opus", "asia", None), ("test", "dan/common_voice_id_4.opus", "dan", "e5f6")]
     flat = [{**r, "split": s} for s, items in by_split.items() for r in items]
     put(tmp_path / "ind.jsonl", "".join(json.dumps(r) + "\n" for r in flat).encode())
-    from_lines = list(data.read_keyword_records(tmp_path / "ind.jsonl"))
+    from_lines = list(prepare.read_keyword_records(tmp_path / "ind.jsonl"))
     assert [{k: v for k, v in r.items() if k != "where"} for r in from_lines] == \
         [{k: v for k, v in r.items() if k != "where"} for r in records]
     assert from_lines[2]["where"].endswith("ind.jsonl line 3")
@@ -748,7 +749,7 @@ def test_sil_ai_metadata_formats(tmp_path):
     for r in flat:
         put(tmp_path / "ind" / r["file"], opus_bytes())
     out = tmp_path / "out"
-    data.prepare_mswc(tmp_path, out, "id", None, 1, skip_bad=False)
+    prepare.prepare_mswc(tmp_path, out, "id", None, 1, skip_bad=False)
     assert by_file(out, "speaker") == {str((tmp_path / "ind" / r["file"]).resolve()):
                                        (r["keyword"], {"validation": "valid"}.get(r["split"], r["split"]),
                                         "" if r["speaker_id"] == "NA" else r["speaker_id"]) for r in flat}
@@ -770,17 +771,17 @@ def test_sil_ai_metadata_formats(tmp_path):
 def test_mswc_malformed_metadata_names_file_and_line(tmp_path, file, content, message):
     put(tmp_path / file, content.encode())
     with pytest.raises(data.DataError, match=message):
-        data.prepare_mswc(tmp_path, tmp_path / "out", "es", None, 1, skip_bad=False)
+        prepare.prepare_mswc(tmp_path, tmp_path / "out", "es", None, 1, skip_bad=False)
 
 
 def test_mswc_missing_metadata_and_missing_clip(tmp_path):
     with pytest.raises(data.DataError, match=r"no MSWC metadata for 'es' under --root .*expected es_splits\.csv"):
-        data.prepare_mswc(tmp_path, tmp_path / "out", "es", None, 1, skip_bad=False)
+        prepare.prepare_mswc(tmp_path, tmp_path / "out", "es", None, 1, skip_bad=False)
     root = build_mswc(tmp_path / "mswc", "es", [("TRAIN", "hola")] * 2 + [("TEST", "hola")])
     gone = root / "es" / "clips" / "hola" / "common_voice_es_19000001.opus"  # the second row
     gone.unlink()
     with pytest.raises(data.DataError, match=rf"{re.escape(str(gone))} \(.*es_splits\.csv line 3\): file not found"):
-        data.prepare_mswc(root, tmp_path / "out", "es", None, 1, skip_bad=False)
+        prepare.prepare_mswc(root, tmp_path / "out", "es", None, 1, skip_bad=False)
 
 
 def test_unsupported_m4a_clip_gets_a_clear_message(tmp_path, capsys):
@@ -791,8 +792,8 @@ def test_unsupported_m4a_clip_gets_a_clear_message(tmp_path, capsys):
         csv.writer(f).writerow(["TRAIN", "hola/common_voice_es_7.m4a", "hola", "True", "s9", "MALE"])
     with pytest.raises(data.DataError, match=r"(?s)common_voice_es_7\.m4a \(.*line 5\): cannot be read as audio .*"
                                              r"a format libsndfile does not decode.*ffmpeg"):
-        data.prepare_mswc(root, tmp_path / "out", "es", None, 1, skip_bad=False)
-    summary = data.prepare_mswc(root, tmp_path / "out", "es", None, 1, skip_bad=True)
+        prepare.prepare_mswc(root, tmp_path / "out", "es", None, 1, skip_bad=False)
+    summary = prepare.prepare_mswc(root, tmp_path / "out", "es", None, 1, skip_bad=True)
     assert [s["path"] for s in summary["skipped"]] == [str(m4a.resolve())] and summary["total_clips"] == 3
 
 
@@ -805,17 +806,17 @@ def test_fsdd_replica_split_by_take_and_bad_name(tmp_path):
         for speaker in ("jackson", "theo"):
             for take in (0, 4, 5, 9, 10, 49):
                 put(tmp_path / "fsdd" / "recordings" / f"{digit}_{speaker}_{take}.wav", audio_bytes(8_000))
-    data.prepare_fsdd(tmp_path / "fsdd", tmp_path / "speaker", "speaker")
+    prepare.prepare_fsdd(tmp_path / "fsdd", tmp_path / "speaker", "speaker")
     for file, (label, split, speaker) in by_file(tmp_path / "speaker", "speaker").items():
         digit, name, take = Path(file).stem.split("_")
         assert label == speaker == name
         assert split == {0: "test", 4: "test", 5: "valid", 9: "valid", 10: "train", 49: "train"}[int(take)]
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataError, match=r"no \.wav files under .*empty: --root must be the FSDD folder"):
-        data.prepare_fsdd(tmp_path / "empty", tmp_path / "x", "digit")
+        prepare.prepare_fsdd(tmp_path / "empty", tmp_path / "x", "digit")
     put(tmp_path / "fsdd" / "recordings" / "7_theo.wav", audio_bytes(8_000))
     with pytest.raises(data.DataError, match=r"7_theo\.wav: not an FSDD name"):
-        data.prepare_fsdd(tmp_path / "fsdd", tmp_path / "digit", "digit")
+        prepare.prepare_fsdd(tmp_path / "fsdd", tmp_path / "digit", "digit")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -825,7 +826,7 @@ def test_fsdd_replica_split_by_take_and_bad_name(tmp_path):
 def test_cli_prepares_esc50_for_load_splits(esc50, tmp_path, monkeypatch, capsys):
     root, rows = esc50
     monkeypatch.chdir(tmp_path)
-    data.main(["prepare", "esc50", "--root", str(root), "--out", "prepared/esc50"])  # a relative --out
+    prepare.main(["esc50", "--root", str(root), "--out", "prepared/esc50"])  # a relative --out
     out = capsys.readouterr().out
     assert "esc50: wrote prepared/esc50/manifest.csv" in out and "fold 5: expected 400, found 400" in out
     for k in (1, 5):
@@ -837,17 +838,17 @@ def test_cli_prepares_esc50_for_load_splits(esc50, tmp_path, monkeypatch, capsys
 
 def test_cli_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        data.main(["prepare", "timit", "--out", str(tmp_path / "out")])
+        prepare.main(["timit", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "timit needs --root" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        data.main(["prepare", "timit", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+        prepare.main(["timit", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"^error: no TIMIT utterances under --root"):
-        data.main(["prepare", "timit", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+        prepare.main(["timit", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
     # without --out, the output goes under $CONFIT_DATA with the dataset's name
     root = build_mswc(tmp_path / "mswc", "id", [("TRAIN", "asia"), ("TRAIN", "asia"), ("TEST", "asia")])
     monkeypatch.setenv("CONFIT_DATA", str(tmp_path / "data"))
-    data.main(["prepare", "mswc", "--root", str(root), "--lang", "id", "--keywords", "paper"])
+    prepare.main(["mswc", "--root", str(root), "--lang", "id", "--keywords", "paper"])
     assert len(manifest_rows(tmp_path / "data" / "mswc-i")) == 3
 
 
@@ -866,7 +867,7 @@ def test_symlinked_files_keep_their_names(tmp_path):
         (blobs / f"{i:040x}").write_bytes(audio_bytes(16_000))
         (tmp_path / "emodb" / "wav" / name).symlink_to(blobs / f"{i:040x}")
     out = tmp_path / "out"
-    data.prepare_emodb(tmp_path / "emodb", out, None, skip_bad=False)
+    prepare.prepare_emodb(tmp_path / "emodb", out, None, skip_bad=False)
     paths = [row["path"] for row in manifest_rows(out)]
     assert sorted(Path(p).name for p in paths) == sorted(names)
     assert all((out / p).is_file() for p in paths)
@@ -878,7 +879,7 @@ def test_timit_riff_copy_fills_in_only_for_a_missing_original(tmp_path):
     folder = tmp_path / "TIMIT" / "TRAIN" / speakers[0][1] / speakers[0][2]
     (folder / "SA1.WAV").unlink()
     out = tmp_path / "out"
-    summary = data.prepare_timit(tmp_path, out, "by-type", skip_bad=False)
+    summary = prepare.prepare_timit(tmp_path, out, "by-type", skip_bad=False)
     used = {Path(p).name for p in by_file(out)}
     assert len(by_file(out)) == 30 and summary["notes"]["riff_copies_used"] == 1
     assert "SA1.WAV.wav" in used and sum(name.endswith(".WAV.wav") for name in used) == 1
@@ -889,7 +890,7 @@ def test_timit_second_copy_of_the_corpus_is_reported_and_ignored(tmp_path, capsy
     build_timit(tmp_path / "a", speakers)
     build_timit(tmp_path / "a" / "zz-backup", speakers)  # walked after TIMIT/
     out = tmp_path / "out"
-    summary = data.prepare_timit(tmp_path / "a", out, "by-type", skip_bad=False)
+    summary = prepare.prepare_timit(tmp_path / "a", out, "by-type", skip_bad=False)
     assert "30 utterance(s) exist twice under --root" in capsys.readouterr().err
     assert summary["notes"]["second_copies_ignored"] == 30
     assert all(Path(p).relative_to(tmp_path / "a").parts[0] == "TIMIT" for p in by_file(out))
@@ -899,7 +900,7 @@ def test_esc50_header_without_filename_is_a_clear_error(tmp_path):
     write_csv(tmp_path / "meta" / "esc50.csv", ["fname", "fold", "target", "category"], [["1-1-A-0.wav", 1, 0, "dog"]])
     (tmp_path / "audio").mkdir()
     with pytest.raises(data.DataError, match=r"esc50\.csv: header 'fname,fold,target,category' lacks filename"):
-        data.prepare_esc50(tmp_path, tmp_path / "out", skip_bad=False)
+        prepare.prepare_esc50(tmp_path, tmp_path / "out", skip_bad=False)
 
 
 def test_emodb_split_file_sets_the_expected_counts(tmp_path):
@@ -907,12 +908,12 @@ def test_emodb_split_file_sets_the_expected_counts(tmp_path):
     split_file = put(tmp_path / "loso.json", json.dumps(
         {"train_speakers": ["03", "08", "09", "10", "11", "12", "13", "14", "15"], "test_speakers": ["16"],
          "expected_counts": {"train": 464, "test": 71}}).encode())
-    summary = data.prepare_emodb(root, tmp_path / "out", split_file, skip_bad=False)
+    summary = prepare.prepare_emodb(root, tmp_path / "out", split_file, skip_bad=False)
     checks = checks_of(summary)
     assert checks["train+valid"] == (464, 464, True) and checks["test"] == (71, 71, True)
     both = put(tmp_path / "both.json", json.dumps({"train_speakers": ["03", "12"], "test_speakers": ["12"]}).encode())
     with pytest.raises(data.DataError, match=r"speaker\(s\) 12 are in both train and test"):
-        data.prepare_emodb(root, tmp_path / "out2", both, skip_bad=False)
+        prepare.prepare_emodb(root, tmp_path / "out2", both, skip_bad=False)
 
 
 def test_mswc_wrong_language_bom_and_decomposed_keywords(tmp_path, capsys):
@@ -923,11 +924,11 @@ def test_mswc_wrong_language_bom_and_decomposed_keywords(tmp_path, capsys):
     for line in (tmp_path / "metadata.jsonl").read_text().splitlines():
         put(tmp_path / json.loads(line)["file"], opus_bytes())
     with pytest.raises(data.DataError, match=r"none of its 5 records is in language 'id' .*'spa': 5"):
-        data.prepare_mswc(tmp_path, tmp_path / "x", "id", None, 1, skip_bad=False)
+        prepare.prepare_mswc(tmp_path, tmp_path / "x", "id", None, 1, skip_bad=False)
     # a keyword file with a byte-order mark, and "está" typed in decomposed form (e + combining accent)
     words = put(tmp_path / "words.txt", "\ufeffroma\nesta\u0301\n".encode())
-    data.prepare_mswc(tmp_path, tmp_path / "out", "es", str(words), 1, skip_bad=False)
+    prepare.prepare_mswc(tmp_path, tmp_path / "out", "es", str(words), 1, skip_bad=False)
     assert {label for label, _ in by_file(tmp_path / "out").values()} == {"roma", "está"}
     # a keyword with no train clip is dropped by name
-    data.prepare_mswc(tmp_path, tmp_path / "out2", "es", None, 1, skip_bad=False)
+    prepare.prepare_mswc(tmp_path, tmp_path / "out2", "es", None, 1, skip_bad=False)
     assert "dropping 1 keyword(s) with fewer than 1 train clip(s): pan" in capsys.readouterr().err
