@@ -1,4 +1,5 @@
 """Pre-trained audio encoders f_e behind one interface: load, preprocess, mean-pool, save.
+(Run bookkeeping, the feature cache and the device choice are in runs.py.)
 
 Shared by pairtune.py, probe.py and finetune.py so that the three stages load, pool and save an
 encoder the same way. Two families are supported:
@@ -11,7 +12,6 @@ encoder the same way. Two families are supported:
 
 The pooled representation r is the mean of the last hidden layer over valid (non-padding) frames.
 """
-import json
 import os
 from pathlib import Path
 
@@ -186,13 +186,6 @@ class AudioEncoder(nn.Module):
         self.extractor.save_pretrained(out_dir)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else as given (cuda, cuda:1, cpu)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def to_device(inputs: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
 
@@ -229,130 +222,3 @@ def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, 
         labels[indices] = batch_labels
     encoder.train(was_training)
     return features, labels
-
-
-def weights_fingerprint(encoder: AudioEncoder) -> str:
-    """SHA-1 of every weight, so a cache never serves features of another encoder (~1 s for 95M)."""
-    import hashlib
-    digest = hashlib.sha1()
-    for name, tensor in encoder.model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
-    return digest.hexdigest()
-
-
-def feature_dir(run_dir, dataset: str, fold) -> Path:
-    """Where a run keeps its cached features: RUN/features/<dataset>[-fold<k>]/<split>.pt."""
-    return Path(run_dir) / "features" / (dataset if fold is None else f"{dataset}-fold{fold}")
-
-
-def cache_key(clips, classes, max_seconds, fingerprint: str) -> dict:
-    """What a cached feature file must match: the same clips, classes, chunk length and weights."""
-    return {"paths": [c.path for c in clips], "classes": classes, "max_seconds": max_seconds,
-            "encoder": fingerprint}
-
-
-def load_cache(file):
-    """A feature cache file's contents, or None when it is missing or unreadable (then re-encoded)."""
-    if not Path(file).is_file():
-        return None
-    try:
-        saved = torch.load(file, weights_only=False)
-    except Exception as error:  # a truncated or foreign file is only a cache miss
-        print(f"ignoring unreadable feature cache {file}: {error}")
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
-def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_seconds: float, device, names,
-                    batch_size: int = 16, num_workers: int = 0) -> dict:
-    """{split: (features [N, d], labels [N])} for the splits in `names`, from cache_dir/<split>.pt when
-    it holds the very same clips and weights, else encoded (extract_features) and saved there.
-
-    probe.py caches train/valid/test of a PairTune run this way, finetune.py its test split, and
-    eval.py reads (or fills) the same files for its analyses of test representations."""
-    import time
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    features = {}
-    fingerprint = weights_fingerprint(encoder)
-    for split in names:
-        key = cache_key(splits[split], classes, max_seconds, fingerprint)
-        file = cache_dir / f"{split}.pt"
-        saved = load_cache(file)
-        if saved is not None and saved.get("key") == key:
-            features[split] = (saved["features"], saved["labels"])
-            continue
-        started = time.time()
-        feats, labels = extract_features(encoder, splits[split], classes, max_seconds, device, batch_size,
-                                         num_workers, desc=f"encoding {split}")
-        tmp = file.with_suffix(".pt.tmp")  # written whole, then renamed: a kill never leaves half a cache
-        torch.save({"key": key, "features": feats, "labels": labels}, tmp)
-        os.replace(tmp, file)
-        print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
-        features[split] = (feats, labels)
-    return features
-
-
-def package_versions() -> dict:
-    import platform
-    import torchaudio
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchaudio": torchaudio.__version__, "transformers": transformers.__version__,
-            "numpy": np.__version__}
-
-
-def git_revision() -> dict:
-    """Commit and dirty flag of the code that produced a run (None outside a git checkout)."""
-    import subprocess
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True,
-                                    text=True).stdout.strip())
-        return {"commit": sha, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def seed_everything(seed: int):
-    import random
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def random_states(loader_generator: torch.Generator) -> dict:
-    """Every random state a training loop draws from, for an exact resume."""
-    import random
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "loader": loader_generator.get_state()}
-
-
-def restore_random_states(states: dict, loader_generator: torch.Generator):
-    import random
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    loader_generator.set_state(states["loader"])
-
-
-def remove_old_results(out):
-    """Results of an earlier run in this output folder (or of this run before it was extended with
-    --resume) describe other weights: removed, so that neither eval.py nor run_all.sh's skip test can
-    take them for the new run's. Called once run.json marks the run unfinished."""
-    import shutil
-    for stale in ("results.json", "probe", "features"):
-        path = Path(out) / stale
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def write_json(path, obj):
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from tqdm.auto import tqdm
 
 
 def torchaudio_load_error(error: BaseException) -> str:

@@ -553,6 +553,7 @@ def run_test_features(run_dir, device="auto", data_root=None):
     """
     import backbone  # the training stack: only the feature path needs it
     import data
+    import runs
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # one bar per loaded encoder would flood a report
@@ -568,18 +569,17 @@ def run_test_features(run_dir, device="auto", data_root=None):
     max_seconds = args["max_seconds"]
     if encoder.max_seconds is not None:  # as probe.py does
         max_seconds = min(max_seconds, encoder.max_seconds)
-    cache_dir = backbone.feature_dir(run_dir, run["dataset"], args.get("fold"))
-    saved = backbone.load_cache(cache_dir / "test.pt")
-    key = saved.get("key", {}) if saved else {}
-    if (key.get("encoder") == backbone.weights_fingerprint(encoder) and key.get("classes") == run["classes"]
-            and key.get("max_seconds") == max_seconds and len(key.get("paths", ())) == run["clips"]["test"]):
+    cache_dir = runs.feature_dir(run_dir, run["dataset"], args.get("fold"))
+    saved = runs.load_cache(cache_dir / "test.pt")
+    if runs.cache_serves(saved, run["classes"], max_seconds, runs.weights_fingerprint(encoder),
+                         n_clips=run["clips"]["test"]):  # the data may have moved: paths not compared
         return saved["features"].double().numpy(), saved["labels"].numpy(), run["classes"]
     manifest = Path(run["manifest"])
     if not manifest.is_file():
         manifest = data.resolve_dataset(run["dataset"], data_root)
     splits, classes = data.load_splits(str(manifest), None, args.get("fold"), args.get("skip_bad", False))
-    device = backbone.resolve_device(device)
-    features, labels = backbone.cached_features(encoder.to(device), splits, classes, cache_dir, max_seconds,
+    device = runs.resolve_device(device)
+    features, labels = runs.cached_features(encoder.to(device), splits, classes, cache_dir, max_seconds,
                                                 device, ("test",))["test"]
     return features.double().numpy(), labels.numpy(), classes
 

@@ -14,8 +14,6 @@ epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.
 best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from tqdm.auto import tqdm
 
 import backbone
 import data
+import runs
 
 
 def parse_args(argv=None):
@@ -63,7 +62,7 @@ def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None):
         features, labels = backbone.extract_features(encoder, clips, classes, args.max_seconds, device,
                                                      args.eval_batch_size, args.num_workers, desc=desc)
     else:
-        features, labels = backbone.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
+        features, labels = runs.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
                                                     device, (desc,), args.eval_batch_size, args.num_workers)[desc]
     head_was_training = head.training
     head.eval()
@@ -92,30 +91,16 @@ def train_one_epoch(encoder, head, loader, optimizer, device, epoch):
     return total / max(batches, 1)
 
 
-def atomic_save(obj, path):
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def finished_epochs(out: Path) -> int:
-    """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone. run.json is
-    marked finished only after the results are written, so the flag alone is enough."""
-    run_file = out / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.exists() else {}
-    return run.get("epochs_run", 0) if run.get("finished") else 0
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = backbone.resolve_device(args.device)
+    device = runs.resolve_device(args.device)
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
-    backbone.seed_everything(args.seed)
-    if args.resume and finished_epochs(out) >= args.epochs:
-        print(f"{out} holds a finished run of {finished_epochs(out)} epochs; nothing to resume")
+    runs.seed_everything(args.seed)
+    if args.resume and runs.finished_epochs(out) >= args.epochs:
+        print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
         return
 
     # ---------------- preparing data ----------------
@@ -140,37 +125,14 @@ def main(argv=None):
         collate_fn=data.CollateTrain(encoder.preprocess), pin_memory=device.type == "cuda",
         generator=loader_generator)  # seeds shuffling and the workers' crops
 
-    run = {"stage": "finetune", "args": vars(args), "dataset": data.dataset_name(args.dataset),
-           "manifest": str(data.resolve_dataset(args.dataset, args.data_root).resolve()),
-           "backbone": encoder.name, "backbone_random_init": encoder.random_init,
-           "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
-           "versions": backbone.package_versions(), "git": backbone.git_revision(), "finished": False}
+    run = runs.new_run("finetune", args, data.dataset_name(args.dataset),
+                       data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
 
     # ---------------- resuming ----------------
-    start_epoch, history, best = 1, [], {"epoch": 0, "valid_acc": -1.0}
-    checkpoint_path = out / "checkpoint.pt"
-    # The best weights go to a file named by their epoch, and the checkpoint names the one it means:
-    # a kill between the two writes then leaves the checkpoint's own best file in place.
-    best_file = lambda epoch: out / f"best-e{epoch}.pt"
-    if args.resume and finished_epochs(out) and not checkpoint_path.exists():
-        sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
-                 f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
-    if args.resume and checkpoint_path.exists():
-        # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        encoder.model.load_state_dict(state["encoder"])
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "best" not in state or not best_file(state["best"]["epoch"]).exists():
-            sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
-                     f"(best-e<epoch>.pt) are missing; start a fresh run")
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        backbone.restore_random_states(state["rng"], loader_generator)
-        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
-    else:
-        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-    backbone.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
-    backbone.remove_old_results(out)
+    modules = {"encoder": encoder.model, "head": head}
+    start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator)
+    runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
+    runs.remove_old_results(out)
 
     # ---------------- training, selecting on valid ----------------
     for epoch in range(start_epoch, args.epochs + 1):
@@ -179,29 +141,21 @@ def main(argv=None):
         valid_acc, _, _ = evaluate(encoder, head, splits["valid"], classes, args, device, "valid")
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
                 "seconds": round(time.time() - started, 2)}
-        history.append(line)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+        runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s", flush=True)
-        if valid_acc > best["valid_acc"]:  # strict: ties keep the earlier epoch
-            best = {"epoch": epoch, "valid_acc": valid_acc}
-            atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(), **best}, best_file(epoch))
-        atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
-                     "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
-                     "rng": backbone.random_states(loader_generator)},
-                    checkpoint_path)
-        for stale in out.glob("best-e*.pt"):  # only now that the checkpoint names the current one
-            if stale != best_file(best["epoch"]):
-                stale.unlink()
+        best = runs.keep_if_best(out, best, epoch, valid_acc,
+                                 {"encoder": encoder.model.state_dict(), "head": head.state_dict()})
+        runs.save_checkpoint(out / "checkpoint.pt", modules, optimizer, loader_generator, epoch, history, best)
+        runs.drop_stale_best(out, best)
 
     # ---------------- testing the best-valid epoch, once ----------------
-    state = torch.load(best_file(best["epoch"]), map_location=device, weights_only=True)
+    state = runs.load_best(out, best, device)
     encoder.model.load_state_dict(state["encoder"])
     head.load_state_dict(state["head"])
     # The test features stay in features/ for eval.py's analyses (anisotropy, UMAP), so it needs no re-encoding.
     test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test",
-                                             cache_dir=backbone.feature_dir(out, run["dataset"], args.fold))
+                                             cache_dir=runs.feature_dir(out, run["dataset"], args.fold))
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
     encoder.save(out / "encoder")
@@ -211,12 +165,11 @@ def main(argv=None):
                "test_acc": round(test_acc, 6), "valid_acc": round(best["valid_acc"], 6),
                "best_epoch": best["epoch"],
                "epochs": args.epochs, "classes": classes, "confusion": confusion.tolist()}
-    backbone.write_json(out / "results.json", results)
+    runs.write_json(out / "results.json", results)
     run.update(finished=True, epochs_run=len(history), best_epoch=best["epoch"])
-    backbone.write_json(out / "run.json", run)
+    runs.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ and head.pt hold the result
-        checkpoint_path.unlink()
-        best_file(best["epoch"]).unlink()
+        runs.remove_checkpoints(out, best)
     print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
           f"wrote {out / 'results.json'}")
 

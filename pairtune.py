@@ -18,9 +18,7 @@ finetune.py selects; with its feature extractor, loadable with transformers alon
 encoder-last/ (the last epoch's, unless --only-best).
 """
 import argparse
-import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -33,6 +31,7 @@ from tqdm.auto import tqdm
 
 import backbone
 import data
+import runs
 from losses import fused_supcon_loss, supcon_loss
 
 
@@ -186,39 +185,16 @@ def check_fused_loss(args, device):
                  f"{str(error)[:300]}). Rerun with --loss eager (same results, slower).")
 
 
-def atomic_save(obj, path):
-    """torch.save through a temporary file, so a kill never leaves a half-written file."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path, encoder, head, optimizer, loader_generator, epoch, history, best, selection):
-    """One dict: unwrapped weights, optimizer, random states (so a resumed run continues exactly as an
-    uninterrupted one would), and the best-valid epoch so far with the settings it was chosen by."""
-    atomic_save({"encoder": encoder.model.state_dict(), "head": head.state_dict(),
-                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
-                 "selection": selection, "rng": backbone.random_states(loader_generator)}, path)
-
-
-def finished_epochs(out: Path) -> int:
-    """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone. run.json is
-    marked finished only after the results are written, so the flag alone is enough."""
-    run_file = out / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.exists() else {}
-    return run.get("epochs_run", 0) if run.get("finished") else 0
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = backbone.resolve_device(args.device)
+    device = runs.resolve_device(args.device)
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
-    backbone.seed_everything(args.seed)
-    if args.resume and finished_epochs(out) >= args.epochs:
-        print(f"{out} holds a finished run of {finished_epochs(out)} epochs; nothing to resume")
+    runs.seed_everything(args.seed)
+    if args.resume and runs.finished_epochs(out) >= args.epochs:
+        print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
         return
     if args.loss == "fused":
         check_fused_loss(args, device)
@@ -250,39 +226,16 @@ def main(argv=None):
         generator=loader_generator)  # seeds the workers' crops
     centroid_clips = centroid_subset(splits["train"], args.centroid_clips_per_class)
 
-    run = {"stage": "pairtune", "args": vars(args), "dataset": data.dataset_name(args.dataset),
-           "manifest": str(data.resolve_dataset(args.dataset, args.data_root).resolve()),
-           "backbone": encoder.name, "backbone_random_init": encoder.random_init,
-           "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
-           "versions": backbone.package_versions(), "git": backbone.git_revision(), "finished": False}
+    run = runs.new_run("pairtune", args, data.dataset_name(args.dataset),
+                       data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
 
     # ---------------- resuming ----------------
-    start_epoch, history, best = 1, [], {"epoch": 0, "valid_acc": -1.0}
-    checkpoint_path = out / "checkpoint.pt"
-    # The best weights go to a file named by their epoch, and the checkpoint names the one it means:
-    # a kill between the two writes then leaves the checkpoint's own best file in place.
-    best_file = lambda epoch: out / f"best-e{epoch}.pt"
     selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}
-    if args.resume and finished_epochs(out) and not checkpoint_path.exists():
-        sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
-                 f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
-    if args.resume and checkpoint_path.exists():
-        # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        encoder.model.load_state_dict(state["encoder"])
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("selection") != selection or not best_file(state["best"]["epoch"]).exists():
-            sys.exit(f"error: {checkpoint_path} cannot be resumed: it was written with other selection settings "
-                     f"({state.get('selection')}, now {selection}) or its best-valid weights are missing; "
-                     "resume with the same settings, or start a fresh run")
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        backbone.restore_random_states(state["rng"], loader_generator)
-        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
-    else:
-        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-    backbone.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
-    backbone.remove_old_results(out)
+    modules = {"encoder": encoder.model, "head": head}
+    start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator,
+                                             must_match={"selection": selection})
+    runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
+    runs.remove_old_results(out)
 
     # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
     for epoch in range(start_epoch, args.epochs + 1):
@@ -292,35 +245,27 @@ def main(argv=None):
         valid_acc = valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
                 "seconds": round(time.time() - started, 2)}
-        history.append(line)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+        runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s", flush=True)
-        if valid_acc > best["valid_acc"]:  # strict: ties keep the earlier epoch
-            best = {"epoch": epoch, "valid_acc": valid_acc}
-            atomic_save({"encoder": encoder.model.state_dict(), **best}, best_file(epoch))
-        save_checkpoint(checkpoint_path, encoder, head, optimizer, loader_generator, epoch, history, best,
-                        selection)
-        for stale in out.glob("best-e*.pt"):  # only now that the checkpoint names the current one
-            if stale != best_file(best["epoch"]):
-                stale.unlink()
+        best = runs.keep_if_best(out, best, epoch, valid_acc, {"encoder": encoder.model.state_dict()})
+        runs.save_checkpoint(out / "checkpoint.pt", modules, optimizer, loader_generator, epoch, history, best,
+                             selection=selection)
+        runs.drop_stale_best(out, best)
 
     # ---------------- saving: the best-valid encoder (the one probe.py uses) and the last ----------------
     if args.only_best:
         shutil.rmtree(out / "encoder-last", ignore_errors=True)  # a previous run's, in a reused --out
     else:
         encoder.save(out / "encoder-last")
-    best_state = torch.load(best_file(best["epoch"]), map_location=device, weights_only=True)
-    encoder.model.load_state_dict(best_state["encoder"])
+    encoder.model.load_state_dict(runs.load_best(out, best, device)["encoder"])
     encoder.save(out / "encoder")
     run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"], selection=selection,
                selected_by=f"valid_acc in log.jsonl: {args.select_by} accuracy on valid",
                selected_valid_acc=round(best["valid_acc"], 6))
-    backbone.write_json(out / "run.json", run)
+    runs.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
-        checkpoint_path.unlink()
-        best_file(best["epoch"]).unlink()
+        runs.remove_checkpoints(out, best)
     print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_acc "
           f"{best['valid_acc']:.4f}) to {out / 'encoder'}" + ("" if args.only_best else
           f", the last epoch's to {out / 'encoder-last'}") + f"; next: python probe.py --ckpt {out}")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import backbone
 import data
+import runs
 
 
 def parse_args(argv=None):
@@ -81,7 +82,7 @@ def main(argv=None):
     args = parse_args(argv)
     ckpt = Path(args.ckpt)
     run_file = ckpt / "run.json"
-    device = backbone.resolve_device(args.device)
+    device = runs.resolve_device(args.device)
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
 
@@ -134,9 +135,9 @@ def main(argv=None):
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(dataset, data_root, fold, args.skip_bad)
     dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
-    cache_dir = backbone.feature_dir(feature_root, dataset_label, fold)
+    cache_dir = runs.feature_dir(feature_root, dataset_label, fold)
     # test is encoded only once the classifier is chosen: nothing before that can look at it
-    features = backbone.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("train", "valid"),
+    features = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("train", "valid"),
                                         args.eval_batch_size, args.num_workers)
     (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
     # Standardise with train statistics: an affine map the linear layer could absorb, so the model
@@ -168,7 +169,7 @@ def main(argv=None):
     state, chosen = best
     head = nn.Linear(train_x.shape[1], len(classes))
     head.load_state_dict(state)
-    test_x, test_y = backbone.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("test",),
+    test_x, test_y = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("test",),
                                              args.eval_batch_size, args.num_workers)["test"]
     with torch.no_grad():
         predictions = head(standardise(test_x)).argmax(1)
@@ -182,7 +183,7 @@ def main(argv=None):
                "batch_size": chosen["batch_size"], "best_epoch": chosen["best_epoch"], "grid": grid,
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
                "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2)}
-    backbone.write_json(out / "results.json", results)
+    runs.write_json(out / "results.json", results)
     print(f"{method} probe of {backbone_name}{' (RANDOM INIT)' if random_init else ''} on {dataset_label}: "
           f"test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, lr {chosen['lr']:g}, "
           f"batch {chosen['batch_size']}); wrote {out / 'results.json'}")

@@ -17,6 +17,7 @@ import data
 import finetune
 import pairtune
 import probe
+import runs as run_bookkeeping
 from conftest import ROOT
 
 _spec = importlib.util.spec_from_file_location("audioconfit_eval_report", ROOT / "eval.py")
@@ -321,7 +322,7 @@ def test_large_class_counts_draw_the_confused_classes_only(tmp_path):
 def test_fingerprint_of_a_model_with_scalar_buffers():
     class Holder:
         model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))  # num_batches_tracked: 0-dim
-    assert len(backbone.weights_fingerprint(Holder())) == 40
+    assert len(run_bookkeeping.weights_fingerprint(Holder())) == 40
 
 
 def test_a_projection_says_why_it_is_not_umap():

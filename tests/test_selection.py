@@ -12,6 +12,7 @@ import data
 import finetune
 import pairtune
 import probe
+import runs
 
 
 def weight_sum(model):
@@ -165,14 +166,14 @@ def test_pairtune_never_reads_test_and_probe_reads_it_after_its_choice(demo_mani
         audio_reads.append("grid point")
         return original(*args, **kwargs)
 
-    original_cache = backbone.cached_features
+    original_cache = runs.cached_features
 
     def recording_cached_features(*args):
         audio_reads.append(f"features {','.join(args[6])}")  # the split names
         return original_cache(*args)
 
     monkeypatch.setattr(probe, "train_linear", recording_train_linear)
-    monkeypatch.setattr(backbone, "cached_features", recording_cached_features)
+    monkeypatch.setattr(runs, "cached_features", recording_cached_features)
     probe_args = ["--ckpt", str(out), "--lrs", "1e-2", "--batch-sizes", "32", "--epochs", "5", "--device", "cpu",
                   "--num-workers", "0"]
     probe.main(probe_args)

@@ -1,0 +1,287 @@
+"""Run bookkeeping for the stage scripts: one run = one folder, written so that a kill at any moment
+loses nothing and a resumed run continues exactly as an uninterrupted one would.
+
+    RUN/run.json           arguments, data, backbone, versions, git commit; "finished" and the
+                           selected epoch at the end
+    RUN/log.jsonl          one line per epoch (train loss, the valid metric it selects by)
+    RUN/checkpoint.pt      weights, optimiser, history, best-valid so far, random states
+    RUN/best-e<epoch>.pt   the best-valid weights so far
+    RUN/features/...       cached pooled features (probe.py, finetune.py's test pass, eval.py)
+
+PairTune and FineTune keep their best-valid epoch by the same rule, `keep_if_best`, so the fairness
+of the comparison rests on this one implementation. Each stage script keeps its own forward pass,
+loss and epoch loop.
+"""
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbone import AudioEncoder, extract_features
+
+
+# ----------------------------------------------------------------------------------------------
+# Files written whole
+# ----------------------------------------------------------------------------------------------
+
+def atomic_save(obj, path):
+    """torch.save through a temporary file, so a kill never leaves a half-written file."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    """JSON through a temporary file, like atomic_save."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device, provenance, random states
+# ----------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def package_versions() -> dict:
+    import platform
+    import torchaudio
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchaudio": torchaudio.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__}
+
+
+def git_revision() -> dict:
+    """Commit and dirty flag of the code that produced a run (None outside a git checkout)."""
+    import subprocess
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True,
+                                    text=True).stdout.strip())
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def random_states(loader_generator: torch.Generator) -> dict:
+    """Every random state a training loop draws from, for an exact resume."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "loader": loader_generator.get_state()}
+
+
+def restore_random_states(states: dict, loader_generator: torch.Generator):
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    loader_generator.set_state(states["loader"])
+
+
+# ----------------------------------------------------------------------------------------------
+# One training run: run.json, checkpoint, the best-valid epoch
+# ----------------------------------------------------------------------------------------------
+
+def new_run(stage: str, args, dataset: str, manifest: Path, encoder: AudioEncoder, splits: dict,
+            classes: list) -> dict:
+    """run.json's contents at the start: unfinished until the stage has written its results."""
+    return {"stage": stage, "args": vars(args), "dataset": dataset, "manifest": str(Path(manifest).resolve()),
+            "backbone": encoder.name, "backbone_random_init": encoder.random_init,
+            "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
+            "versions": package_versions(), "git": git_revision(), "finished": False}
+
+
+def finished_epochs(out: Path) -> int:
+    """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone. run.json is
+    marked finished only after the results are written, so the flag alone is enough."""
+    run_file = Path(out) / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    return run.get("epochs_run", 0) if run.get("finished") else 0
+
+
+def remove_old_results(out):
+    """Results of an earlier run in this output folder (or of this run before it was extended with
+    --resume) describe other weights: removed, so that neither eval.py nor run_all.sh's skip test can
+    take them for the new run's. Called once run.json marks the run unfinished."""
+    for stale in ("results.json", "probe", "features"):
+        path = Path(out) / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def best_file(out, epoch: int) -> Path:
+    """The best weights go to a file named by their epoch, and the checkpoint names the one it
+    means: a kill between the two writes then leaves the checkpoint's own best file in place."""
+    return Path(out) / f"best-e{epoch}.pt"
+
+
+def save_checkpoint(path, modules: dict, optimizer, loader_generator, epoch, history, best, **extra):
+    """One dict: unwrapped weights of each module, optimizer, random states (so a resumed run
+    continues exactly as an uninterrupted one would), and the best-valid epoch so far."""
+    atomic_save({**{name: m.state_dict() for name, m in modules.items()}, "optimizer": optimizer.state_dict(),
+                 "epoch": epoch, "history": history, "best": best, **extra,
+                 "rng": random_states(loader_generator)}, path)
+
+
+def resume(out: Path, args, modules: dict, optimizer, loader_generator, must_match: dict | None = None):
+    """(start_epoch, history, best) of a fresh run, or of the checkpoint in `out` under --resume.
+
+    A fresh run starts a fresh log.jsonl. A resumed one gets its weights, optimizer and random states
+    back; the checkpoint's entries named in must_match (e.g. PairTune's selection settings) must equal
+    these values, and its best-valid weights must exist, or the run stops saying why.
+    """
+    checkpoint_path = Path(out) / "checkpoint.pt"
+    if args.resume and finished_epochs(out) and not checkpoint_path.exists():
+        sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
+                 f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
+    if not (args.resume and checkpoint_path.exists()):
+        (Path(out) / "log.jsonl").unlink(missing_ok=True)
+        return 1, [], {"epoch": 0, "valid_acc": -1.0}
+    # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    for key, value in (must_match or {}).items():
+        if state.get(key) != value:
+            sys.exit(f"error: {checkpoint_path} cannot be resumed: it was written with other {key} settings "
+                     f"({state.get(key)}, now {value}); resume with the same settings, or start a fresh run")
+    if "best" not in state or not best_file(out, state["best"]["epoch"]).exists():
+        sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
+                 f"(best-e<epoch>.pt) are missing; start a fresh run")
+    restore_random_states(state["rng"], loader_generator)
+    print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
+    return state["epoch"] + 1, state["history"], state["best"]
+
+
+def log_epoch(out: Path, history: list, line: dict):
+    """Append one epoch's line to the history and to log.jsonl."""
+    history.append(line)
+    with open(Path(out) / "log.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def keep_if_best(out: Path, best: dict, epoch: int, valid_acc: float, weights: dict) -> dict:
+    """The selection rule of both arms: an epoch whose valid accuracy is strictly better than every
+    earlier one becomes the best (ties keep the earlier epoch), and its weights are saved."""
+    if valid_acc > best["valid_acc"]:
+        best = {"epoch": epoch, "valid_acc": valid_acc}
+        atomic_save({**weights, **best}, best_file(out, epoch))
+    return best
+
+
+def drop_stale_best(out: Path, best: dict):
+    """Remove best-e*.pt files other than the current best; only after the checkpoint names it."""
+    for stale in Path(out).glob("best-e*.pt"):
+        if stale != best_file(out, best["epoch"]):
+            stale.unlink()
+
+
+def load_best(out: Path, best: dict, device) -> dict:
+    return torch.load(best_file(out, best["epoch"]), map_location=device, weights_only=True)
+
+
+def remove_checkpoints(out: Path, best: dict):
+    """At the end of a run: the checkpoint and best file are only needed to resume."""
+    (Path(out) / "checkpoint.pt").unlink()
+    best_file(out, best["epoch"]).unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature cache: RUN/features/<dataset>[-fold<k>]/<split>.pt
+# ----------------------------------------------------------------------------------------------
+
+def weights_fingerprint(encoder: AudioEncoder) -> str:
+    """SHA-1 of every weight, so a cache never serves features of another encoder (~1 s for 95M)."""
+    import hashlib
+    digest = hashlib.sha1()
+    for name, tensor in encoder.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
+    return digest.hexdigest()
+
+
+def feature_dir(run_dir, dataset: str, fold) -> Path:
+    """Where a run keeps its cached features: RUN/features/<dataset>[-fold<k>]/<split>.pt."""
+    return Path(run_dir) / "features" / (dataset if fold is None else f"{dataset}-fold{fold}")
+
+
+def cache_key(clips, classes, max_seconds, fingerprint: str) -> dict:
+    """What a cached feature file must match: the same clips, classes, chunk length and weights."""
+    return {"paths": [c.path for c in clips], "classes": classes, "max_seconds": max_seconds,
+            "encoder": fingerprint}
+
+
+def cache_serves(saved, classes, max_seconds, fingerprint: str, clips=None, n_clips=None) -> bool:
+    """Whether a loaded cache file was made by these weights for these classes and chunk length, and
+    for these clips: their paths (clips), or only their number (n_clips) where the data may have
+    moved since (eval.py on a copied run)."""
+    if not saved:
+        return False
+    key = saved.get("key", {})
+    same_clips = (key.get("paths") == [c.path for c in clips] if clips is not None
+                  else len(key.get("paths", ())) == n_clips)
+    return (same_clips and key.get("classes") == classes and key.get("max_seconds") == max_seconds
+            and key.get("encoder") == fingerprint)
+
+
+def load_cache(file):
+    """A feature cache file's contents, or None when it is missing or unreadable (then re-encoded)."""
+    if not Path(file).is_file():
+        return None
+    try:
+        saved = torch.load(file, weights_only=False)
+    except Exception as error:  # a truncated or foreign file is only a cache miss
+        print(f"ignoring unreadable feature cache {file}: {error}")
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_seconds: float, device, names,
+                    batch_size: int = 16, num_workers: int = 0) -> dict:
+    """{split: (features [N, d], labels [N])} for the splits in `names`, from cache_dir/<split>.pt when
+    it holds the very same clips and weights, else encoded (extract_features) and saved there.
+
+    probe.py caches train/valid/test of a PairTune run this way, finetune.py its test split, and
+    eval.py reads (or fills) the same files for its analyses of test representations."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    features = {}
+    fingerprint = weights_fingerprint(encoder)
+    for split in names:
+        file = cache_dir / f"{split}.pt"
+        saved = load_cache(file)
+        if cache_serves(saved, classes, max_seconds, fingerprint, clips=splits[split]):
+            features[split] = (saved["features"], saved["labels"])
+            continue
+        started = time.time()
+        feats, labels = extract_features(encoder, splits[split], classes, max_seconds, device, batch_size,
+                                         num_workers, desc=f"encoding {split}")
+        atomic_save({"key": cache_key(splits[split], classes, max_seconds, fingerprint),
+                     "features": feats, "labels": labels}, file)
+        print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
+        features[split] = (feats, labels)
+    return features
