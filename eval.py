@@ -531,14 +531,25 @@ def run_results(run):
                      f"PairTune run `python probe.py --ckpt {run}`")
 
 
-def read_log(run_dir):
-    """{epoch: valid_acc} from a run's log.jsonl. An epoch logged twice (a run killed between its log
-    line and its checkpoint, then resumed) keeps its last line: the one the run went on from."""
+def read_log_lines(run_dir):
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise ValueError(f"{path}: missing (every finetune.py or pairtune.py run writes one)")
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {int(line["epoch"]): float(line["valid_acc"]) for line in lines}
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_log(run_dir):
+    """{epoch: valid_acc} from a run's log.jsonl. An epoch logged twice (a run killed between its log
+    line and its checkpoint, then resumed) keeps its last line: the one the run went on from."""
+    return {int(line["epoch"]): float(line["valid_acc"]) for line in read_log_lines(run_dir)}
+
+
+def valid_metric(run_dir, default: str) -> str:
+    """What a run's valid_acc measures, as log.jsonl names it: "classifier" (FineTune's head) or
+    PairTune's --select-by metric on encoder features (centroid, knn, probe); `default` for logs
+    written before the field existed."""
+    lines = read_log_lines(run_dir)
+    return lines[-1].get("valid_metric", default) if lines else default
 
 
 def run_test_features(run_dir, device="auto", data_root=None):
@@ -989,8 +1000,10 @@ def curve_data(groups, warn=print_warning):
                 continue
             epochs = sorted(per_epoch)
             values = [np.array(per_epoch[e]) for e in epochs]
-            metric = ("its classifier's accuracy" if arm == "finetune" else
-                      f"{runs[0]['run']['args'].get('select_by', 'centroid')} accuracy of encoder features")
+            name = valid_metric(runs[0]["dir"], "classifier" if arm == "finetune" else
+                                runs[0]["run"]["args"].get("select_by", "centroid"))
+            metric = ("its classifier's accuracy" if name == "classifier" else
+                      f"{name} accuracy of encoder features")
             entry[arm] = {"epochs": epochs, "mean": [float(v.mean()) for v in values],
                           "std": [float(v.std(ddof=1)) if len(v) > 1 else None for v in values],
                           "n": [int(len(v)) for v in values], "metric": metric}

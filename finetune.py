@@ -9,7 +9,7 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
     python finetune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo-ft
 
 Writes to --out: run.json, log.jsonl (epoch, train_loss, valid_acc, seconds), results.json (test_acc
-at the best-valid epoch, valid_acc, best_epoch, confusion), encoder/ and head.pt of the best-valid
+at the best-valid epoch, valid_acc, selected_epoch, confusion), encoder/ and head.pt of the best-valid
 epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
 best-e<epoch>.pt (to resume with --resume).
 """
@@ -140,7 +140,7 @@ def main(argv=None):
         train_loss = train_one_epoch(encoder, head, loader, optimizer, device, epoch)
         valid_acc, _, _ = evaluate(encoder, head, splits["valid"], classes, args, device, "valid")
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "seconds": round(time.time() - started, 2)}
+                "valid_metric": "classifier", "seconds": round(time.time() - started, 2)}
         runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s", flush=True)
@@ -163,10 +163,12 @@ def main(argv=None):
     results = {"method": "finetune", "dataset": run["dataset"], "backbone": encoder.name,
                "backbone_random_init": encoder.random_init, "seed": args.seed, "fold": args.fold,
                "test_acc": round(test_acc, 6), "valid_acc": round(best["valid_acc"], 6),
-               "best_epoch": best["epoch"],
+               "selected_epoch": best["epoch"],
                "epochs": args.epochs, "classes": classes, "confusion": confusion.tolist()}
     runs.write_json(out / "results.json", results)
-    run.update(finished=True, epochs_run=len(history), best_epoch=best["epoch"])
+    run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"],
+               selected_by="valid_acc in log.jsonl: the classifier's accuracy on valid",
+               selected_valid_acc=round(best["valid_acc"], 6))
     runs.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ and head.pt hold the result
         runs.remove_checkpoints(out, best)

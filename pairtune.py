@@ -244,7 +244,7 @@ def main(argv=None):
         train_loss = train_one_epoch(encoder, head, loader, optimizer, args, device, epoch)
         valid_acc = valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "seconds": round(time.time() - started, 2)}
+                "valid_metric": args.select_by, "seconds": round(time.time() - started, 2)}
         runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s", flush=True)

@@ -156,7 +156,7 @@ def main(argv=None):
                 standardise(train_x), train_y, standardise(valid_x), valid_y, len(classes), lr, batch_size,
                 args.epochs, seed)
             point = {"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
-                     "valid_loss": round(valid_loss, 6), "best_epoch": epoch}
+                     "valid_loss": round(valid_loss, 6), "selected_epoch": epoch}
             grid.append(point)
             print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  "
                   f"epoch {epoch}", flush=True)
@@ -180,7 +180,7 @@ def main(argv=None):
     results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
                "backbone_random_init": random_init, "seed": seed, "fold": fold, "run_settings": run_settings,
                "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
-               "batch_size": chosen["batch_size"], "best_epoch": chosen["best_epoch"], "grid": grid,
+               "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"], "grid": grid,
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
                "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2)}
     runs.write_json(out / "results.json", results)

@@ -44,7 +44,8 @@ def test_pairtune_writes_encoder_run_json_and_log(pairtune_run, demo_manifest):
     assert {"torch", "torchaudio", "transformers"} <= set(run["versions"])
     log = read_log(pairtune_run)
     assert [line["epoch"] for line in log] == [1, 2]
-    assert all(set(line) == {"epoch", "train_loss", "valid_acc", "seconds"} for line in log)
+    assert all(set(line) == {"epoch", "train_loss", "valid_acc", "valid_metric", "seconds"} for line in log)
+    assert {line["valid_metric"] for line in log} == {"centroid"}  # the --select-by default
     assert all(0 <= line["valid_acc"] <= 1 and line["train_loss"] > 0 for line in log)
     # The saved encoder loads with transformers alone; the projection head is not in it.
     model = transformers.AutoModel.from_pretrained(pairtune_run / "encoder")
@@ -78,8 +79,13 @@ def test_finetune_selects_the_best_valid_epoch(demo_manifest, tmp_path):
     check_results(results, "finetune", test_size=80)
     log = read_log(out)
     best = max(log, key=lambda line: (line["valid_acc"], -line["epoch"]))  # ties: the earlier epoch
-    assert results["best_epoch"] == best["epoch"]
+    assert results["selected_epoch"] == best["epoch"]
     assert results["valid_acc"] == pytest.approx(best["valid_acc"], abs=1e-6)
+    # one name per concept: run.json names the selected epoch as PairTune's does, the log its metric
+    run = json.loads((out / "run.json").read_text())
+    assert run["selected_epoch"] == best["epoch"] and "classifier" in run["selected_by"]
+    assert run["selected_valid_acc"] == pytest.approx(best["valid_acc"], abs=1e-6)
+    assert {line["valid_metric"] for line in log} == {"classifier"}
     assert transformers.AutoModel.from_pretrained(out / "encoder") is not None
     # The whole table from these runs.
     table = run_script("eval.py", "table", tmp_path).stdout

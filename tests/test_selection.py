@@ -210,5 +210,5 @@ def test_an_interrupted_finetune_run_tests_the_same_epoch(demo_manifest, tmp_pat
     finetune.main(common + ["--epochs", "2", "--out", str(tmp_path / "resumed"), "--keep-checkpoint"])
     finetune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume"])
     straight, resumed = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("straight", "resumed"))
-    assert (resumed["best_epoch"], resumed["test_acc"]) == (straight["best_epoch"], straight["test_acc"])
+    assert (resumed["selected_epoch"], resumed["test_acc"]) == (straight["selected_epoch"], straight["test_acc"])
     assert not list((tmp_path / "straight").glob("best-e*.pt"))
