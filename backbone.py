@@ -139,6 +139,10 @@ class AudioEncoder(nn.Module):
             return self.model.config.max_source_positions * 2 * self.extractor.hop_length / self.sample_rate
         return None
 
+    def chunk_seconds(self, seconds: float) -> float:
+        """The evaluation chunk length for a requested one: capped at what the encoder accepts."""
+        return seconds if self.max_seconds is None else min(seconds, self.max_seconds)
+
     def forward(self, inputs: dict) -> torch.Tensor:
         hidden, frame_mask = (self._whisper_frames if self.whisper else self._waveform_frames)(inputs)
         frame_mask = frame_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]

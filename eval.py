@@ -140,7 +140,6 @@ def parse_result(data):
         "fold": fold,
         "test_acc": float(test_acc),
         "valid_acc": data.get("valid_acc"),
-        "run_settings": data.get("run_settings", True) is not False,  # False: a probe on other settings
     }
     return result, None
 
@@ -157,14 +156,23 @@ def run_key(result):
     )
 
 
+def is_runs_own_result(path) -> bool:
+    """A run's own results: RUN/results.json (FineTune) or RUN/probe/results.json (its stage-2 probe)
+    beside RUN/run.json. A probe written anywhere else is a side experiment: probe.py refuses to
+    write a probe with other settings than its run's to RUN/probe/."""
+    path = Path(path)
+    return ((path.parent / "run.json").is_file()
+            or (path.parent.name == "probe" and (path.parent.parent / "run.json").is_file()))
+
+
 def collect_results(runs_dir, warn=print_warning):
     """Load every usable ``results.json`` below ``runs_dir`` (any depth).
 
     Files that are not valid JSON or lack required fields are skipped with a
     warning; so is the second of two files describing the same run.  Each
     returned dict carries the parsed fields plus ``path`` (the file it came
-    from).  Of two files of one run, a run's own probe wins over a side probe
-    (``run_settings: false``), else the first in sorted path order, so which is
+    from).  Of two files of one run, a run's own results win over a side probe
+    (``is_runs_own_result``), else the first in sorted path order, so which is
     kept does not depend on the file system.
     """
     candidates = []
@@ -188,7 +196,7 @@ def collect_results(runs_dir, warn=print_warning):
 
     results = []
     seen = {}  # run key -> path of the file kept for it
-    for result in sorted(candidates, key=lambda r: not r["run_settings"]):  # stable: path order otherwise
+    for result in sorted(candidates, key=lambda r: not is_runs_own_result(r["path"])):  # stable: path order otherwise
         key = run_key(result)
         if key in seen:
             warn(
@@ -577,9 +585,7 @@ def run_test_features(run_dir, device="auto", data_root=None):
         raise ValueError(f"{run_dir}: not a finished finetune.py or pairtune.py run (no final encoder/)")
     args = run["args"]
     encoder = backbone.load_encoder(str(run_dir / "encoder"))
-    max_seconds = args["max_seconds"]
-    if encoder.max_seconds is not None:  # as probe.py does
-        max_seconds = min(max_seconds, encoder.max_seconds)
+    max_seconds = encoder.chunk_seconds(args["max_seconds"])  # as probe.py and finetune.py chunk
     cache_dir = runs.feature_dir(run_dir, run["dataset"], args.get("fold"))
     saved = runs.load_cache(cache_dir / "test.pt")
     if runs.cache_serves(saved, run["classes"], max_seconds, runs.weights_fingerprint(encoder),

@@ -206,7 +206,7 @@ def main(argv=None):
 
     # ---------------- building networks ----------------
     encoder = backbone.load_encoder(args.backbone).to(device)
-    if encoder.max_seconds is not None and args.max_seconds > encoder.max_seconds:
+    if encoder.chunk_seconds(args.max_seconds) != args.max_seconds:  # a training crop cannot be chunked
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
                  f"({encoder.max_seconds:.0f} s)")
     head = nn.Linear(encoder.hidden_size, args.projection_dim).to(device)  # f_p, discarded after training

@@ -105,9 +105,8 @@ def main(argv=None):
         # The probe with the run's own data and chunk length is the run's stage 2: RUN/probe/, with its
         # features in RUN/features/, where eval.py reads the run's test features. Any other probe is a
         # side experiment: it must be given its own --out, and keeps its features there.
-        clamp = lambda seconds: seconds if encoder.max_seconds is None else min(seconds, encoder.max_seconds)
         run_settings = (args.dataset is None and fold == run_args.get("fold")
-                        and clamp(max_seconds) == clamp(run_args["max_seconds"]))
+                        and encoder.chunk_seconds(max_seconds) == encoder.chunk_seconds(run_args["max_seconds"]))
         if not run_settings and (not args.out or Path(args.out).resolve() == (ckpt / "probe").resolve()):
             sys.exit(f"error: with another --dataset, --fold or --max-seconds than the run's, this probe is not "
                      f"the run's own stage 2: give it an --out other than {ckpt / 'probe'}")
@@ -126,11 +125,10 @@ def main(argv=None):
         fold_tag = "" if fold is None else f"-fold{fold}"
         default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
         out = Path(args.out) if args.out else default_out
-        feature_root, run_settings = out, True
+        feature_root = out
     encoder = encoder.to(device)
     out.mkdir(parents=True, exist_ok=True)
-    if encoder.max_seconds is not None:
-        max_seconds = min(max_seconds, encoder.max_seconds)
+    max_seconds = encoder.chunk_seconds(max_seconds)
 
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(dataset, data_root, fold, args.skip_bad)
@@ -178,7 +176,7 @@ def main(argv=None):
     confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
     torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
     results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
-               "backbone_random_init": random_init, "seed": seed, "fold": fold, "run_settings": run_settings,
+               "backbone_random_init": random_init, "seed": seed, "fold": fold,
                "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
                "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"], "grid": grid,
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,

@@ -251,7 +251,8 @@ def test_a_probe_with_another_chunk_length_leaves_the_runs_features_alone(runs, 
                 "--batch-sizes", "32", "--epochs", "2", "--device", "cpu", "--num-workers", "0"])
     assert (run_dir / f"features/{ds}/test.pt").read_bytes() == before
     assert (tmp_path / f"side/features/{ds}/test.pt").is_file()
-    assert json.loads((tmp_path / "side/results.json").read_text())["run_settings"] is False
+    assert not ev.is_runs_own_result(tmp_path / "side/results.json")
+    assert ev.is_runs_own_result(run_dir / "probe/results.json")
     with pytest.raises(SystemExit, match="not the run's own stage 2"):  # it may not pose as RUN/probe
         probe.main(["--ckpt", str(run_dir), "--max-seconds", "0.5", "--device", "cpu"])
     # Table 2 prefers the run's own probe to the side one, whichever it finds first
