@@ -164,7 +164,7 @@ def find_folder(root: Path, candidates: list[str], what: str) -> Path:
     raise DataError(f"{what} not found under --root {root} (looked for: {tried}).")
 
 
-# --- GTZAN --------------------------------------------------------------------------------------
+# --- GTZAN ------------------------------------------------------------------------------------
 # The "fault-filtered" split (Kereliuk, Sturm & Larsen 2015): 443 / 197 / 290 of GTZAN's 1000
 # excerpts, without repetitions, distortions and mislabellings, no artist in two sets. The lists
 # come from github.com/coreyker/dnn-mgr (gtzan/*_filtered.txt); the MD5s are of that copy, with
@@ -257,7 +257,7 @@ def prepare_gtzan(root: Path, out_dir: Path, splits_dir: Path | None, skip_bad: 
     return finish_prepare("gtzan", out_dir, rows, expected, notes, skip_bad)
 
 
-# --- ESC-50 -------------------------------------------------------------------------------------
+# --- ESC-50 -----------------------------------------------------------------------------------
 ESC50_NAME = re.compile(r"^(\d)-(\d+)-([A-Z])-(\d+)\.wav$")  # {fold}-{freesound id}-{take}-{target}.wav
 
 
@@ -312,7 +312,7 @@ def prepare_esc50(root: Path, out_dir: Path, skip_bad: bool) -> dict:
     return finish_prepare("esc50", out_dir, rows, expected, notes, skip_bad, ("fold", "group", "target"))
 
 
-# --- TIMIT --------------------------------------------------------------------------------------
+# --- TIMIT ------------------------------------------------------------------------------------
 # Closed-set speaker identification over all 630 speakers (TRAIN and TEST folders together). Each
 # speaker read 10 sentences: SA1-2 (the same two texts for every speaker), 5 SX (each text read by 7
 # speakers) and 3 SI (texts unique to the speaker). The paper's own copy (confit/timit, config `si`)
@@ -398,7 +398,7 @@ def prepare_timit(root: Path, out_dir: Path, rule: str, skip_bad: bool) -> dict:
     return finish_prepare("timit", out_dir, rows, expected, notes, skip_bad, ("speaker",))
 
 
-# --- EmoDB --------------------------------------------------------------------------------------
+# --- EmoDB ------------------------------------------------------------------------------------
 EMODB_EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness",
                   "T": "sadness", "N": "neutral"}  # German initials: Wut, Langeweile, Ekel, Angst, ...
 # The speaker-independent split of audeering/emodb >= 1.2.0, which is also the AudioConFit authors'
@@ -460,7 +460,7 @@ def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: 
     return finish_prepare("emodb", out_dir, rows, expected, notes, skip_bad, ("speaker",))
 
 
-# --- MSWC ---------------------------------------------------------------------------------------
+# --- MSWC -------------------------------------------------------------------------------------
 # Multilingual Spoken Words Corpus subsets. The paper's footnote points at sil-ai/audio-keyword-
 # spotting (MSWC clips of Bible names and places in English, Spanish and Indonesian: the paper's
 # "Indian" subset is Indonesian). Its 14 Indonesian keywords are known (from the authors' HF copy
@@ -615,7 +615,7 @@ def prepare_mswc(root: Path, out_dir: Path, lang: str, keywords: str | None, min
     return finish_prepare(name, out_dir, rows, expected, notes, skip_bad, ("speaker",))
 
 
-# --- FSDD and the demo --------------------------------------------------------------------------
+# --- FSDD and the demo ------------------------------------------------------------------------
 
 def prepare_fsdd(root: Path, out_dir: Path, task: str, skip_bad: bool = False) -> dict:
     """Free Spoken Digit Dataset, official split: take 0-4 test, 5-49 train.

@@ -50,9 +50,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The linear classifier and its grid search
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def train_linear(train_x, train_y, valid_x, valid_y, n_classes, lr, batch_size, epochs, seed):
     """Adam on linear + softmax; returns the best-valid epoch's (state, valid_acc, valid_loss, epoch)."""
