@@ -33,7 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
     p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files with a warning instead of stopping")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable audio files with a warning instead of stopping")
     p.add_argument("--backbone", default="wav2vec2",
                    help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
     p.add_argument("--out", default="out-finetune", help="output folder")

@@ -40,13 +40,15 @@ def parse_args(argv=None):
     p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
     p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files with a warning instead of stopping")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable audio files with a warning instead of stopping")
     p.add_argument("--backbone", default="wav2vec2",
                    help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--epochs", type=int, default=40, help="passes over the training set (paper: 40)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch = classes per batch x --clips-per-class")
-    p.add_argument("--clips-per-class", type=int, default=4, help="K clips of each class in a batch (>= 2, so anchors have positives)")
+    p.add_argument("--clips-per-class", type=int, default=4,
+                   help="K clips of each class in a batch (>= 2, so anchors have positives)")
     p.add_argument("--max-seconds", type=float, default=10.0,
                    help="training crop length; evaluation averages features over chunks of this length")
     p.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (paper: 5e-5)")

@@ -6,9 +6,10 @@
 
 Each split is encoded once (whole clips, chunked, as in the other stages) and the features are cached
 in CKPT/features/ for a run's own probe (OUT/features/ for a frozen backbone, or for a probe with
-another --dataset, --fold or --max-seconds than its run, which must then be given its own --out). A grid over learning rates and batch sizes is trained on the
-cached train features; the configuration and epoch are chosen on valid accuracy (ties: lower valid
-loss, then grid order); test is read once, with the chosen classifier.
+another --dataset, --fold or --max-seconds than its run, which must then be given its own --out).
+A grid over learning rates and batch sizes is trained on the cached train features; the
+configuration and epoch are chosen on valid accuracy (ties: lower valid loss, then grid order);
+test is read once, with the chosen classifier.
 
 Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ otherwise): test_acc,
 valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix.
@@ -31,13 +32,16 @@ import runs
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True,
-                   help="a pairtune.py output folder, or a backbone alias, hub id or directory (frozen pre-trained encoder)")
+                   help="a pairtune.py output folder, or a backbone alias, hub id or directory "
+                        "(frozen pre-trained encoder)")
     p.add_argument("--dataset", default=None, help="overrides the run's dataset (needed when --ckpt is a backbone)")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv")
     p.add_argument("--fold", type=int, default=None, help="overrides the run's fold")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files with a warning")
-    p.add_argument("--max-seconds", type=float, default=None, help="evaluation chunk length (default: the run's, else 10)")
-    p.add_argument("--random-init", action="store_true", help="probe the backbone's architecture with random weights (a control)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="evaluation chunk length (default: the run's, else 10)")
+    p.add_argument("--random-init", action="store_true",
+                   help="probe the backbone's architecture with random weights (a control)")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--lrs", default="1e-4,1e-3,1e-2", help="comma-separated Adam learning rates of the grid")
     p.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes of the grid")

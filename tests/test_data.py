@@ -41,9 +41,9 @@ def small_dataset(tmp_path):
     return write_csv(tmp_path / "manifest.csv", ["path", "label", "split", "speaker", "notes"], rows)
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Manifests
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_manifest_parses_paths_optional_columns_and_lines(small_dataset, tmp_path):
     clips = data.read_manifest(small_dataset)
@@ -102,7 +102,8 @@ def test_skip_bad_skips_with_warning_and_count(tmp_path, capsys):
 def test_a_manifest_without_test_rows_is_an_error(tmp_path):
     for name in ("x.wav", "y.wav"):
         write_wav(tmp_path / name, np.zeros(800))
-    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"], [["x.wav", "a", "train"], ["y.wav", "a", "valid"]])
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
+                         [["x.wav", "a", "train"], ["y.wav", "a", "valid"]])
     with pytest.raises(data.DataError, match="no test rows. Add test rows"):
         data.load_splits(str(manifest))
 
@@ -190,9 +191,9 @@ def test_carve_valid_with_groups_never_overshoots_the_target():
     assert [c.group for c in valid] == ["z"] * 4
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Audio
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_stereo_becomes_the_mean_of_its_channels(tmp_path):
     left, right = np.full(1600, 0.5), np.full(1600, -0.25)
@@ -237,9 +238,9 @@ def test_chunks_cover_the_whole_clip(n, max_samples, expected):
     np.testing.assert_array_equal(np.concatenate(chunks), wave)
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The class-balanced sampler
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_balanced_batches_have_positives_for_every_anchor():
     labels = [c for c in range(10) for _ in range(12)]
@@ -283,9 +284,9 @@ def test_sampler_with_fewer_classes_than_p():
     assert all(Counter(labels[i] for i in b) == {0: 4, 1: 4} for b in batches)
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Preparing datasets
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_demo_dataset_is_deterministic_and_well_formed(demo_manifest, tmp_path):
     clips = data.read_manifest(demo_manifest)

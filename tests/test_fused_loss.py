@@ -35,9 +35,9 @@ def assert_same(z, labels, tol, **kwargs):
     return want_loss, want_grad
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The same passes run eagerly (compiled=False): exact agreement in float64, no compiler involved
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mining", MINING_MODES)
 @pytest.mark.parametrize("n, n_classes", [(2, 1), (3, 2), (7, 3), (33, 5), (40, 40), (64, 4)])
@@ -48,9 +48,9 @@ def test_uncompiled_fused_equals_eager_in_float64(mining, n, n_classes):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Compiled: float32 within 1e-5
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mining", MINING_MODES)
 def test_compiled_matches_eager_across_batch_sizes_and_classes(mining):

@@ -143,9 +143,9 @@ def test_bad_manifest_gives_a_clear_error_not_a_traceback(demo_manifest, tmp_pat
         assert "Traceback" not in result.stderr
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Real speech, real pre-trained encoder
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def fsdd_subset(fsdd_root, tmp_path_factory) -> Path:

@@ -24,9 +24,9 @@ import data
 import prepare
 from conftest import SHARED
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Facts, copied from ../shared/notes/datasets.md (the independent source)
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 SPLITS_DIR = SHARED / "splits"
 GTZAN_LISTS = SPLITS_DIR / "gtzan"
@@ -57,9 +57,9 @@ FCJF0_BY_TYPE = {"SA1": "train", "SA2": "train", "SI648": "train", "SI1027": "tr
 FCJF0_REYNOLDS = {**FCJF0_BY_TYPE, "SX127": "train", "SX217": "train"}  # 8 train / 2 test, no valid
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Replica builders
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def audio_bytes(rate: int, fmt: str = "WAV", subtype: str = "PCM_16", n: int = 240) -> bytes:
@@ -228,9 +228,9 @@ def build_mswc(root: Path, lang: str, clips, content: bytes | None = None) -> Pa
     return root
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Reading back what prepare wrote
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def manifest_rows(out: Path) -> list[dict]:
     with open(out / "manifest.csv", newline="") as f:
@@ -260,9 +260,9 @@ def need(path: Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # GTZAN
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def gtzan_root(tmp_path_factory) -> Path:
@@ -399,9 +399,9 @@ def test_gtzan_download_failure_asks_for_splits(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # ESC-50
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def esc50(tmp_path_factory):
@@ -500,9 +500,9 @@ def test_esc50_missing_clip_fails_or_is_skipped_with_a_count_warning(tmp_path, c
     assert "WARNING: esc50 does not match" in err and "fold 2: expected 400, found 399" in err
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # TIMIT
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rule, expected", [("by-type", FCJF0_BY_TYPE), ("reynolds", FCJF0_REYNOLDS)])
 def test_timit_rule_for_one_speaker(rule, expected):
@@ -522,7 +522,8 @@ def test_timit_random_rule_is_622_and_fixed_per_speaker():
 
 
 def test_timit_speaker_with_too_few_utterances_stays_in_train():
-    assert prepare.timit_split(["SA1", "SA2", "SX37"], "by-type", "FCJF0") == {u: "train" for u in ("SA1", "SA2", "SX37")}
+    assert (prepare.timit_split(["SA1", "SA2", "SX37"], "by-type", "FCJF0")
+            == {u: "train" for u in ("SA1", "SA2", "SX37")})
 
 
 def test_timit_full_corpus_replica(tmp_path, capsys):
@@ -585,9 +586,9 @@ def test_timit_without_utterances_is_a_clear_error(tmp_path):
         prepare.prepare_timit(tmp_path, tmp_path / "out", "by-type", skip_bad=False)
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # EmoDB
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def emodb_split() -> dict:
@@ -667,9 +668,9 @@ def test_emodb_unreadable_clip_is_named_then_skipped(tmp_path, capsys):
     assert "test: expected 231, found 230" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # MSWC
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_mswc_spanish_splits_csv(tmp_path, capsys):
     clips = [("TRAIN", "hola")] * 3 + [("DEV", "hola"), ("TEST", "hola")] + [("TRAIN", "madrid")] * 2 + \
@@ -736,8 +737,10 @@ def test_sil_ai_metadata_formats(tmp_path):
     put(tmp_path / "ind.json", json.dumps(by_split).encode())
     records = list(prepare.read_keyword_records(tmp_path / "ind.json"))
     assert [(r["split"], r["file"], r["keyword"], r["speaker"]) for r in records] == [
-        ("train", "asia/common_voice_id_1.opus", "asia", "a1b2"), ("train", "dan/common_voice_id_2.opus", "dan", "c3d4"),
-        ("valid", "asia/common_voice_id_3.opus", "asia", None), ("test", "dan/common_voice_id_4.opus", "dan", "e5f6")]
+        ("train", "asia/common_voice_id_1.opus", "asia", "a1b2"),
+        ("train", "dan/common_voice_id_2.opus", "dan", "c3d4"),
+        ("valid", "asia/common_voice_id_3.opus", "asia", None),
+        ("test", "dan/common_voice_id_4.opus", "dan", "e5f6")]
     flat = [{**r, "split": s} for s, items in by_split.items() for r in items]
     put(tmp_path / "ind.jsonl", "".join(json.dumps(r) + "\n" for r in flat).encode())
     from_lines = list(prepare.read_keyword_records(tmp_path / "ind.jsonl"))
@@ -797,9 +800,9 @@ def test_unsupported_m4a_clip_gets_a_clear_message(tmp_path, capsys):
     assert [s["path"] for s in summary["skipped"]] == [str(m4a.resolve())] and summary["total_clips"] == 3
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # FSDD (replica; the real recordings are tested in test_data.py)
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_fsdd_replica_split_by_take_and_bad_name(tmp_path):
     for digit in "07":
@@ -819,9 +822,9 @@ def test_fsdd_replica_split_by_take_and_bad_name(tmp_path):
         prepare.prepare_fsdd(tmp_path / "fsdd", tmp_path / "digit", "digit")
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The command line
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_cli_prepares_esc50_for_load_splits(esc50, tmp_path, monkeypatch, capsys):
     root, rows = esc50
@@ -852,9 +855,9 @@ def test_cli_errors(tmp_path, monkeypatch, capsys):
     assert len(manifest_rows(tmp_path / "data" / "mswc-i")) == 3
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Edge cases found in review
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_symlinked_files_keep_their_names(tmp_path):
     # Hugging Face caches link every file to a content-addressed blob: the manifest must keep the

@@ -46,7 +46,8 @@ def test_pairtune_keeps_the_epoch_where_valid_peaks(demo_manifest, tmp_path, mon
 def test_saved_encoder_reproduces_its_logged_valid_accuracy(demo_manifest, tmp_path):
     out = tmp_path / "run"
     pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "3", "--max-seconds", "1",
-                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out), "--only-best", "--seed", "4"])
+                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out),
+                   "--only-best", "--seed", "4"])
     run = json.loads((out / "run.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best = max(log, key=lambda line: (line["valid_acc"], -line["epoch"]))
@@ -64,7 +65,8 @@ def test_saved_encoder_reproduces_its_logged_valid_accuracy(demo_manifest, tmp_p
 def test_pairtune_select_by_probe_records_and_reproduces_its_metric(demo_manifest, tmp_path):
     out = tmp_path / "run"
     pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "2", "--max-seconds", "1",
-                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out), "--select-by", "probe", "--seed", "5"])
+                   "--lr", "1e-3", "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out),
+                   "--select-by", "probe", "--seed", "5"])
     run = json.loads((out / "run.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best = max(log, key=lambda line: (line["valid_acc"], -line["epoch"]))
@@ -78,9 +80,9 @@ def test_pairtune_select_by_probe_records_and_reproduces_its_metric(demo_manifes
     assert again == pytest.approx(best["valid_acc"], abs=1e-6)
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The three per-epoch metrics, on hand-made features
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 def test_centroid_and_knn_predictions_by_hand():
     unit = lambda rows: torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1)
@@ -110,9 +112,9 @@ def test_probe_predictions_separate_separable_classes():
     assert torch.equal(predictions, pairtune.probe_predictions(train_x, train_y, valid_x, 4))  # deterministic
 
 
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Nobody looks at test before the model is final
-# ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 @pytest.fixture
 def audio_reads(monkeypatch, demo_manifest):
@@ -150,7 +152,8 @@ def test_finetune_reads_test_once_after_selection(demo_manifest, tmp_path, monke
     assert audio_reads.count("test") == 80  # every test clip once, nothing before the final model
     valids = [(w, acc) for desc, w, acc in weights.values() if desc == "valid"]
     best_weights = max(enumerate(valids), key=lambda item: (item[1][1], -item[0]))[1][0]
-    assert weights[len(weights) - 1][0] == "test" and weights[len(weights) - 1][1] == pytest.approx(best_weights, rel=1e-12)
+    last = weights[len(weights) - 1]  # keyed by evaluation number
+    assert last[0] == "test" and last[1] == pytest.approx(best_weights, rel=1e-12)
 
 
 def test_pairtune_never_reads_test_and_probe_reads_it_after_its_choice(demo_manifest, tmp_path, monkeypatch,
@@ -198,7 +201,8 @@ def test_an_interrupted_run_selects_like_an_uninterrupted_one(demo_manifest, tmp
     resumed = json.loads((tmp_path / "resumed" / "run.json").read_text())
     assert resumed["selected_epoch"] == straight["selected_epoch"]
     assert resumed["selected_valid_acc"] == straight["selected_valid_acc"]
-    same = [weight_sum(transformers.AutoModel.from_pretrained(tmp_path / run / "encoder")) for run in ("straight", "resumed")]
+    same = [weight_sum(transformers.AutoModel.from_pretrained(tmp_path / run / "encoder"))
+            for run in ("straight", "resumed")]
     assert same[0] == pytest.approx(same[1], rel=1e-12)
     assert not list((tmp_path / "straight").glob("best-e*.pt"))  # removed with the checkpoint
 
