@@ -8,9 +8,9 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
     python finetune.py --dataset gtzan --backbone wav2vec2
     python finetune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo-ft
 
-Writes to --out: run.json, log.jsonl (epoch, train_loss, valid_acc, seconds), results.json (test_acc
-at the best-valid epoch, valid_acc, selected_epoch, confusion), encoder/ and head.pt of the best-valid
-epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
+Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (epoch,
+train_loss, valid_acc, valid_metric, seconds), results.json (test_acc at the best-valid epoch,
+valid_acc, selected_epoch, confusion), encoder/ and head.pt of the best-valid epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
 best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
@@ -64,7 +64,7 @@ def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None):
                                                      args.eval_batch_size, args.num_workers, desc=desc)
     else:
         features, labels = runs.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
-                                                    device, (desc,), args.eval_batch_size, args.num_workers)[desc]
+                                                device, (desc,), args.eval_batch_size, args.num_workers)[desc]
     head_was_training = head.training
     head.eval()
     predictions = head(features.to(device)).argmax(1).cpu()

@@ -11,7 +11,7 @@ which probe.py (stage 2) freezes and reads out with a linear classifier.
     python probe.py --ckpt out/demo
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
-epoch: epoch, train_loss, valid_acc, seconds), checkpoint.pt and best-e<epoch>.pt (the best-valid
+epoch: epoch, train_loss, valid_acc, valid_metric, seconds), checkpoint.pt and best-e<epoch>.pt (the best-valid
 weights so far; both to resume with --resume),
 encoder/ (the encoder of the epoch with the best valid accuracy, ties to the earlier epoch, as
 finetune.py selects; with its feature extractor, loadable with transformers alone) and
