@@ -10,7 +10,8 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (epoch,
 train_loss, valid_acc, valid_metric, seconds), results.json (test_acc at the best-valid epoch,
-valid_acc, selected_epoch, confusion), encoder/ and head.pt of the best-valid epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
+valid_acc, selected_epoch, confusion), encoder/ and head.pt of the best-valid epoch,
+features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
 best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
