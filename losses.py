@@ -281,8 +281,8 @@ def supcon_loss(
 # GEMMs for S = Z Z^T. Extra memory here: S alone (kept for backward, then overwritten by Gs).
 #
 # Pairs (i, i) never enter the loss, so S's diagonal is free to hold a sentinel: +inf. Then the
-# passes need no index comparison to leave an anchor's own entry out (on CPU that comparison was
-# a quarter of the vector instructions per element): +inf is never a hardest positive (the min),
+# passes need no index comparison to leave an anchor's own entry out (on CPU it cost an arange,
+# a conversion, a compare and a mask op per vector of S in each pass): +inf is never a hardest positive (the min),
 # sits among "same" entries so never among negatives, and fails every "kept" test (inf - eps <
 # max_neg is false; mining="none" tests S < inf). A row whose hardest positive is +inf has no
 # positive at all. S itself is finite: inputs with NaN or beyond the range below go to the eager
@@ -326,12 +326,6 @@ def _kept(sim, same, cols, stats, mining: str, epsilon: float):
     return same & (sim < math.inf), ~same
 
 
-def _columns(sim: Tensor, mining: str):
-    """index[None, :] where batch-hard compares column numbers; None otherwise (no index work)."""
-    if mining != "batch-hard":
-        return None
-    return torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
-
 
 def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, epsilon: float):
     """Passes 1 and 2: the loss, the mining stats and the per-anchor vectors the backward needs.
@@ -341,8 +335,8 @@ def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, ep
     """
     stats = _thresholds(sim, labels, mining)
     same = labels[:, None] == labels[None, :]
-    index = _columns(sim, mining)
-    pos, neg = _kept(sim, same, None if index is None else index[None, :], stats, mining, epsilon)
+    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)  # read by batch-hard alone
+    pos, neg = _kept(sim, same, index[None, :], stats, mining, epsilon)
     exp_sim = torch.exp(sim * (1.0 / temperature))
     sum_exp = torch.where(pos | neg, exp_sim, 0.0).sum(dim=1, keepdim=True)
     # counted in floating point: exact below 2^24 per row, and no int64 vector conversions
@@ -369,14 +363,14 @@ def _symmetric_pair_grad_into_sim(sim: Tensor, labels: Tensor, stats, softmax_sc
     S as it goes: compiled, Inductor writes the result straight into S's buffer.
     """
     same = labels[:, None] == labels[None, :]
-    index = _columns(sim, mining)
+    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)  # read by batch-hard alone
     exp_sim = torch.exp(sim * (1.0 / temperature))  # shared by g[i, a] and g[a, i]
     # g[i, a] at (i, a): anchor i's kept pairs and row stats
-    pos_r, neg_r = _kept(sim, same, None if index is None else index[None, :], stats, mining, epsilon)
+    pos_r, neg_r = _kept(sim, same, index[None, :], stats, mining, epsilon)
     g_rows = torch.where(pos_r | neg_r, exp_sim * softmax_scale, 0.0) - torch.where(pos_r, inv_n_pos, 0.0)
     # g[a, i] at (i, a): anchor a's kept pairs and row stats, laid along the columns (see _kept)
     stats_t = tuple(s.T for s in stats)
-    pos_c, neg_c = _kept(sim, same, None if index is None else index[:, None], stats_t, mining, epsilon)
+    pos_c, neg_c = _kept(sim, same, index[:, None], stats_t, mining, epsilon)
     g_cols = torch.where(pos_c | neg_c, exp_sim * softmax_scale.T, 0.0) - torch.where(pos_c, inv_n_pos.T, 0.0)
     sim.copy_(scale * (g_rows + g_cols))
 
