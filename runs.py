@@ -1,5 +1,7 @@
-"""Run bookkeeping for the stage scripts: one run = one folder, written so that a kill at any moment
-loses nothing and a resumed run continues exactly as an uninterrupted one would.
+"""Run bookkeeping for the stage scripts: one run = one folder, its files written whole (through a
+temporary file), so that a kill leaves no half-written file and --resume continues from the last
+checkpoint exactly as an uninterrupted run would (tested for a run stopped between epochs; kills at
+other moments are issue 13's test).
 
     RUN/run.json           arguments, data, backbone, versions, git commit; "finished" and the
                            selected epoch at the end
