@@ -3,7 +3,6 @@ subprocesses, on the synthetic demo data with the tiny random backbone; and on r
 with the real pre-trained Whisper tiny.en encoder."""
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
