@@ -1,7 +1,8 @@
 """Summarise finished runs: the paper's Table 2 and Table 3, its analyses and its figures.
 
-Every training run writes a ``results.json`` (test accuracy, confusion matrix) and a ``log.jsonl``
-(valid accuracy per epoch) into its own folder, and keeps its encoder and pooled test features.
+Every run is a folder with a ``run.json`` (marked finished at the end) and its ``results.json``
+(test accuracy, confusion matrix); a training run adds a ``log.jsonl`` (the valid metric per epoch)
+and keeps its encoder and pooled test features. ``find_runs`` is the one place that finds them.
 This script turns them into the paper's section 3.3-3.4: the results table (mean ± sample std over
 seeds or ESC-50 folds), anisotropy and dimensionality contribution of test features (Table 3),
 confusion analysis, a 2-D map of the hardest classes (Figure 3) and convergence curves (Figure 2).
@@ -27,6 +28,9 @@ Examples::
     python eval.py umap --out fig3.png --finetune runs/esc50/wav2vec2/finetune/fold-1 \\
                         --pairtune runs/esc50/wav2vec2/pairtune/fold-1
     python eval.py curves runs/ --out figures/
+
+    # exit status 0 if a run (for PairTune: and its probe) has finished with its results
+    python eval.py done runs/esc50/wav2vec2/pairtune/fold-1
 
 ``table`` and ``confusion``'s text need only the standard library and numpy, so they run wherever
 the results were copied to. Test features come from the runs' feature caches (finetune.py and
@@ -72,6 +76,113 @@ LEGEND = (
 def print_warning(message):
     """Report a problem with one input file without stopping the whole table."""
     print(f"warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs on disk: one folder each, found by its run.json
+# ----------------------------------------------------------------------------------------------
+
+# Every script writes OUT/run.json ("stage", arguments, provenance), marked "finished" once its
+# results are on disk, and its test results in one place. probe.py writes a PairTune run's stage 2
+# to RUN/probe/ as a run of its own; a probe of a frozen backbone, or a side experiment (other
+# settings than its run's), to its own --out.
+RESULTS_FILE = {"finetune": "results.json", "pairtune": "probe/results.json", "probe": "results.json"}
+
+
+def is_runs_own_probe(probe_dir) -> bool:
+    """RUN/probe/ beside RUN/run.json: the run's stage 2. probe.py refuses to write a probe with other
+    settings than its run's there, so any other probe of a run is a side experiment."""
+    probe_dir = Path(probe_dir)
+    return probe_dir.name == "probe" and (probe_dir.parent / "run.json").is_file()
+
+
+def read_run_json(run_dir):
+    """RUN/run.json decoded; ValueError naming the file where it is missing or not a JSON object."""
+    path = Path(run_dir) / "run.json"
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir}: not a run folder (no run.json)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(run).__name__}")
+    return run
+
+
+def results_file(run_dir, run):
+    """A finished run's results.json (RESULTS_FILE), or None while there is none: the run has not
+    finished, or a PairTune run's probe has not (probe.py marks RUN/probe/run.json finished after
+    writing its results.json, as the training scripts do)."""
+    stage = run.get("stage")
+    if stage not in RESULTS_FILE or not run.get("finished"):
+        return None
+    if stage == "pairtune":
+        try:
+            if not read_run_json(Path(run_dir) / "probe").get("finished"):
+                return None
+        except ValueError:
+            return None
+    path = Path(run_dir) / RESULTS_FILE[stage]
+    return path if path.is_file() else None
+
+
+def find_runs(runs_dir, stages=ARMS, warn=print_warning):
+    """Finished runs below runs_dir (any depth) whose stage is in `stages`, one dict per run.json: the
+    one place where eval.py and run_all.sh learn which runs exist.
+
+    Each dict: dir, stage, method (the stage; a probe's: "pairtune" or "frozen"), dataset, backbone
+    (label, random init flagged), seed, fold, run (the decoded run.json), results (results_file: None
+    for a PairTune run not yet probed). Unfinished runs are skipped with a warning. Two folders holding
+    the same run (stage, method, dataset, backbone, seed, fold), e.g. a copy, count once: a run's own
+    results before a side probe's, then the first in path order, so which is kept does not depend on
+    the file system.
+    """
+    found_runs = []
+    for path in sorted(Path(runs_dir).rglob("run.json")):
+        try:
+            run = read_run_json(path.parent)
+        except ValueError as error:
+            warn(f"skipping {error}")
+            continue
+        if run.get("stage") not in stages:
+            continue
+        if not run.get("finished"):
+            warn(f"skipping {path.parent}: the run has not finished")
+            continue
+        args = run.get("args") or {}
+        found_runs.append({
+            "dir": path.parent, "stage": run["stage"], "method": run.get("method", run["stage"]),
+            "dataset": run.get("dataset"),
+            "backbone": str(run.get("backbone")) + (RANDOM_INIT_SUFFIX if run.get("backbone_random_init") else ""),
+            "seed": args.get("seed"), "fold": args.get("fold"), "run": run,
+            "results": results_file(path.parent, run),
+        })
+    kept, seen = set(), {}  # kept: id() of the runs kept; seen: run identity -> the file (or folder) kept
+    side_probe = lambda found: found["stage"] == "probe" and not is_runs_own_probe(found["dir"])
+    for found in sorted(found_runs, key=side_probe):  # stable: path order otherwise
+        key = tuple(found[field] for field in ("stage", "method", "dataset", "backbone", "seed", "fold"))
+        where = found["results"] or found["dir"]
+        if key in seen:
+            warn(f"duplicate run ({key[0]}: method={key[1]}, dataset={key[2]}, backbone={key[3]}, seed={key[4]}, "
+                 f"fold={key[5]}) in {seen[key]} and {where}; keeping {seen[key]}")
+            continue
+        seen[key] = where
+        kept.add(id(found))
+    return [found for found in found_runs if id(found) in kept]
+
+
+def run_results(run):
+    """The decoded results.json of a finished run folder (results_file), or of a results.json path."""
+    run = Path(run)
+    if run.is_file():
+        return json.loads(run.read_text(encoding="utf-8"))
+    run_json = read_run_json(run)
+    path = results_file(run, run_json)
+    if path is None:
+        hint = f"; for a PairTune run: `python probe.py --ckpt {run}`" if run_json.get("stage") == "pairtune" else ""
+        raise ValueError(f"{run}: no results yet (finish the run{hint})")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,40 +255,17 @@ def parse_result(data):
     return result, None
 
 
-def run_key(result):
-    """The identity of a run: two files with the same key describe one run."""
-    return (
-        result["dataset"],
-        result["backbone"],
-        result["backbone_random_init"],
-        result["method"],
-        result["seed"],
-        result["fold"],
-    )
-
-
-def is_runs_own_result(path) -> bool:
-    """A run's own results: RUN/results.json (FineTune) or RUN/probe/results.json (its stage-2 probe)
-    beside RUN/run.json. A probe written anywhere else is a side experiment: probe.py refuses to
-    write a probe with other settings than its run's to RUN/probe/."""
-    path = Path(path)
-    return ((path.parent / "run.json").is_file()
-            or (path.parent.name == "probe" and (path.parent.parent / "run.json").is_file()))
-
-
 def collect_results(runs_dir, warn=print_warning):
-    """Load every usable ``results.json`` below ``runs_dir`` (any depth).
-
-    Files that are not valid JSON or lack required fields are skipped with a
-    warning; so is the second of two files describing the same run.  Each
-    returned dict carries the parsed fields plus ``path`` (the file it came
-    from).  Of two files of one run, a run's own results win over a side probe
-    (``is_runs_own_result``), else the first in sorted path order, so which is
-    kept does not depend on the file system.
+    """Table 2's inputs: the results.json of every finished finetune.py and probe.py run below
+    ``runs_dir`` (``find_runs``: a run found twice counts once), checked by ``parse_result``. A file
+    that is not valid JSON or lacks required fields is skipped with a warning. Each returned dict
+    carries the parsed fields plus ``path`` (the file it came from), in path order.
     """
-    candidates = []
-    for path in sorted(Path(runs_dir).rglob("results.json")):
-        if not path.is_file():
+    results = []
+    for found in find_runs(runs_dir, ("finetune", "probe"), warn):
+        path = found["results"]
+        if path is None:
+            warn(f"skipping {found['dir']}: marked finished, but it has no results.json")
             continue
         try:
             with open(path, encoding="utf-8") as handle:
@@ -186,26 +274,11 @@ def collect_results(runs_dir, warn=print_warning):
             # json.JSONDecodeError is a ValueError.
             warn(f"skipping {path}: not valid JSON ({error})")
             continue
-
         result, problem = parse_result(data)
         if problem is not None:
             warn(f"skipping {path}: {problem}")
             continue
         result["path"] = str(path)
-        candidates.append(result)
-
-    results = []
-    seen = {}  # run key -> path of the file kept for it
-    for result in sorted(candidates, key=lambda r: not is_runs_own_result(r["path"])):  # stable: path order otherwise
-        key = run_key(result)
-        if key in seen:
-            warn(
-                f"duplicate run (dataset={key[0]}, backbone={key[1]}, "
-                f"random_init={key[2]}, method={key[3]}, seed={key[4]}, fold={key[5]}) "
-                f"in {seen[key]} and {result['path']}; keeping {seen[key]}"
-            )
-            continue
-        seen[key] = result["path"]
         results.append(result)
     return sorted(results, key=lambda r: r["path"])
 
@@ -471,43 +544,8 @@ def dimension_contribution(features):
 
 
 # ----------------------------------------------------------------------------------------------
-# Training runs on disk: finetune.py and pairtune.py folders (run.json, log.jsonl, features/)
+# Training runs: grouping, logs, test features
 # ----------------------------------------------------------------------------------------------
-
-def find_runs(runs_dir, warn=print_warning):
-    """Finished FineTune and PairTune runs below runs_dir (any depth), one dict per run.json.
-
-    Each dict: dir, method, dataset, backbone (label, random init flagged), seed, fold, run (the
-    decoded run.json). Unfinished runs are skipped with a warning: their encoder/ is not final. Two
-    folders holding the same run (method, dataset, backbone, seed, fold), e.g. a copy, count once.
-    """
-    runs, seen = [], {}
-    for path in sorted(Path(runs_dir).rglob("run.json")):
-        try:
-            run = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            warn(f"skipping {path}: not valid JSON ({error})")
-            continue
-        if not isinstance(run, dict) or run.get("stage") not in ARMS:
-            continue
-        if not run.get("finished"):
-            warn(f"skipping {path.parent}: the run has not finished")
-            continue
-        args = run.get("args", {})
-        found = {
-            "dir": path.parent, "method": run["stage"], "dataset": run["dataset"],
-            "backbone": run["backbone"] + (RANDOM_INIT_SUFFIX if run.get("backbone_random_init") else ""),
-            "seed": args.get("seed"), "fold": args.get("fold"), "run": run,
-        }
-        key = (found["method"], found["dataset"], found["backbone"], found["seed"], found["fold"])
-        if key in seen:
-            warn(f"duplicate run {path.parent} (same method, dataset, backbone, seed and fold as "
-                 f"{seen[key]}); keeping {seen[key]}")
-            continue
-        seen[key] = path.parent
-        runs.append(found)
-    return runs
-
 
 def group_runs(runs):
     """{(dataset, backbone): {"finetune": [runs], "pairtune": [runs]}}, runs ordered by fold, then seed."""
@@ -524,19 +562,6 @@ def repeat_name(run):
     if run["fold"] is None:
         return f"seed-{run['seed']}"
     return f"fold-{run['fold']}" + ("" if run["seed"] in (None, 0) else f"-seed-{run['seed']}")
-
-
-def run_results(run):
-    """The results.json with a run's test confusion: FineTune's own, or PairTune's probe/results.json
-    (a results.json path is read as it is)."""
-    run = Path(run)
-    if run.is_file():
-        return json.loads(run.read_text(encoding="utf-8"))
-    for candidate in (run / "results.json", run / "probe" / "results.json"):
-        if candidate.is_file():
-            return json.loads(candidate.read_text(encoding="utf-8"))
-    raise ValueError(f"{run}: no results.json (nor probe/results.json); finish the run, and for a "
-                     f"PairTune run `python probe.py --ckpt {run}`")
 
 
 def read_log_lines(run_dir):
@@ -577,10 +602,7 @@ def run_test_features(run_dir, device="auto", data_root=None):
 
     transformers.utils.logging.disable_progress_bar()  # one bar per loaded encoder would flood a report
     run_dir = Path(run_dir)
-    run_file = run_dir / "run.json"
-    if not run_file.is_file():
-        raise ValueError(f"{run_dir}: not a run folder (no run.json)")
-    run = json.loads(run_file.read_text(encoding="utf-8"))
+    run = read_run_json(run_dir)
     if run.get("stage") not in ARMS or not run.get("finished") or not (run_dir / "encoder").is_dir():
         raise ValueError(f"{run_dir}: not a finished finetune.py or pairtune.py run (no final encoder/)")
     args = run["args"]
@@ -1294,6 +1316,15 @@ def cmd_report(args):
 # ----------------------------------------------------------------------------------------------
 
 
+def cmd_done(args):
+    """Exit 0 when RUN has finished and its results are written (find_runs's rule), else 1: run_all.sh
+    skips such a run. Quiet: run_all.sh prints what it does."""
+    try:
+        return 0 if results_file(args.run, read_run_json(args.run)) else 1
+    except ValueError:  # no run.json yet, or one cut short by a kill: not done
+        return 1
+
+
 def cmd_table(args):
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
@@ -1404,6 +1435,10 @@ def build_parser():
     report.add_argument("--device", default="auto", help=DEVICE_HELP)
     report.add_argument("--data-root", help=DATA_ROOT_HELP)
     report.set_defaults(func=cmd_report)
+
+    done = subcommands.add_parser("done", help="exit status 0 if RUN has finished with its results (for scripts)")
+    done.add_argument("run", metavar="RUN", help="a finetune.py, pairtune.py (and its probe) or probe.py output folder")
+    done.set_defaults(func=cmd_done)
 
     return parser
 

@@ -12,7 +12,8 @@ configuration and epoch are chosen on valid accuracy (ties: lower valid loss, th
 test is read once, with the chosen classifier.
 
 Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ otherwise): test_acc,
-valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix.
+valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix; and
+OUT/run.json (stage "probe": arguments as used, provenance, the run probed), marked finished after.
 """
 import argparse
 import json
@@ -138,6 +139,13 @@ def main(argv=None):
     splits, classes = data.load_splits(dataset, data_root, fold, args.skip_bad)
     dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
     cache_dir = runs.feature_dir(feature_root, dataset_label, fold)
+    # The probe is a run of its own (eval.py finds runs by run.json), unfinished until results.json is written.
+    probe_run = runs.new_run("probe", args, dataset_label, data.resolve_dataset(dataset, data_root), encoder,
+                             splits, classes)
+    probe_run.update(args={**vars(args), "seed": seed, "fold": fold, "max_seconds": max_seconds},  # as used
+                     method=method, backbone=backbone_name, backbone_random_init=random_init,
+                     probe_of=str(ckpt.resolve()) if run else None)
+    runs.write_json(out / "run.json", probe_run)
     # test is encoded only once the classifier is chosen: nothing before that can look at it
     features = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("train", "valid"),
                                         args.eval_batch_size, args.num_workers)
@@ -186,6 +194,7 @@ def main(argv=None):
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
                "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2)}
     runs.write_json(out / "results.json", results)
+    runs.write_json(out / "run.json", {**probe_run, "finished": True})
     print(f"{method} probe of {backbone_name}{' (RANDOM INIT)' if random_init else ''} on {dataset_label}: "
           f"test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, lr {chosen['lr']:g}, "
           f"batch {chosen['batch_size']}); wrote {out / 'results.json'}")

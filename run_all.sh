@@ -63,8 +63,8 @@ for dataset in $DATASETS; do
       name="${backbone//\//_}"
 
       out="$RUNS/$dataset/$name/finetune/$repeat"
-      # done = results written and the run marked finished (the last thing finetune.py writes)
-      if [[ -f "$out/results.json" ]] && grep -q '"finished": true' "$out/run.json" 2>/dev/null; then
+      # done = the run marked finished with its results written (eval.py's rule for finding runs)
+      if "$PYTHON" eval.py done "$out"; then
         echo "== skip $out (results exist)"
       else
         echo "== finetune $dataset $backbone $repeat -> $out"
@@ -72,7 +72,7 @@ for dataset in $DATASETS; do
       fi
 
       out="$RUNS/$dataset/$name/pairtune/$repeat"
-      if [[ -f "$out/probe/results.json" ]]; then
+      if "$PYTHON" eval.py done "$out"; then  # for PairTune: its probe too
         echo "== skip $out (results exist)"
       else
         echo "== pairtune + probe $dataset $backbone $repeat -> $out"

@@ -22,11 +22,22 @@ ev = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ev)
 
 
+def mark_finished_run(run_dir, method="finetune", dataset="gtzan", backbone="wav2vec2", seed=0, fold=None,
+                      random_init=False):
+    """The run.json by which eval.py finds a run folder: finetune.py's, or probe.py's for other methods."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stage = "finetune" if str(method).lower() == "finetune" else "probe"
+    run = {"stage": stage, "method": method, "dataset": dataset, "backbone": backbone,
+           "backbone_random_init": random_init, "args": {"seed": seed, "fold": fold}, "finished": True}
+    (run_dir / "run.json").write_text(json.dumps(run))
+
+
 def write_run(root, subdir, method="finetune", dataset="gtzan", backbone="wav2vec2",
               seed=0, fold=None, test_acc=0.8, random_init=False, **extra):
-    """Write one results.json under root/subdir and return its path."""
+    """Write one finished run (results.json and run.json) under root/subdir; return its results.json."""
     run_dir = Path(root) / subdir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_finished_run(run_dir, method, dataset, backbone, seed, fold, random_init)
     payload = {
         "method": method,
         "dataset": dataset,
@@ -237,10 +248,10 @@ def test_same_seed_different_fold_is_not_a_duplicate(tmp_path, capsys):
 def test_broken_and_incomplete_files_are_skipped_with_warning(tmp_path, capsys):
     write_run(tmp_path, "good", test_acc=0.75)
     broken = tmp_path / "broken" / "results.json"
-    broken.parent.mkdir()
+    mark_finished_run(broken.parent, seed=10)
     broken.write_text("{not json")
     incomplete = tmp_path / "incomplete" / "results.json"
-    incomplete.parent.mkdir()
+    mark_finished_run(incomplete.parent, seed=1)
     incomplete.write_text(json.dumps({"method": "finetune", "dataset": "gtzan", "backbone": "wav2vec2", "seed": 1}))
     percent = write_run(tmp_path, "percent", seed=2, test_acc=81.2)  # percent, not a fraction
 
@@ -291,7 +302,7 @@ def test_empty_dir_exits_1_with_message(tmp_path, capsys):
 
 def test_only_broken_files_exits_1(tmp_path, capsys):
     broken = tmp_path / "x" / "results.json"
-    broken.parent.mkdir()
+    mark_finished_run(broken.parent)
     broken.write_text("")
     code, _, err = run_table(tmp_path, capsys)
     assert code == 1
@@ -303,6 +314,72 @@ def test_nonexistent_dir_exits_1(tmp_path, capsys):
     code, _, err = run_table(missing, capsys)
     assert code == 1
     assert str(missing) in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding runs: run.json, finished flag, results in one place
+# ----------------------------------------------------------------------------------------------
+
+
+def write_json(path, payload):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def test_done_needs_a_finished_run_with_results_and_for_pairtune_its_probe(tmp_path):
+    done = lambda run_dir: ev.main(["done", str(run_dir)])
+    assert done(tmp_path / "nothing") == 1
+    finetune = tmp_path / "ft"
+    write_json(finetune / "run.json", {"stage": "finetune", "finished": False})
+    (finetune / "results.json").write_text("{}")  # left from an earlier run: not this one's
+    assert done(finetune) == 1
+    write_json(finetune / "run.json", {"stage": "finetune", "finished": True})
+    assert done(finetune) == 0
+    pairtune = tmp_path / "pt"
+    write_json(pairtune / "run.json", {"stage": "pairtune", "finished": True})
+    assert done(pairtune) == 1  # not probed yet
+    write_json(pairtune / "probe/results.json", {})
+    write_json(pairtune / "probe/run.json", {"stage": "probe", "finished": False})
+    assert done(pairtune) == 1  # a probe cut short
+    write_json(pairtune / "probe/run.json", {"stage": "probe", "finished": True})
+    assert done(pairtune) == 0 and done(pairtune / "probe") == 0
+    (pairtune / "probe/run.json").write_text('{"stage": "pro')  # killed mid-write
+    assert done(pairtune) == 1
+
+
+def test_find_runs_skips_unfinished_and_unknown_stages_and_gives_each_its_results(tmp_path):
+    write_json(tmp_path / "pt/run.json", {"stage": "pairtune", "finished": True, "dataset": "d", "backbone": "b",
+                                          "args": {"seed": 1, "fold": None}})
+    write_json(tmp_path / "pt/probe/run.json", {"stage": "probe", "method": "pairtune", "finished": True})
+    write_json(tmp_path / "pt/probe/results.json", {})
+    write_json(tmp_path / "unfinished/run.json", {"stage": "finetune", "finished": False})
+    write_json(tmp_path / "other/run.json", {"stage": "lora", "finished": True})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/run.json").write_text("[1, 2")
+    warnings = []
+    everything = ev.find_runs(tmp_path, ("finetune", "pairtune", "probe"), warn=warnings.append)
+    assert [(f["stage"], f["method"]) for f in everything] == [("probe", "pairtune"), ("pairtune", "pairtune")]
+    assert [f["results"] for f in everything] == [tmp_path / "pt/probe/results.json"] * 2
+    assert everything[1]["seed"] == 1 and everything[1]["backbone"] == "b"
+    assert sorted(w.split(":")[0] for w in warnings) == sorted(
+        [f"skipping {tmp_path / 'broken/run.json'}", f"skipping {tmp_path / 'unfinished'}"])
+    assert [f["stage"] for f in ev.find_runs(tmp_path, warn=warnings.append)] == ["pairtune"]  # default: the arms
+
+
+def test_a_finished_run_without_results_is_warned_and_left_out(tmp_path, capsys):
+    write_run(tmp_path, "good", test_acc=0.75)
+    mark_finished_run(tmp_path / "lost", seed=5)  # results.json deleted by hand
+    code, out, err = run_table(tmp_path, capsys)
+    assert code == 0 and f"{tmp_path / 'lost'}: marked finished, but it has no results.json" in err
+    assert parse_markdown(out)[("wav2vec2", "FINETUNE")]["gtzan"] == "75.00 (n=1)"
+
+
+def test_a_results_json_without_its_run_json_is_not_a_run(tmp_path, capsys):
+    write_run(tmp_path, "good", test_acc=0.75)
+    stray = write_run(tmp_path, "stray", seed=9, test_acc=0.05)
+    (stray.parent / "run.json").unlink()
+    code, out, _ = run_table(tmp_path, capsys)
+    assert code == 0 and parse_markdown(out)[("wav2vec2", "FINETUNE")]["gtzan"] == "75.00 (n=1)"
 
 
 # ----------------------------------------------------------------------------------------------

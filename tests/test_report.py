@@ -251,12 +251,15 @@ def test_a_probe_with_another_chunk_length_leaves_the_runs_features_alone(runs, 
                 "--batch-sizes", "32", "--epochs", "2", "--device", "cpu", "--num-workers", "0"])
     assert (run_dir / f"features/{ds}/test.pt").read_bytes() == before
     assert (tmp_path / f"side/features/{ds}/test.pt").is_file()
-    assert not ev.is_runs_own_result(tmp_path / "side/results.json")
-    assert ev.is_runs_own_result(run_dir / "probe/results.json")
+    assert not ev.is_runs_own_probe(tmp_path / "side")
+    assert ev.is_runs_own_probe(run_dir / "probe")
+    side_run, own_run = (ev.read_run_json(folder) for folder in (tmp_path / "side", run_dir / "probe"))
+    assert side_run["probe_of"] == str(run_dir.resolve())  # (own_run's: where the run was probed, before the copy)
+    assert own_run["finished"] and own_run["stage"] == "probe" and own_run["method"] == "pairtune"
     with pytest.raises(SystemExit, match="not the run's own stage 2"):  # it may not pose as RUN/probe
         probe.main(["--ckpt", str(run_dir), "--max-seconds", "0.5", "--device", "cpu"])
     # Table 2 prefers the run's own probe to the side one, whichever it finds first
-    (tmp_path / "side").rename(run_dir / "probe-0.5s")
+    (tmp_path / "side").rename(run_dir / "a-probe-0.5s")  # found before probe/
     kept = ev.collect_results(run_dir, warn=lambda message: None)
     assert len(kept) == 1 and kept[0]["path"] == str(run_dir / "probe/results.json")
 

@@ -6,22 +6,27 @@ too. The real scripts are covered end to end in test_pipeline.py.
 import os
 import shlex
 import subprocess
+import sys
 import textwrap
 
 from conftest import ROOT
 
 RECORDER = textwrap.dedent("""\
     #!/usr/bin/env bash
-    # Records "script args..." and fakes the results each script leaves behind.
+    # Records "script args..." and fakes the files each script leaves behind; `eval.py done` (the
+    # skip test) is the real one, on those files, and is not recorded.
+    if [[ $1 == eval.py && $2 == done ]]; then exec "$REAL_PYTHON" "$@"; fi
     echo "$*" >> "$CALL_LOG"
     script=$1; shift
     out=""; ckpt=""
     while [[ $# -gt 0 ]]; do
       case $1 in --out) out=$2; shift;; --ckpt) ckpt=$2; shift;; esac; shift
     done
+    finished() { mkdir -p "$1" && printf '{"stage": "%s", "finished": true}' "$2" > "$1/run.json"; }
     case $script in
-      finetune.py) mkdir -p "$out" && echo '{}' > "$out/results.json" && echo '{"finished": true}' > "$out/run.json";;
-      probe.py) mkdir -p "$ckpt/probe" && echo '{}' > "$ckpt/probe/results.json";;
+      finetune.py) finished "$out" finetune && echo '{}' > "$out/results.json";;
+      pairtune.py) finished "$out" pairtune;;
+      probe.py) mkdir -p "$ckpt/probe" && echo '{}' > "$ckpt/probe/results.json" && finished "$ckpt/probe" probe;;
     esac
     """)
 
@@ -33,7 +38,7 @@ def run_all(tmp_path, **env):
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)  # each call returns only its own calls
     environment = {**os.environ, "PYTHON": str(recorder), "CALL_LOG": str(log),
-                   "RUNS": str(tmp_path / "runs"), **env}
+                   "RUNS": str(tmp_path / "runs"), "REAL_PYTHON": sys.executable, **env}
     result = subprocess.run(["bash", str(ROOT / "run_all.sh")], env=environment, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -67,3 +72,13 @@ def test_finished_runs_are_skipped(tmp_path):
     assert stdout.count("== skip") == 4  # folds 1 and 2, both arms
     assert sorted((c[0], flag(c, "--fold")) for c in calls) == [
         ("eval.py", None), ("finetune.py", "3"), ("pairtune.py", "3"), ("probe.py", None)]
+
+
+def test_a_run_cut_short_is_run_again(tmp_path):
+    run_all(tmp_path, DATASETS="esc50", BACKBONES="tiny", FOLDS="1", EPOCHS="1")
+    runs = tmp_path / "runs/esc50/tiny"
+    (runs / "finetune/fold-1/run.json").write_text('{"stage": "finetune", "finished": false}')  # killed mid-run
+    (runs / "pairtune/fold-1/probe/run.json").write_text('{"stage": "probe", "fini')  # killed while writing
+    calls, stdout = run_all(tmp_path, DATASETS="esc50", BACKBONES="tiny", FOLDS="1", EPOCHS="1")
+    assert "== skip" not in stdout
+    assert [c[0] for c in calls] == ["finetune.py", "pairtune.py", "probe.py", "eval.py"]
