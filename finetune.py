@@ -148,7 +148,7 @@ def main(argv=None):
               f"{line['seconds']:.1f}s", flush=True)
         best = runs.keep_if_best(out, best, epoch, valid_acc,
                                  {"encoder": encoder.model.state_dict(), "head": head.state_dict()})
-        runs.save_checkpoint(out / "checkpoint.pt", modules, optimizer, loader_generator, epoch, history, best)
+        runs.save_checkpoint(out / "checkpoint.pt", args, modules, optimizer, loader_generator, epoch, history, best)
         runs.drop_stale_best(out, best)
 
     # ---------------- testing the best-valid epoch, once ----------------

@@ -234,8 +234,7 @@ def main(argv=None):
     # ---------------- resuming ----------------
     selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}
     modules = {"encoder": encoder.model, "head": head}
-    start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator,
-                                             must_match={"selection": selection})
+    start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator)
     runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
     runs.remove_old_results(out)
 
@@ -251,8 +250,7 @@ def main(argv=None):
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s", flush=True)
         best = runs.keep_if_best(out, best, epoch, valid_acc, {"encoder": encoder.model.state_dict()})
-        runs.save_checkpoint(out / "checkpoint.pt", modules, optimizer, loader_generator, epoch, history, best,
-                             selection=selection)
+        runs.save_checkpoint(out / "checkpoint.pt", args, modules, optimizer, loader_generator, epoch, history, best)
         runs.drop_stale_best(out, best)
 
     # ---------------- saving: the best-valid encoder (the one probe.py uses) and the last ----------------

@@ -39,11 +39,15 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-def write_json(path, obj):
-    """JSON through a temporary file, like atomic_save."""
+def write_text(path, text: str):
+    """Text through a temporary file, like atomic_save."""
     tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,20 +144,34 @@ def best_file(out, epoch: int) -> Path:
     return Path(out) / f"best-e{epoch}.pt"
 
 
-def save_checkpoint(path, modules: dict, optimizer, loader_generator, epoch, history, best, **extra):
-    """One dict: unwrapped weights of each module, optimizer, random states (so a resumed run
-    continues exactly as an uninterrupted one would), and the best-valid epoch so far."""
-    atomic_save({**{name: m.state_dict() for name, m in modules.items()}, "optimizer": optimizer.state_dict(),
-                 "epoch": epoch, "history": history, "best": best, **extra,
+# Flags a resumed run may change: where and how fast it runs, how long, and what it keeps, never
+# its numbers. Every other flag must equal the checkpoint's.
+MAY_CHANGE_ON_RESUME = ("epochs", "device", "num_workers", "eval_batch_size", "resume", "out", "keep_checkpoint",
+                        "only_best")
+
+
+def save_checkpoint(path, args, modules: dict, optimizer, loader_generator, epoch, history, best):
+    """One dict: the run's arguments, unwrapped weights of each module, optimizer, random states (so
+    a resumed run continues exactly as an uninterrupted one would), and the best-valid epoch so far."""
+    atomic_save({"args": vars(args), **{name: m.state_dict() for name, m in modules.items()},
+                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
                  "rng": random_states(loader_generator)}, path)
 
 
-def resume(out: Path, args, modules: dict, optimizer, loader_generator, must_match: dict | None = None):
+def settings_differences(saved: dict, now: dict) -> list[str]:
+    """'--flag saved (now new)' for each argument outside MAY_CHANGE_ON_RESUME that differs."""
+    return [f"--{name.replace('_', '-')} {saved.get(name)!r} (now {now.get(name)!r})"
+            for name in sorted(set(saved) | set(now))
+            if name not in MAY_CHANGE_ON_RESUME and saved.get(name) != now.get(name)]
+
+
+def resume(out: Path, args, modules: dict, optimizer, loader_generator):
     """(start_epoch, history, best) of a fresh run, or of the checkpoint in `out` under --resume.
 
-    A fresh run starts a fresh log.jsonl. A resumed one gets its weights, optimizer and random states
-    back; the checkpoint's entries named in must_match (e.g. PairTune's selection settings) must equal
-    these values, and its best-valid weights must exist, or the run stops saying why.
+    A fresh run starts a fresh log.jsonl. A resumed one must have been started with the same
+    settings (settings_differences, else it stops naming each differing flag), gets its weights,
+    optimizer and random states back, and its log.jsonl rewritten from the checkpoint's history, so
+    lines of an epoch cut short by a kill are gone and that epoch is logged once, when it is run again.
     """
     checkpoint_path = Path(out) / "checkpoint.pt"
     if args.resume and finished_epochs(out) and not checkpoint_path.exists():
@@ -162,25 +180,30 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator, must_mat
     if not (args.resume and checkpoint_path.exists()):
         (Path(out) / "log.jsonl").unlink(missing_ok=True)
         return 1, [], {"epoch": 0, "valid_acc": -1.0}
+    fresh_start = "start a fresh run (without --resume, or in another --out)"
     # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    if "args" not in state:
+        sys.exit(f"error: {checkpoint_path} was written before checkpoints carried their run's arguments, so "
+                 f"resuming cannot check that the settings are the same; {fresh_start}")
+    differences = settings_differences(state["args"], vars(args))
+    if differences:
+        sys.exit(f"error: {checkpoint_path} cannot be resumed with other settings than it was started with: "
+                 f"{'; '.join(differences)}. Resume with the run's settings, or {fresh_start}")
+    if "best" not in state or not best_file(out, state["best"]["epoch"]).exists():
+        sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
+                 f"(best-e<epoch>.pt) are missing; {fresh_start}")
     for name, module in modules.items():
         module.load_state_dict(state[name])
     optimizer.load_state_dict(state["optimizer"])
-    for key, value in (must_match or {}).items():
-        if state.get(key) != value:
-            sys.exit(f"error: {checkpoint_path} cannot be resumed: it was written with other {key} settings "
-                     f"({state.get(key)}, now {value}); resume with the same settings, or start a fresh run")
-    if "best" not in state or not best_file(out, state["best"]["epoch"]).exists():
-        sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
-                 f"(best-e<epoch>.pt) are missing; start a fresh run")
     restore_random_states(state["rng"], loader_generator)
+    write_text(Path(out) / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state["history"]))
     print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     return state["epoch"] + 1, state["history"], state["best"]
 
 
 def log_epoch(out: Path, history: list, line: dict):
-    """Append one epoch's line to the history and to log.jsonl."""
+    """Append one epoch's line to the history and to log.jsonl (a kill mid-line is mended by resume)."""
     history.append(line)
     with open(Path(out) / "log.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")

@@ -194,7 +194,7 @@ def test_an_interrupted_run_selects_like_an_uninterrupted_one(demo_manifest, tmp
     pairtune.main(common + ["--epochs", "3", "--out", str(tmp_path / "straight")])
     pairtune.main(common + ["--epochs", "1", "--out", str(tmp_path / "resumed"), "--keep-checkpoint"])
     assert (tmp_path / "resumed" / "best-e1.pt").exists()
-    with pytest.raises(SystemExit, match="other selection settings"):
+    with pytest.raises(SystemExit, match="other settings than it was started with: --select-by 'centroid' .now 'knn'."):
         pairtune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume", "--select-by", "knn"])
     pairtune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume"])
     straight = json.loads((tmp_path / "straight" / "run.json").read_text())
@@ -212,7 +212,12 @@ def test_an_interrupted_finetune_run_tests_the_same_epoch(demo_manifest, tmp_pat
               "--device", "cpu", "--num-workers", "0", "--seed", "7"]
     finetune.main(common + ["--epochs", "3", "--out", str(tmp_path / "straight")])
     finetune.main(common + ["--epochs", "2", "--out", str(tmp_path / "resumed"), "--keep-checkpoint"])
-    finetune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume"])
+    refused = "other settings than it was started with: --lr 0.001 .now 0.01.; --seed 7 .now 8."
+    with pytest.raises(SystemExit, match=refused):  # each differing flag named, with both values
+        finetune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume", "--lr", "1e-2",
+                                "--seed", "8"])
+    # how long, and how fast evaluation batches go, may change: the numbers stay the uninterrupted run's
+    finetune.main(common + ["--epochs", "3", "--out", str(tmp_path / "resumed"), "--resume", "--eval-batch-size", "5"])
     straight, resumed = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("straight", "resumed"))
     assert (resumed["selected_epoch"], resumed["test_acc"]) == (straight["selected_epoch"], straight["test_acc"])
     assert not list((tmp_path / "straight").glob("best-e*.pt"))
