@@ -104,13 +104,16 @@ class Preprocessor:
 
     Kept apart from the model so DataLoader workers can run it without a copy of the weights.
     Always asks for the attention mask: it marks valid samples/frames for pooling, whether or not
-    the model itself is given it.
+    the model itself is given it. A wave shorter than `min_samples` (the encoder's receptive field)
+    is zero-padded to it, as part of the clip: it then gives one frame instead of none, which would
+    crash a batch of its own and pool to a zero vector in a batch with longer clips.
     """
 
-    def __init__(self, extractor, whisper: bool):
-        self.extractor, self.whisper = extractor, whisper
+    def __init__(self, extractor, whisper: bool, min_samples: int = 1):
+        self.extractor, self.whisper, self.min_samples = extractor, whisper, min_samples
 
     def __call__(self, waves: list[np.ndarray]) -> dict:
+        waves = [np.pad(w, (0, max(0, self.min_samples - len(w)))) for w in waves]
         # "longest" instead of Whisper's default 30 s padding: 10-20x less compute on short clips.
         return dict(self.extractor(waves, sampling_rate=self.extractor.sampling_rate, padding="longest",
                                    return_attention_mask=True, return_tensors="pt"))
@@ -127,10 +130,19 @@ class AudioEncoder(nn.Module):
         self.name, self.random_init = name, random_init
         self.sample_rate = extractor.sampling_rate
         self.hidden_size = model.config.hidden_size if not self.whisper else model.config.d_model
-        self.preprocess = Preprocessor(extractor, self.whisper)
+        self.preprocess = Preprocessor(extractor, self.whisper, self.min_samples)
         # Raw-waveform models whose extractor does not return a mask (wav2vec2-base, HuBERT-base)
         # were trained on zero-padded batches without one; giving them a mask changes their outputs.
         self.model_takes_mask = self.whisper or bool(getattr(extractor, "return_attention_mask", False))
+
+    @property
+    def min_samples(self) -> int:
+        """Fewest samples that give one frame: the conv stack's receptive field (400 at 16 kHz for
+        wav2vec2, HuBERT and WavLM). Whisper's log-mel front end gives a frame for any length."""
+        if self.whisper:
+            return 1
+        frames = self.model._get_feat_extract_output_lengths(torch.arange(1, 100_001))
+        return int(torch.nonzero(frames >= 1)[0]) + 1
 
     @property
     def max_seconds(self) -> float | None:

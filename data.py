@@ -16,9 +16,11 @@ as data/esc50/manifest.csv, root overridable with --data-root or $CONFIT_DATA) o
 `--dataset path/to/manifest.csv`.
 """
 import csv
+import io
 import math
 import os
 import random
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from tqdm import tqdm
 
 
 def torchaudio_load_error(error: BaseException) -> str:
@@ -126,70 +129,131 @@ def read_manifest(manifest: str | Path) -> list[Clip]:
     """Parse and validate a manifest; every problem is reported with its file and line."""
     manifest = Path(manifest)
     base = manifest.parent
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    raw = manifest.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as spreadsheet programs write, is allowed
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise DataError(f"{manifest} line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the "
+                        "manifest as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise DataError(f"{manifest} line {line}: a NUL byte; a manifest is a text file (is this a binary "
+                        "file, or UTF-16 text? save it as UTF-8).")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error
+    rows = []  # (line, row): line_num, not a row count, as blank lines are skipped
+    try:
         header = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise DataError(
-                f"{manifest}: missing required column(s) {', '.join(missing)} (header is "
-                f"'{','.join(header)}'). The first line must name at least path,label,split.")
         reader.fieldnames = header
-        clips = []
         for row in reader:
-            where = f"{manifest} line {reader.line_num}"  # line_num, not a row count: blank lines are skipped
-            path, label, split = ((row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
-            if not path or not label:
-                raise DataError(f"{where}: empty path or label. Every row needs path,label,split.")
-            if split not in SPLITS:
-                raise DataError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)}.")
-            fold_text = (row.get("fold") or "").strip()
-            try:
-                fold = int(fold_text) if fold_text else None
-            except ValueError:
-                raise DataError(f"{where}: fold '{fold_text}' is not an integer.") from None
-            speaker = (row.get("speaker") or "").strip() or None
-            group = (row.get("group") or "").strip() or None
-            full_path = path if os.path.isabs(path) else str(base / path)
-            clips.append(Clip(full_path, label, split, fold, speaker, where, group))
+            rows.append((reader.line_num, row))
+    except csv.Error as error:  # e.g. a quote opened and never closed: the error comes at the end
+        after = rows[-1][0] if rows else 1
+        raise DataError(f"{manifest} line {after + 1}: not valid CSV ({error}) in the row from this line on; "
+                        "is a quote left open?") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataError(
+            f"{manifest}: missing required column(s) {', '.join(missing)} (header is "
+            f"'{','.join(header)}'). The first line must name at least path,label,split.")
+    clips, first_line = [], {}  # first_line: path -> the line that first listed it
+    for line, row in rows:
+        where = f"{manifest} line {line}"
+        if None in row:  # more fields than the header names
+            raise DataError(f"{where}: {len(header) + len(row[None])} fields, but the header names "
+                            f"{len(header)}. A comma inside a path or label needs the field in double quotes.")
+        path, label, split = ((row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
+        if not path or not label:
+            raise DataError(f"{where}: empty path or label. Every row needs path,label,split.")
+        if any(char == '"' or char < " " for char in path + label):
+            raise DataError(f"{where}: a double quote or a line break inside the path or label "
+                            f"({path!r}, {label!r}): a quoting mistake? Quote a whole field, as in \"a, b\".")
+        if split not in SPLITS:
+            raise DataError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)}.")
+        fold_text = (row.get("fold") or "").strip()
+        try:
+            fold = int(fold_text) if fold_text else None
+        except ValueError:
+            raise DataError(f"{where}: fold '{fold_text}' is not an integer.") from None
+        speaker = (row.get("speaker") or "").strip() or None
+        group = (row.get("group") or "").strip() or None
+        full_path = path if os.path.isabs(path) else str(base / path)
+        # A clip listed twice would count twice, or sit in train and test at once.
+        key = os.path.normpath(full_path)
+        if key in first_line:
+            raise DataError(f"{where}: {path} is listed again (first at {first_line[key]}). Each clip "
+                            "appears once.")
+        first_line[key] = f"line {line}"
+        clips.append(Clip(full_path, label, split, fold, speaker, where, group))
     if not clips:
         raise DataError(f"{manifest}: no rows after the header.")
     return clips
 
 
 def check_audio_files(clips: list[Clip], skip_bad: bool = False) -> list[Clip]:
-    """Fail early, naming the file, for missing, unreadable or empty audio (reads headers only)."""
-    good, bad = [], []
-    for clip in clips:
-        problem = audio_file_problem(clip.path)
-        if problem is None:
+    """Fail early, naming the file and manifest line, for audio no stage could use (`check_audio`);
+    with skip_bad such clips are left out, with a warning each and a count. Silent clips are kept
+    and counted in one warning. Every file is decoded once here, for these checks only: nothing of
+    it reaches a model (so test audio is still first read by the model after selection)."""
+    good, bad, silent = [], [], []
+    for clip in tqdm(clips, desc="checking audio", unit="file", disable=None, leave=False):
+        check = check_audio(clip.path)
+        if check.problem is None:
             good.append(clip)
+            if check.silent:
+                silent.append(clip)
         elif skip_bad:
-            warnings.warn(f"skipping {clip.path} ({clip.where}): {problem}", stacklevel=2)
+            warnings.warn(f"skipping {clip.path} ({clip.where}): {check.problem}", stacklevel=2)
             bad.append(clip)
         else:
-            raise DataError(f"{clip.where}: {clip.path}: {problem}. Fix or remove the row, "
-                            "or run with --skip-bad to skip unreadable files.")
+            raise DataError(f"{clip.where}: {clip.path}: {check.problem}. Fix or remove the row, "
+                            "or run with --skip-bad to skip unusable files.")
     if bad:
-        print(f"--skip-bad: skipped {len(bad)} unreadable file(s) of {len(clips)}", file=sys.stderr)
+        print(f"--skip-bad: skipped {len(bad)} unusable file(s) of {len(clips)}", file=sys.stderr)
+    if silent:
+        print(f"warning: {len(silent)} of {len(clips)} clips are pure silence (every sample 0), e.g. "
+              f"{silent[0].path} ({silent[0].where}); kept, but silent clips are often a data bug "
+              "(a failed conversion or download)", file=sys.stderr)
     return good
 
 
-def audio_file_problem(path: str) -> str | None:
-    """Why `path` cannot be used as audio, or None (reads the header only)."""
+@dataclass(frozen=True)
+class AudioCheck:
+    problem: str | None  # why no stage can use the file, or None
+    frames: int = 0
+    sample_rate: int = 0
+    silent: bool = False  # every sample is 0: usable, but reported
+
+
+def check_audio(path: str) -> AudioCheck:
+    """Decode a whole file and say whether it can be used: it must exist and decode, hold at least
+    one sample, only finite samples (NaN or inf would turn the loss into NaN), and, for WAV, as
+    many bytes of audio as its header declares (libsndfile silently reads a cut file to its end)."""
     if not os.path.isfile(path):
-        return "file not found"
+        return AudioCheck("file not found")
     try:
-        info = sf.info(path)
+        with sf.SoundFile(path) as audio_file:
+            header_log, sample_rate = audio_file.extra_info, audio_file.samplerate
+            samples = audio_file.read(dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises several types; all mean "cannot decode"
         what = ("a format libsndfile does not decode" if Path(path).suffix.lower() in UNSUPPORTED_SUFFIXES
                 else "damaged, or in a format libsndfile does not decode")
-        return (f"cannot be read as audio ({error}): {what}. libsndfile {sf.__libsndfile_version__} reads WAV, "
-                "AU, AIFF, FLAC, OGG/Vorbis/Opus, MP3 and uncompressed NIST SPHERE; convert other files, "
-                "e.g. `ffmpeg -i IN OUT.wav`")
-    if info.frames == 0:
-        return "file is empty (0 samples)"
-    return None
+        return AudioCheck(f"cannot be read as audio ({error}): {what}. libsndfile {sf.__libsndfile_version__} "
+                          "reads WAV, AU, AIFF, FLAC, OGG/Vorbis/Opus, MP3 and uncompressed NIST SPHERE; convert "
+                          "other files, e.g. `ffmpeg -i IN OUT.wav`")
+    if samples.shape[0] == 0:
+        return AudioCheck("file is empty (0 samples)")
+    # libsndfile logs "data : <declared> (should be <present>)" for a WAV whose header disagrees with
+    # the file; 0 and 0xFFFFFFFF are the "unknown length" that streaming writers leave there.
+    declared = re.search(r"^data : (\d+) \(should be (\d+)\)", header_log, re.MULTILINE)
+    if declared and int(declared[1]) > int(declared[2]) and int(declared[1]) not in (0, 0xFFFFFFFF):
+        return AudioCheck(f"truncated: its header declares {declared[1]} bytes of audio, the file holds "
+                          f"{declared[2]} (an interrupted copy or download?)")
+    finite = np.isfinite(samples)
+    if not finite.all():
+        first = int(np.argwhere(~finite)[0][0])
+        return AudioCheck(f"{int((~finite).sum())} NaN or infinite sample(s), the first at sample {first}")
+    return AudioCheck(None, samples.shape[0], sample_rate, silent=not samples.any())
 
 
 def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], list[Clip]]:
@@ -281,6 +345,8 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as audio ({error}).") from None
     if audio.shape[0] == 0:
         raise DataError(f"{path}: file is empty (0 samples).")
+    if not np.isfinite(audio).all():  # checked at load too (check_audio); a file may change during a run
+        raise DataError(f"{path}: NaN or infinite samples.")
     mono = audio.mean(axis=1)
     if file_rate != sample_rate:
         mono = AF.resample(torch.from_numpy(mono), file_rate, sample_rate).numpy()

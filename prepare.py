@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from data import PREPARE_COMMANDS, SPLITS, Clip, DataError, audio_file_problem, carve_valid
+from data import PREPARE_COMMANDS, SPLITS, Clip, DataError, carve_valid, check_audio
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,16 +50,17 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
     come from `dataset_facts`, and every mismatch is printed as a loud warning and recorded.
     """
     start = time.time()
-    kept, skipped, seconds_per_split, sample_rates = [], [], Counter(), Counter()
-    for row in tqdm(rows, desc=f"{name}: reading audio headers", unit="file", disable=None):
-        problem = audio_file_problem(row["path"])
-        if problem is None:
-            info = sf.info(row["path"])  # cheap: a second header read, from the OS cache
+    kept, skipped, silent, seconds_per_split, sample_rates = [], [], [], Counter(), Counter()
+    for row in tqdm(rows, desc=f"{name}: checking audio", unit="file", disable=None):
+        check = check_audio(row["path"])
+        if check.problem is None:
             kept.append(row)
-            seconds_per_split[row["split"]] += info.frames / info.samplerate
-            sample_rates[info.samplerate] += 1
+            seconds_per_split[row["split"]] += check.frames / check.sample_rate
+            sample_rates[check.sample_rate] += 1
+            if check.silent:
+                silent.append({"path": row["path"], "where": row["where"]})
         else:
-            skipped.append({"path": row["path"], "where": row["where"], "problem": problem})
+            skipped.append({"path": row["path"], "where": row["where"], "problem": check.problem})
     if skipped and not skip_bad:
         listing = "\n".join(f"  {s['path']} ({s['where']}): {s['problem']}" for s in skipped[:10])
         more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
@@ -85,6 +86,7 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
         "hours_per_split": {s: round(seconds_per_split[s] / 3600, 3) for s in SPLITS},
         "sample_rates": {str(rate): count for rate, count in sorted(sample_rates.items())},
         "skipped": skipped,
+        "silent": silent,
         "checks": checks,
         "notes": notes,
         "seconds_to_prepare": round(time.time() - start, 1),
@@ -99,6 +101,8 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
           f" ({facts['clips']} in all), {facts['classes']} classes")
     print(f"  audio     {summary['hours']:.2f} h; sample rates: {rates}")
     print(f"  skipped   {len(skipped)} file(s)" + (" (listed in summary.json)" if skipped else ""))
+    print(f"  silent    {len(silent)} clip(s)" + (" (every sample 0; kept, listed in summary.json: often a "
+                                                   "data bug)" if silent else ""))
     for check in checks:
         print(f"  check     {check['check']}: expected {check['expected']}, found {check['found']}"
               f"{'' if check['ok'] else '   <-- MISMATCH'}")

@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=None, help="overrides the run's dataset (needed when --ckpt is a backbone)")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv")
     p.add_argument("--fold", type=int, default=None, help="overrides the run's fold")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files with a warning")
+    p.add_argument("--skip-bad", action="store_true", help="skip unusable audio files with a warning")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="evaluation chunk length (default: the run's, else 10)")
     p.add_argument("--random-init", action="store_true",

@@ -89,14 +89,15 @@ def test_missing_unreadable_and_empty_files_are_named(tmp_path):
 def test_skip_bad_skips_with_warning_and_count(tmp_path, capsys):
     write_wav(tmp_path / "good.wav", np.zeros(800))
     write_wav(tmp_path / "good2.wav", np.zeros(800))
+    write_wav(tmp_path / "good3.wav", np.zeros(800))
     (tmp_path / "garbage.wav").write_bytes(b"not audio" * 10)
     manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
                          [["good.wav", "a", "train"], ["garbage.wav", "a", "train"], ["good2.wav", "a", "valid"],
-                          ["good2.wav", "a", "test"]])
+                          ["good3.wav", "a", "test"]])
     with pytest.warns(UserWarning, match="skipping .*garbage.wav"):
         splits, _ = data.load_splits(str(manifest), skip_bad=True)
     assert [c.path.endswith("good.wav") for c in splits["train"]] == [True]
-    assert "skipped 1 unreadable file(s) of 4" in capsys.readouterr().err
+    assert "skipped 1 unusable file(s) of 4" in capsys.readouterr().err
 
 
 def test_a_manifest_without_test_rows_is_an_error(tmp_path):
@@ -109,10 +110,10 @@ def test_a_manifest_without_test_rows_is_an_error(tmp_path):
 
 
 def test_label_unseen_in_train_is_an_error(tmp_path):
-    for name in ("x.wav", "y.wav"):
+    for name in ("x.wav", "y.wav", "z.wav"):
         write_wav(tmp_path / name, np.zeros(800))
     manifest = write_csv(tmp_path / "m.csv", ["path", "label", "split"],
-                         [["x.wav", "a", "train"], ["y.wav", "a", "train"], ["x.wav", "zebra", "test"]])
+                         [["x.wav", "a", "train"], ["y.wav", "a", "train"], ["z.wav", "zebra", "test"]])
     with pytest.raises(data.DataError, match=r"line 4: label 'zebra' appears in test but never in train"):
         data.load_splits(str(manifest))
 
