@@ -506,6 +506,72 @@ def test_half_precision_input_is_upcast():
 
 
 # ----------------------------------------------------------------------------------------------
+# Degenerate batches: a finite loss and gradient in every mode and input dtype, and known values
+# ----------------------------------------------------------------------------------------------
+# Each case gives x, what the caller L2-normalises (pairtune.py passes z = F.normalize(head(r)),
+# and supcon_loss does not renormalise, so a zero row of x reaches the loss as a zero row of z),
+# the labels, and the value by mining mode where it is known in closed form. Wherever it is, the
+# gradient with respect to x is zero too: nothing is mined, or the loss is identically 0 (B = 2
+# with one positive: log(e^s / e^s)), or the batch is a stationary point (all rows one point, or
+# all zero).
+MIXED_10 = torch.tensor([0, 1, 2] * 3 + [0])  # every class has >= 3 members
+ONE_CLASS_10 = torch.zeros(10, dtype=torch.long)
+# One unit vector whose entries are exact in bf16 and fp16, scaled by powers of two: after unit()
+# every row is bit-identical in every dtype, so all s are exactly 1.
+COINCIDING_10 = torch.tensor([[0.5, -0.5, 0.5, 0.5]], dtype=torch.float64) * 2.0 ** torch.arange(-2.0, 8)[:, None]
+# Every positive is far more similar than every negative, and more than eps apart from it.
+SEPARATED_4 = torch.tensor([[1.0, 0.01], [1.0, -0.01], [-1.0, 0.01], [-1.0, -0.01]], dtype=torch.float64)
+ZERO_LOSS = {mining: 0.0 for mining in MINING_MODES}
+# all s equal: each anchor's loss is log(B - 1) over all pairs (ms keeps them all for eps > 0),
+# and softplus(0) = log 2 for batch-hard
+ALL_EQUAL_10 = {"none": math.log(9), "ms": math.log(9), "batch-hard": math.log(2)}
+
+
+def _with_zero_rows():
+    x = random_batch(10, 3, seed=30)[0]
+    x[[0, 4, 7]] = 0.0
+    return x
+
+
+DEGENERATE = {
+    "coinciding": lambda: (COINCIDING_10, MIXED_10, ALL_EQUAL_10),
+    "coinciding_one_class": lambda: (COINCIDING_10, ONE_CLASS_10, {**ZERO_LOSS, "none": math.log(9)}),
+    "one_class": lambda: (random_batch(6, 1, seed=12)[0], torch.zeros(6, dtype=torch.long),
+                          {"ms": 0.0, "batch-hard": 0.0}),
+    "nothing_mined": lambda: (SEPARATED_4, torch.tensor([0, 0, 1, 1]), {"ms": 0.0}),
+    "zero_rows": lambda: (_with_zero_rows(), MIXED_10, {}),
+    "all_zero": lambda: (torch.zeros(10, 3, dtype=torch.float64), MIXED_10, ALL_EQUAL_10),
+    "batch_of_1": lambda: (random_batch(1, 1, seed=31)[0], torch.tensor([3]), ZERO_LOSS),
+    "batch_of_2_same": lambda: (random_batch(2, 1, seed=32)[0], torch.tensor([3, 3]), ZERO_LOSS),
+    "batch_of_2_apart": lambda: (random_batch(2, 1, seed=33)[0], torch.tensor([3, 4]), ZERO_LOSS),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("mining", MINING_MODES)
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+def test_degenerate_batch_is_finite_and_right(case, mining, dtype):
+    x, labels, known = DEGENERATE[case]()
+    leaf = x.float().requires_grad_(True)  # float32, as pairtune.py's projection head gives
+    z = unit(leaf).to(dtype)
+    loss = supcon_loss(z, labels, mining=mining)
+    grad_x, grad_z = torch.autograd.grad(loss, (leaf, z))
+    assert torch.isfinite(loss) and torch.isfinite(grad_z).all() and torch.isfinite(grad_x).all()
+
+    # the loop reference, on the values supcon_loss received
+    ref, g_ref = grad_of(lambda v: reference_loss(v, labels, 0.1, mining, 0.1), z.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(loss.double(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(grad_z.double(), g_ref, rtol=tol, atol=tol)
+    if mining in known:
+        assert loss.item() == pytest.approx(known[mining], abs=1e-5)
+        torch.testing.assert_close(grad_x, torch.zeros_like(grad_x), rtol=0, atol=1e-5)
+    if not mining_masks(z.float() @ z.float().T, labels, mining)[0].any():
+        # nothing mined: an exact 0, connected to z, with zero gradients (module docstring)
+        assert loss.item() == 0.0 and loss.requires_grad and torch.count_nonzero(grad_z) == 0
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------
 GOOD_Z = unit(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)))
