@@ -41,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
     p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable audio files with a warning instead of stopping")
+                   help="skip unusable audio (unreadable, empty, cut short, NaN/inf) with a warning, not stop")
     p.add_argument("--backbone", default="wav2vec2",
                    help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
     p.add_argument("--out", default="out", help="output folder")
@@ -196,6 +196,7 @@ def main(argv=None):
         args.num_workers = 4 if device.type == "cuda" else 0
     runs.seed_everything(args.seed)
     if args.resume and runs.finished_epochs(out) >= args.epochs:
+        runs.tidy_finished(out)
         print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
         return
     if args.loss == "fused":

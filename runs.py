@@ -1,7 +1,7 @@
 """Run bookkeeping for the stage scripts: one run = one folder, its files written whole (through a
 temporary file), so that a kill leaves no half-written file and --resume continues from the last
-checkpoint exactly as an uninterrupted run would (tested for a run stopped between epochs; kills at
-other moments are issue 13's test).
+checkpoint exactly as an uninterrupted run would (tests/test_kill.py: PairTune killed before and
+after each kind of write, and at random moments).
 
     RUN/run.json           arguments, data, backbone, versions, git commit; "finished" and the
                            selected epoch at the end
@@ -126,6 +126,16 @@ def finished_epochs(out: Path) -> int:
     return run.get("epochs_run", 0) if run.get("finished") else 0
 
 
+def tidy_finished(out: Path):
+    """A kill between marking a run finished and removing its checkpoints leaves them behind: removed
+    when --resume finds the run finished, as the run would have, unless it was told to keep them."""
+    if json.loads((Path(out) / "run.json").read_text()).get("args", {}).get("keep_checkpoint", True):
+        return  # kept on purpose (or a run from before --keep-checkpoint, when all runs kept them)
+    (Path(out) / "checkpoint.pt").unlink(missing_ok=True)
+    for best in Path(out).glob("best-e*.pt"):
+        best.unlink()
+
+
 def remove_old_results(out):
     """Results of an earlier run in this output folder (or of this run before it was extended with
     --resume) describe other weights: removed, so that neither eval.py nor run_all.sh's skip test can
@@ -193,6 +203,9 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
     if "best" not in state or not best_file(out, state["best"]["epoch"]).exists():
         sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
                  f"(best-e<epoch>.pt) are missing; {fresh_start}")
+    # A kill between a checkpoint and drop_stale_best leaves the previous best file behind, and a
+    # resume that has no epoch left to run would never drop it.
+    drop_stale_best(out, state["best"])
     for name, module in modules.items():
         module.load_state_dict(state[name])
     optimizer.load_state_dict(state["optimizer"])
