@@ -174,7 +174,7 @@ def main(argv=None):
                selected_valid_acc=round(best["valid_acc"], 6))
     runs.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ and head.pt hold the result
-        runs.remove_checkpoints(out, best)
+        runs.remove_checkpoints(out)
     print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
           f"wrote {out / 'results.json'}")
 

@@ -266,7 +266,7 @@ def main(argv=None):
                selected_valid_acc=round(best["valid_acc"], 6))
     runs.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
-        runs.remove_checkpoints(out, best)
+        runs.remove_checkpoints(out)
     print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_acc "
           f"{best['valid_acc']:.4f}) to {out / 'encoder'}" + ("" if args.only_best else
           f", the last epoch's to {out / 'encoder-last'}") + f"; next: python probe.py --ckpt {out}")

@@ -129,11 +129,8 @@ def finished_epochs(out: Path) -> int:
 def tidy_finished(out: Path):
     """A kill between marking a run finished and removing its checkpoints leaves them behind: removed
     when --resume finds the run finished, as the run would have, unless it was told to keep them."""
-    if json.loads((Path(out) / "run.json").read_text()).get("args", {}).get("keep_checkpoint", True):
-        return  # kept on purpose (or a run from before --keep-checkpoint, when all runs kept them)
-    (Path(out) / "checkpoint.pt").unlink(missing_ok=True)
-    for best in Path(out).glob("best-e*.pt"):
-        best.unlink()
+    if not json.loads((Path(out) / "run.json").read_text()).get("args", {}).get("keep_checkpoint", True):
+        remove_checkpoints(out)  # (a run from before --keep-checkpoint existed kept them: left alone)
 
 
 def remove_old_results(out):
@@ -242,10 +239,11 @@ def load_best(out: Path, best: dict, device) -> dict:
     return torch.load(best_file(out, best["epoch"]), map_location=device, weights_only=True)
 
 
-def remove_checkpoints(out: Path, best: dict):
+def remove_checkpoints(out: Path):
     """At the end of a run: the checkpoint and best file are only needed to resume."""
-    (Path(out) / "checkpoint.pt").unlink()
-    best_file(out, best["epoch"]).unlink()
+    (Path(out) / "checkpoint.pt").unlink(missing_ok=True)
+    for best in Path(out).glob("best-e*.pt"):
+        best.unlink()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ test_losses.py): value and gradient, every mining mode, edge cases, dtypes, and 
 The compiled tests use small shapes: each mining mode compiles once per process (a few seconds on
 CPU), and every later call of any batch size reuses that.
 """
-import math
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 
 import losses
 from losses import MINING_MODES, fused_supcon_loss, supcon_loss
+from test_losses import DEGENERATE  # the same degenerate batches as the eager loss's tests
 
 
 def batch(n, n_classes, dim=8, seed=0, dtype=torch.float32):
@@ -197,31 +197,9 @@ def test_a_second_backward_through_a_retained_graph_is_refused():
 
 
 # ----------------------------------------------------------------------------------------------
-# Degenerate batches, compiled, in every mode and input dtype (test_losses.py checks the eager
-# loss on the same kinds of batch against its loop reference)
+# Degenerate batches, compiled, in every mode and input dtype: test_losses.py's DEGENERATE, whose
+# eager loss it checks against its loop reference
 # ----------------------------------------------------------------------------------------------
-# (x before L2 normalisation, labels, the loss by mining mode where known in closed form).
-# pairtune.py passes z = F.normalize(head(r)) and the loss does not renormalise: a zero row of x
-# reaches it as a zero row of z.
-MIXED = torch.tensor([0, 1, 2] * 3 + [0])  # B = 10, every class has >= 3 members
-# entries exact in bf16 and fp16, scaled by powers of two: the rows of z are bit-identical, all s = 1
-ONE_POINT = torch.tensor([[0.5, -0.5, 0.5, 0.5]]) * 2.0 ** torch.arange(-2.0, 8)[:, None]
-NO_LOSS = {mining: 0.0 for mining in MINING_MODES}
-ALL_EQUAL = {"none": math.log(9), "ms": math.log(9), "batch-hard": math.log(2)}  # all s equal, B = 10
-DEGENERATE = {
-    "coinciding": lambda: (ONE_POINT, MIXED, ALL_EQUAL),
-    "coinciding_one_class": lambda: (ONE_POINT, torch.zeros(10, dtype=torch.long), {**NO_LOSS, "none": math.log(9)}),
-    "one_class": lambda: (batch(6, 1, seed=7)[0], torch.zeros(6, dtype=torch.long), {"ms": 0.0, "batch-hard": 0.0}),
-    "nothing_mined": lambda: (torch.tensor([[1.0, 0.0], [0.99, 0.01], [-1.0, 0.0], [-0.99, 0.02]]),
-                              torch.tensor([0, 0, 1, 1]), {"ms": 0.0}),
-    "zero_rows": lambda: (batch(10, 3, seed=15)[0].index_fill(0, torch.tensor([0, 4, 7]), 0.0), MIXED, {}),
-    "all_zero": lambda: (torch.zeros(10, 8), MIXED, ALL_EQUAL),
-    "batch_of_1": lambda: (batch(1, 1, seed=16)[0], torch.tensor([3]), NO_LOSS),
-    "batch_of_2_same": lambda: (batch(2, 1, seed=17)[0], torch.tensor([3, 3]), NO_LOSS),
-    "batch_of_2_apart": lambda: (batch(2, 1, seed=18)[0], torch.tensor([3, 4]), NO_LOSS),
-}
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("mining", MINING_MODES)
 @pytest.mark.parametrize("case", sorted(DEGENERATE))
