@@ -206,15 +206,26 @@ def to_device(inputs: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision on CPU."""
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on a CUDA device that supports it (no loss scaling needed, unlike fp16), else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast for --precision bf16 (matmuls and convolutions in bf16, reductions in float32);
+    nothing for fp32."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type == "cuda")
+                          enabled=resolve_precision(precision, device) == "bf16")
 
 
 @torch.no_grad()
 def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, device,
-                     batch_size: int = 16, num_workers: int = 0, desc: str = "encoding"):
+                     batch_size: int = 16, num_workers: int = 0, desc: str = "encoding", precision: str = "auto"):
     """Pooled features of whole clips, deterministic: [N, d] float32 and labels [N], in clip order.
 
     A clip longer than max_seconds is cut into near-equal chunks; its feature is the mean of the
@@ -230,7 +241,7 @@ def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, 
     features = torch.zeros(len(clips), encoder.hidden_size)
     labels = torch.zeros(len(clips), dtype=torch.long)
     for inputs, owner, batch_labels, indices in tqdm(loader, desc=desc, leave=False, disable=None):
-        with autocast(device):
+        with autocast(device, precision):
             pooled = encoder(to_device(inputs, device)).float().cpu()  # [chunks, d]
         summed = torch.zeros(len(indices), pooled.shape[1]).index_add_(0, owner, pooled)
         counts = torch.bincount(owner, minlength=len(indices)).unsqueeze(1)

@@ -7,14 +7,19 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
 
     python finetune.py --dataset gtzan --backbone wav2vec2
     python finetune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo-ft
+    torchrun --nproc-per-node 4 finetune.py --dataset gtzan --backbone wav2vec2   # 4 GPUs (ddp.py)
+
+Under torchrun, --batch-size is the global batch, shuffled as one process would and dealt out to the
+processes; --micro-batch M accumulates gradients over M clips at a time (the same step, less memory).
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (epoch,
-train_loss, valid_acc, valid_metric, seconds), results.json (test_acc at the best-valid epoch,
+train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), results.json (test_acc at the best-valid epoch,
 valid_acc, selected_epoch, confusion), encoder/ and head.pt of the best-valid epoch,
 features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
 best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ from tqdm.auto import tqdm
 
 import backbone
 import data
+import ddp
 import runs
 
 
@@ -46,6 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and crops")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
+    p.add_argument("--precision", choices=backbone.PRECISIONS, default="auto",
+                   help="encoder arithmetic: bf16 autocast or fp32 (auto: bf16 on CUDA where supported, else fp32)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the encoder's layer activations in backward: less memory, about 1.3x the time")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="accumulate each (per-process) batch's gradient this many clips at a time: the same step "
+                        "with the memory of a micro-batch")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
@@ -62,10 +75,12 @@ def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None):
     With cache_dir, the pooled features are also kept there (as probe.py keeps a PairTune run's)."""
     if cache_dir is None:
         features, labels = backbone.extract_features(encoder, clips, classes, args.max_seconds, device,
-                                                     args.eval_batch_size, args.num_workers, desc=desc)
+                                                     args.eval_batch_size, args.num_workers, desc=desc,
+                                                     precision=args.precision)
     else:
         features, labels = runs.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
-                                                device, (desc,), args.eval_batch_size, args.num_workers)[desc]
+                                                device, (desc,), args.eval_batch_size, args.num_workers,
+                                                precision=args.precision)[desc]
     head_was_training = head.training
     head.eval()
     predictions = head(features.to(device)).argmax(1).cpu()
@@ -73,37 +88,66 @@ def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None):
     return (predictions == labels).float().mean().item(), predictions, labels
 
 
-def train_one_epoch(encoder, head, loader, optimizer, device, epoch):
-    encoder.train()
-    head.train()
-    total, batches = 0.0, 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+class Classifier(nn.Module):
+    """logits = head(f_e(x)): one module, so DDP wraps one forward."""
+
+    def __init__(self, encoder, head, precision):
+        super().__init__()
+        self.encoder, self.head, self.precision = encoder, head, precision
+
+    def forward(self, inputs):
+        with backbone.autocast(inputs["attention_mask"].device, self.precision):
+            return self.head(self.encoder(inputs)).float()  # [B, classes]
+
+
+def train_one_epoch(classifier, loader, optimizer, args, device, epoch):
+    """One pass; returns the mean loss and the clips seen (over all processes)."""
+    classifier.train()
+    total, batches, clips = 0.0, 0, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
     for inputs, labels in progress:
-        labels = labels.to(device)
-        with backbone.autocast(device):
-            logits = head(encoder(backbone.to_device(inputs, device)))  # [B, classes]
-        loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check the data")
+        inputs, labels = backbone.to_device(inputs, device), labels.to(device)
+        batch_clips = ddp.total(len(labels), device)  # the global batch, over all processes
+        micro_batch = args.micro_batch or len(labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch_loss = torch.zeros((), device=device)
+        for begin in range(0, len(labels), micro_batch):
+            part = slice(begin, begin + micro_batch)
+            last = begin + micro_batch >= len(labels)
+            # DDP all-reduces the gradient once, after the last micro-batch.
+            with contextlib.nullcontext() if last or ddp.world_size() == 1 else classifier.no_sync():
+                logits = classifier({k: v[part] for k, v in inputs.items()})
+                # Summed over clips and divided by the global batch's clips per process: summed over
+                # micro-batches and averaged over processes by DDP, it is the global batch's mean loss,
+                # whatever the shares' sizes.
+                loss = F.cross_entropy(logits, labels[part], reduction="sum") / (batch_clips / ddp.world_size())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or "
+                                             "check the data")
+                loss.backward()
+            batch_loss += loss.detach()
         optimizer.step()
-        total, batches = total + loss.item(), batches + 1
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-    return total / max(batches, 1)
+        batch_loss = ddp.average(batch_loss).item()
+        total, batches, clips = total + batch_loss, batches + 1, clips + batch_clips
+        progress.set_postfix(loss=f"{batch_loss:.4f}")
+    return total / max(batches, 1), clips
 
 
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = runs.resolve_device(args.device)
+    device = ddp.start(runs.resolve_device(args.device))  # this process's device; under torchrun, joins the group
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
+    args.precision = backbone.resolve_precision(args.precision, device)
+    if device.type == "cuda":  # TF32 tensor cores for what stays float32 (the head)
+        torch.set_float32_matmul_precision("high")
     runs.seed_everything(args.seed)
     if args.resume and runs.finished_epochs(out) >= args.epochs:
         runs.tidy_finished(out)
         print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
+        ddp.stop()
         return
 
     # ---------------- preparing data ----------------
@@ -117,16 +161,25 @@ def main(argv=None):
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
                  f"({encoder.max_seconds:.0f} s)")
     head = nn.Linear(encoder.hidden_size, len(classes)).to(device)
+    if args.grad_checkpointing:  # the encoder's own (transformers'), non-reentrant so DDP's hooks see it
+        encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    classifier = ddp.wrap(Classifier(encoder, head, args.precision), device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr)
     print(f"backbone: {encoder.name}{' (RANDOM INIT)' if encoder.random_init else ''}, "
-          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}")
+          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}, "
+          f"{args.precision}" + (f", {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
+    ddp.seed_this_rank(args.seed)
 
     train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
     loader_generator = torch.Generator().manual_seed(args.seed)
+    # The global batches, shuffled as DataLoader(shuffle=True) would; each process takes its share.
+    batches = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(train_set, generator=loader_generator),
+                                            args.batch_size, drop_last=False)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-        collate_fn=data.CollateTrain(encoder.preprocess), pin_memory=device.type == "cuda",
-        generator=loader_generator)  # seeds shuffling and the workers' crops
+        train_set, batch_sampler=ddp.ShardedBatches(batches, ddp.rank(), ddp.world_size()),
+        num_workers=args.num_workers, collate_fn=data.CollateTrain(encoder.preprocess),
+        pin_memory=device.type == "cuda", generator=loader_generator,  # seeds shuffling and the workers' crops
+        worker_init_fn=ddp.worker_init(args.num_workers))
 
     run = runs.new_run("finetune", args, data.dataset_name(args.dataset),
                        data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
@@ -134,25 +187,32 @@ def main(argv=None):
     # ---------------- resuming ----------------
     modules = {"encoder": encoder.model, "head": head}
     start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator)
-    runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
+    if ddp.is_main():
+        runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
     runs.remove_old_results(out)
 
     # ---------------- training, selecting on valid ----------------
     for epoch in range(start_epoch, args.epochs + 1):
-        started = time.time()
-        train_loss = train_one_epoch(encoder, head, loader, optimizer, device, epoch)
-        valid_acc, _, _ = evaluate(encoder, head, splits["valid"], classes, args, device, "valid")
+        started = runs.start_epoch_clock(device)
+        train_loss, clips = train_one_epoch(classifier, loader, optimizer, args, device, epoch)
+        throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
+        # Once, on rank 0, then shared: every process selects the same epoch.
+        valid_acc = ddp.broadcast_float(evaluate(encoder, head, splits["valid"], classes, args, device, "valid")[0]
+                                        if ddp.is_main() else None, device)
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "valid_metric": "classifier", "seconds": round(time.time() - started, 2)}
+                "valid_metric": "classifier", "seconds": round(time.time() - started, 2), **throughput}
         runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
-              f"{line['seconds']:.1f}s", flush=True)
+              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
         best = runs.keep_if_best(out, best, epoch, valid_acc,
                                  {"encoder": encoder.model.state_dict(), "head": head.state_dict()})
         runs.save_checkpoint(out / "checkpoint.pt", args, modules, optimizer, loader_generator, epoch, history, best)
         runs.drop_stale_best(out, best)
 
     # ---------------- testing the best-valid epoch, once ----------------
+    if not ddp.is_main():  # the other processes are done: rank 0 tests and saves
+        ddp.stop()
+        return
     state = runs.load_best(out, best, device)
     encoder.model.load_state_dict(state["encoder"])
     head.load_state_dict(state["head"])
@@ -175,6 +235,7 @@ def main(argv=None):
     runs.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ and head.pt hold the result
         runs.remove_checkpoints(out)
+    ddp.stop()
     print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
           f"wrote {out / 'results.json'}")
 

@@ -9,15 +9,21 @@ which probe.py (stage 2) freezes and reads out with a linear classifier.
     python pairtune.py --dataset gtzan --backbone wav2vec2            # the paper's defaults
     python pairtune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo
     python probe.py --ckpt out/demo
+    torchrun --nproc-per-node 4 pairtune.py --dataset gtzan --backbone wav2vec2   # 4 GPUs (ddp.py)
+
+Under torchrun, --batch-size is the global batch: each process encodes its share (whole classes of
+the P x K batch) and the loss sees every process's embeddings. --micro-batch M encodes a batch M clips
+at a time with the loss still over the whole batch (gradient caching), for big batches on one GPU.
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
-epoch: epoch, train_loss, valid_acc, valid_metric, seconds), checkpoint.pt and best-e<epoch>.pt (the best-valid
+epoch: epoch, train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), checkpoint.pt and best-e<epoch>.pt (the best-valid
 weights so far; both to resume with --resume),
 encoder/ (the encoder of the epoch with the best valid accuracy, ties to the earlier epoch, as
 finetune.py selects; with its feature extractor, loadable with transformers alone) and
 encoder-last/ (the last epoch's, unless --only-best).
 """
 import argparse
+import contextlib
 import math
 import shutil
 import sys
@@ -31,6 +37,7 @@ from tqdm.auto import tqdm
 
 import backbone
 import data
+import ddp
 import runs
 from losses import fused_supcon_loss, supcon_loss
 
@@ -70,6 +77,13 @@ def parse_args(argv=None):
                         "or probe training set)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and crops")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
+    p.add_argument("--precision", choices=backbone.PRECISIONS, default="auto",
+                   help="encoder arithmetic: bf16 autocast or fp32 (auto: bf16 on CUDA where supported, else fp32)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the encoder's layer activations in backward: less memory, about 1.3x the time")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="encode each (per-process) batch this many clips at a time, the loss still over the whole "
+                        "batch (gradient caching): the memory of a micro-batch, about 1.3x the time")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
@@ -100,7 +114,7 @@ def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device):
     """The per-epoch valid metric that selects the epoch (--select-by), on L2-normalised encoder
     features (r, not z): train features come from a fixed per-class subset of train."""
     kwargs = dict(max_seconds=args.max_seconds, device=device, batch_size=args.eval_batch_size,
-                  num_workers=args.num_workers)
+                  num_workers=args.num_workers, precision=args.precision)
     train_x, train_y = backbone.extract_features(encoder, train_clips, classes, desc="train subset", **kwargs)
     valid_x, valid_y = backbone.extract_features(encoder, valid_clips, classes, desc="valid", **kwargs)
     train_x, valid_x = F.normalize(train_x, dim=1), F.normalize(valid_x, dim=1)
@@ -151,27 +165,87 @@ def probe_predictions(train_x, train_y, valid_x, n_classes, steps=300, lr=0.01):
 # Training
 # ----------------------------------------------------------------------------------------------
 
-def train_one_epoch(encoder, head, loader, optimizer, args, device, epoch):
-    encoder.train()
-    head.train()
-    total, batches = 0.0, 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
-    for inputs, labels in progress:
-        labels = labels.to(device)
-        with backbone.autocast(device):
-            pooled = encoder(backbone.to_device(inputs, device))  # [B, d]
+class Embedder(nn.Module):
+    """z = f_p(r) with r = f_e(x), both on the unit sphere: one module, so DDP wraps one forward."""
+
+    def __init__(self, encoder, head, precision):
+        super().__init__()
+        self.encoder, self.head, self.precision = encoder, head, precision
+
+    def forward(self, inputs):
+        with backbone.autocast(inputs["attention_mask"].device, self.precision):
+            pooled = self.encoder(inputs)  # [B, d]
         r = F.normalize(pooled.float(), dim=1)  # representation on the unit sphere
-        z = F.normalize(head(r), dim=1)  # [B, p] projection on the unit sphere
-        loss_fn = fused_supcon_loss if args.loss == "fused" else supcon_loss
-        loss = loss_fn(z, labels, temperature=args.temperature, mining=args.mining, epsilon=args.epsilon)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check the data")
+        return F.normalize(self.head(r), dim=1)  # [B, p] projection on the unit sphere
+
+
+def train_one_epoch(embedder, loader, optimizer, args, device, epoch):
+    """One pass; returns the mean loss and the clips seen (over all processes)."""
+    embedder.train()
+    loss_fn = fused_supcon_loss if args.loss == "fused" else supcon_loss
+    total, batches, clips = 0.0, 0, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
+    for inputs, labels in progress:
+        inputs = backbone.to_device(inputs, device)
+        labels = ddp.gather(labels.to(device))  # the global batch's labels, in rank order
+
+        def batch_loss(z):  # SupCon over every process's z: the global batch, as one process would see it
+            loss = loss_fn(ddp.gather_with_grad(z), labels, temperature=args.temperature, mining=args.mining,
+                           epsilon=args.epsilon)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check the data")
+            return loss
+
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if args.micro_batch and args.micro_batch < len(inputs["attention_mask"]):
+            loss = gradient_cached_backward(embedder, inputs, batch_loss, args.micro_batch, device)
+        else:
+            loss = batch_loss(embedder(inputs))
+            loss.backward()
         optimizer.step()
-        total, batches = total + loss.item(), batches + 1
+        total, batches, clips = total + loss.item(), batches + 1, clips + len(labels)
         progress.set_postfix(loss=f"{loss.item():.4f}")
-    return total / max(batches, 1)
+    return total / max(batches, 1), clips
+
+
+def gradient_cached_backward(embedder, inputs, batch_loss, micro_batch, device):
+    """GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited
+    Setup"): the gradient of the whole batch's loss with the activation memory of one micro-batch.
+
+    1. encode the batch micro-batch by micro-batch without a graph, giving z;
+    2. take the loss on all of z (and, under torchrun, every other process's) and dL/dz;
+    3. encode each micro-batch again with a graph and backpropagate its rows of dL/dz.
+    The second pass must see the same dropout (and LayerDrop) as the first, or dL/dz would belong to
+    other embeddings: each micro-batch's random state is saved before pass 1 and restored for pass 2.
+    Under DDP the gradients are all-reduced once, on the last micro-batch. The inputs are sliced from
+    the collated batch, so each clip keeps the padding it has in the whole batch."""
+    rows = len(inputs["attention_mask"])
+    parts = [{k: v[i:i + micro_batch] for k, v in inputs.items()} for i in range(0, rows, micro_batch)]
+    single = getattr(embedder, "module", embedder)  # without the DDP wrapper: pass 1 needs no gradient hooks
+    states, z_parts = [], []
+    with torch.no_grad():
+        for part in parts:
+            states.append(rng_state(device))
+            z_parts.append(single(part))
+    z = torch.cat(z_parts).requires_grad_()
+    loss = batch_loss(z)
+    loss.backward()  # only as far as z: z.grad = dL/dz for this process's rows
+    for i, (part, state) in enumerate(zip(parts, states)):
+        set_rng_state(state, device)
+        last = i == len(parts) - 1
+        with contextlib.nullcontext() if last or embedder is single else embedder.no_sync():
+            embedder(part).backward(z.grad[i * micro_batch:(i + 1) * micro_batch])
+    return loss.detach()
+
+
+def rng_state(device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def check_fused_loss(args, device):
@@ -191,13 +265,17 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = runs.resolve_device(args.device)
+    device = ddp.start(runs.resolve_device(args.device))  # this process's device; under torchrun, joins the group
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
+    args.precision = backbone.resolve_precision(args.precision, device)
+    if device.type == "cuda":  # TF32 tensor cores for what stays float32 (the head, the loss's GEMMs)
+        torch.set_float32_matmul_precision("high")
     runs.seed_everything(args.seed)
     if args.resume and runs.finished_epochs(out) >= args.epochs:
         runs.tidy_finished(out)
         print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
+        ddp.stop()
         return
     if args.loss == "fused":
         check_fused_loss(args, device)
@@ -213,9 +291,14 @@ def main(argv=None):
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
                  f"({encoder.max_seconds:.0f} s)")
     head = nn.Linear(encoder.hidden_size, args.projection_dim).to(device)  # f_p, discarded after training
+    if args.grad_checkpointing:  # the encoder's own (transformers'), non-reentrant so DDP's hooks see it
+        encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    embedder = ddp.wrap(Embedder(encoder, head, args.precision), device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr)
     print(f"backbone: {encoder.name}{' (RANDOM INIT)' if encoder.random_init else ''}, "
-          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}")
+          f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}, "
+          f"{args.precision}" + (f", {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
+    ddp.seed_this_rank(args.seed)
 
     train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
     loader_generator = torch.Generator().manual_seed(args.seed)
@@ -223,10 +306,15 @@ def main(argv=None):
     sampler = data.ClassBalancedBatchSampler([class_index[c.label] for c in splits["train"]],
                                              classes_per_batch=max(1, args.batch_size // args.clips_per_class),
                                              clips_per_class=args.clips_per_class, seed=args.seed)
+    if sampler.classes_per_batch % ddp.world_size():  # each process takes whole classes of the P x K batch
+        sys.exit(f"error: a batch of {sampler.classes_per_batch} classes x {args.clips_per_class} clips cannot be "
+                 f"shared by {ddp.world_size()} processes in whole classes; make --batch-size / --clips-per-class "
+                 f"a multiple of {ddp.world_size()}")
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=sampler, num_workers=args.num_workers,
-        collate_fn=data.CollateTrain(encoder.preprocess), pin_memory=device.type == "cuda",
-        generator=loader_generator)  # seeds the workers' crops
+        train_set, batch_sampler=ddp.ShardedBatches(sampler, ddp.rank(), ddp.world_size()),
+        num_workers=args.num_workers, collate_fn=data.CollateTrain(encoder.preprocess),
+        pin_memory=device.type == "cuda", generator=loader_generator,  # seeds the workers' crops
+        worker_init_fn=ddp.worker_init(args.num_workers))
     centroid_clips = centroid_subset(splits["train"], args.centroid_clips_per_class)
 
     run = runs.new_run("pairtune", args, data.dataset_name(args.dataset),
@@ -236,25 +324,32 @@ def main(argv=None):
     selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}
     modules = {"encoder": encoder.model, "head": head}
     start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator)
-    runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
+    if ddp.is_main():
+        runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
     runs.remove_old_results(out)
 
     # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
     for epoch in range(start_epoch, args.epochs + 1):
-        started = time.time()
+        started = runs.start_epoch_clock(device)
         sampler.set_epoch(epoch)
-        train_loss = train_one_epoch(encoder, head, loader, optimizer, args, device, epoch)
-        valid_acc = valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
+        train_loss, clips = train_one_epoch(embedder, loader, optimizer, args, device, epoch)
+        throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
+        # Once, on rank 0, then shared: every process selects the same epoch.
+        valid_acc = ddp.broadcast_float(valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
+                                        if ddp.is_main() else None, device)
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "valid_metric": args.select_by, "seconds": round(time.time() - started, 2)}
+                "valid_metric": args.select_by, "seconds": round(time.time() - started, 2), **throughput}
         runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
-              f"{line['seconds']:.1f}s", flush=True)
+              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
         best = runs.keep_if_best(out, best, epoch, valid_acc, {"encoder": encoder.model.state_dict()})
         runs.save_checkpoint(out / "checkpoint.pt", args, modules, optimizer, loader_generator, epoch, history, best)
         runs.drop_stale_best(out, best)
 
     # ---------------- saving: the best-valid encoder (the one probe.py uses) and the last ----------------
+    if not ddp.is_main():  # the other processes are done: rank 0 saves
+        ddp.stop()
+        return
     if args.only_best:
         shutil.rmtree(out / "encoder-last", ignore_errors=True)  # a previous run's, in a reused --out
     else:
@@ -267,6 +362,7 @@ def main(argv=None):
     runs.write_json(out / "run.json", run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
         runs.remove_checkpoints(out)
+    ddp.stop()
     print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_acc "
           f"{best['valid_acc']:.4f}) to {out / 'encoder'}" + ("" if args.only_best else
           f", the last epoch's to {out / 'encoder-last'}") + f"; next: python probe.py --ckpt {out}")

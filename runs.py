@@ -13,6 +13,10 @@ after each kind of write, and at random moments).
 PairTune and FineTune keep their best-valid epoch by the same rule, `keep_if_best`, so the fairness
 of the comparison rests on this one implementation. Each stage script keeps its own forward pass,
 loss and epoch loop.
+
+Under torchrun every rank calls resume, log_epoch, keep_if_best, save_checkpoint and the removal
+functions in the same order; only rank 0 writes or removes files, and the checkpoint holds every
+rank's random states (a run started on N processes resumes on N).
 """
 import json
 import os
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import ddp
 from backbone import AudioEncoder, extract_features
 
 
@@ -129,7 +134,7 @@ def finished_epochs(out: Path) -> int:
 def tidy_finished(out: Path):
     """A kill between marking a run finished and removing its checkpoints leaves them behind: removed
     when --resume finds the run finished, as the run would have, unless it was told to keep them."""
-    if not json.loads((Path(out) / "run.json").read_text()).get("args", {}).get("keep_checkpoint", True):
+    if ddp.is_main() and not json.loads((Path(out) / "run.json").read_text()).get("args", {}).get("keep_checkpoint", True):
         remove_checkpoints(out)  # (a run from before --keep-checkpoint existed kept them: left alone)
 
 
@@ -137,6 +142,8 @@ def remove_old_results(out):
     """Results of an earlier run in this output folder (or of this run before it was extended with
     --resume) describe other weights: removed, so that neither eval.py nor run_all.sh's skip test can
     take them for the new run's. Called once run.json marks the run unfinished."""
+    if not ddp.is_main():
+        return
     for stale in ("results.json", "probe", "features"):
         path = Path(out) / stale
         if path.is_dir():
@@ -153,16 +160,20 @@ def best_file(out, epoch: int) -> Path:
 
 # Flags a resumed run may change: where and how fast it runs, how long, and what it keeps, never
 # its numbers. Every other flag must equal the checkpoint's.
+# --grad-checkpointing and --micro-batch trade memory for time, the step's arithmetic unchanged.
 MAY_CHANGE_ON_RESUME = ("epochs", "device", "num_workers", "eval_batch_size", "resume", "out", "keep_checkpoint",
-                        "only_best")
+                        "only_best", "grad_checkpointing", "micro_batch")
 
 
 def save_checkpoint(path, args, modules: dict, optimizer, loader_generator, epoch, history, best):
-    """One dict: the run's arguments, unwrapped weights of each module, optimizer, random states (so
-    a resumed run continues exactly as an uninterrupted one would), and the best-valid epoch so far."""
-    atomic_save({"args": vars(args), **{name: m.state_dict() for name, m in modules.items()},
-                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
-                 "rng": random_states(loader_generator)}, path)
+    """One dict: the run's arguments, unwrapped weights of each module, optimizer, every rank's random
+    states (so a resumed run continues exactly as an uninterrupted one would), and the best-valid
+    epoch so far. Every rank calls it (their random states are gathered); rank 0 writes."""
+    rng = ddp.gather_objects(random_states(loader_generator))
+    if ddp.is_main():
+        atomic_save({"args": vars(args), **{name: m.state_dict() for name, m in modules.items()},
+                     "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
+                     "rng": rng}, path)
 
 
 def settings_differences(saved: dict, now: dict) -> list[str]:
@@ -185,7 +196,8 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
         sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
                  f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
     if not (args.resume and checkpoint_path.exists()):
-        (Path(out) / "log.jsonl").unlink(missing_ok=True)
+        if ddp.is_main():
+            (Path(out) / "log.jsonl").unlink(missing_ok=True)
         return 1, [], {"epoch": 0, "valid_acc": -1.0}
     fresh_start = "start a fresh run (without --resume, or in another --out)"
     # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
@@ -200,14 +212,19 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
     if "best" not in state or not best_file(out, state["best"]["epoch"]).exists():
         sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
                  f"(best-e<epoch>.pt) are missing; {fresh_start}")
+    rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # (one process's, before torchrun)
+    if len(rng) != ddp.world_size():
+        sys.exit(f"error: {checkpoint_path} was written by a run of {len(rng)} process(es) and this one has "
+                 f"{ddp.world_size()}: resume with as many (torchrun --nproc-per-node {len(rng)}), or {fresh_start}")
     # A kill between a checkpoint and drop_stale_best leaves the previous best file behind, and a
     # resume that has no epoch left to run would never drop it.
     drop_stale_best(out, state["best"])
     for name, module in modules.items():
         module.load_state_dict(state[name])
     optimizer.load_state_dict(state["optimizer"])
-    restore_random_states(state["rng"], loader_generator)
-    write_text(Path(out) / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state["history"]))
+    restore_random_states(rng[ddp.rank()], loader_generator)
+    if ddp.is_main():
+        write_text(Path(out) / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state["history"]))
     print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     return state["epoch"] + 1, state["history"], state["best"]
 
@@ -215,6 +232,8 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
 def log_epoch(out: Path, history: list, line: dict):
     """Append one epoch's line to the history and to log.jsonl (a kill mid-line is mended by resume)."""
     history.append(line)
+    if not ddp.is_main():
+        return
     with open(Path(out) / "log.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -224,12 +243,15 @@ def keep_if_best(out: Path, best: dict, epoch: int, valid_acc: float, weights: d
     earlier one becomes the best (ties keep the earlier epoch), and its weights are saved."""
     if valid_acc > best["valid_acc"]:
         best = {"epoch": epoch, "valid_acc": valid_acc}
-        atomic_save({**weights, **best}, best_file(out, epoch))
+        if ddp.is_main():
+            atomic_save({**weights, **best}, best_file(out, epoch))
     return best
 
 
 def drop_stale_best(out: Path, best: dict):
     """Remove best-e*.pt files other than the current best; only after the checkpoint names it."""
+    if not ddp.is_main():
+        return
     for stale in Path(out).glob("best-e*.pt"):
         if stale != best_file(out, best["epoch"]):
             stale.unlink()
@@ -239,8 +261,30 @@ def load_best(out: Path, best: dict, device) -> dict:
     return torch.load(best_file(out, best["epoch"]), map_location=device, weights_only=True)
 
 
+def start_epoch_clock(device) -> float:
+    """The epoch's start time; on CUDA also the start of its peak-memory window."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return time.time()
+
+
+def throughput(started: float, clips: int, device) -> dict:
+    """The training pass's clips per second (over all processes) and, on CUDA, its peak memory."""
+    measured = {"clips_per_s": round(clips / max(time.time() - started, 1e-9), 2)}
+    if device.type == "cuda":
+        measured["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return measured
+
+
+def describe_throughput(measured: dict) -> str:
+    text = f"{measured['clips_per_s']:.1f} clips/s"
+    return text + (f", peak {measured['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in measured else "")
+
+
 def remove_checkpoints(out: Path):
     """At the end of a run: the checkpoint and best file are only needed to resume."""
+    if not ddp.is_main():
+        return
     (Path(out) / "checkpoint.pt").unlink(missing_ok=True)
     for best in Path(out).glob("best-e*.pt"):
         best.unlink()
@@ -297,7 +341,7 @@ def load_cache(file):
 
 
 def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_seconds: float, device, names,
-                    batch_size: int = 16, num_workers: int = 0) -> dict:
+                    batch_size: int = 16, num_workers: int = 0, precision: str = "auto") -> dict:
     """{split: (features [N, d], labels [N])} for the splits in `names`, from cache_dir/<split>.pt when
     it holds the very same clips and weights, else encoded (extract_features) and saved there.
 
@@ -315,7 +359,7 @@ def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_secon
             continue
         started = time.time()
         feats, labels = extract_features(encoder, splits[split], classes, max_seconds, device, batch_size,
-                                         num_workers, desc=f"encoding {split}")
+                                         num_workers, desc=f"encoding {split}", precision=precision)
         atomic_save({"key": cache_key(splits[split], classes, max_seconds, fingerprint),
                      "features": feats, "labels": labels}, file)
         print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
