@@ -195,6 +195,15 @@ class AudioEncoder(nn.Module):
             x = layer(x, additive)
         return encoder.layer_norm(x), frame_mask
 
+    def checkpoint_activations(self):
+        """--grad-checkpointing: transformers' own, layer by layer (our Whisper loop calls the same
+        layers, so it is covered too); non-reentrant, so DDP's gradient hooks see the recomputation."""
+        enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def save(self, out_dir):
         """save_pretrained of the encoder and its feature extractor: reloadable with transformers alone
         (AutoModel, or WhisperForAudioClassification for Whisper) and with load_encoder(out_dir)."""

@@ -135,6 +135,8 @@ def train_one_epoch(classifier, loader, optimizer, args, device, epoch):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.micro_batch is not None and args.micro_batch < 1:
+        sys.exit(f"error: --micro-batch must be at least 1 (got {args.micro_batch})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = ddp.start(runs.resolve_device(args.device))  # this process's device; under torchrun, joins the group
@@ -161,8 +163,8 @@ def main(argv=None):
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
                  f"({encoder.max_seconds:.0f} s)")
     head = nn.Linear(encoder.hidden_size, len(classes)).to(device)
-    if args.grad_checkpointing:  # the encoder's own (transformers'), non-reentrant so DDP's hooks see it
-        encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.grad_checkpointing:
+        encoder.checkpoint_activations()
     classifier = ddp.wrap(Classifier(encoder, head, args.precision), device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr)
     print(f"backbone: {encoder.name}{' (RANDOM INIT)' if encoder.random_init else ''}, "
