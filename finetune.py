@@ -13,10 +13,10 @@ Under torchrun, --batch-size is the global batch, shuffled as one process would 
 processes; --micro-batch M accumulates gradients over M clips at a time (the same step, less memory).
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (epoch,
-train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), results.json (test_acc at the best-valid epoch,
-valid_acc, selected_epoch, confusion), encoder/ and head.pt of the best-valid epoch,
-features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py), checkpoint.pt and
-best-e<epoch>.pt (to resume with --resume).
+train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), results.json
+(test_acc at the best-valid epoch, valid_acc, selected_epoch, confusion), encoder/ and head.pt of
+the best-valid epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py),
+checkpoint.pt and best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
 import contextlib

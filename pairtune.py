@@ -16,8 +16,8 @@ the P x K batch) and the loss sees every process's embeddings. --micro-batch M e
 at a time with the loss still over the whole batch (gradient caching), for big batches on one GPU.
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
-epoch: epoch, train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), checkpoint.pt and best-e<epoch>.pt (the best-valid
-weights so far; both to resume with --resume),
+epoch: epoch, train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA),
+checkpoint.pt and best-e<epoch>.pt (the best-valid weights so far; both to resume with --resume),
 encoder/ (the encoder of the epoch with the best valid accuracy, ties to the earlier epoch, as
 finetune.py selects; with its feature extractor, loadable with transformers alone) and
 encoder-last/ (the last epoch's, unless --only-best).
@@ -193,7 +193,8 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch):
             loss = loss_fn(ddp.gather_with_grad(z), labels, temperature=args.temperature, mining=args.mining,
                            epsilon=args.epsilon)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check the data")
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check "
+                                         "the data")
             return loss
 
         optimizer.zero_grad(set_to_none=True)

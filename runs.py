@@ -134,7 +134,8 @@ def finished_epochs(out: Path) -> int:
 def tidy_finished(out: Path):
     """A kill between marking a run finished and removing its checkpoints leaves them behind: removed
     when --resume finds the run finished, as the run would have, unless it was told to keep them."""
-    if ddp.is_main() and not json.loads((Path(out) / "run.json").read_text()).get("args", {}).get("keep_checkpoint", True):
+    run = json.loads((Path(out) / "run.json").read_text())
+    if not run.get("args", {}).get("keep_checkpoint", True):
         remove_checkpoints(out)  # (a run from before --keep-checkpoint existed kept them: left alone)
 
 
