@@ -22,6 +22,9 @@ import sys
 import torch
 import torch.distributed as dist
 
+# torch 2.14 renamed all_gather_into_tensor (one output tensor for all ranks) to all_gather_single.
+_all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 def start(device: torch.device) -> torch.device:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) and return this rank's device.
@@ -126,7 +129,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         gathered = torch.empty((world_size() * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-        dist.all_gather_into_tensor(gathered, x.contiguous())
+        _all_gather_into(gathered, x.contiguous())
         ctx.rows = x.shape[0]
         return gathered
 
@@ -147,7 +150,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     gathered = torch.empty((world_size() * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.all_gather_into_tensor(gathered, x.contiguous())
+    _all_gather_into(gathered, x.contiguous())
     return gathered
 
 
