@@ -16,6 +16,22 @@ is what a call adds on top of its inputs: on CUDA torch.cuda.max_memory_allocate
 of the process's peak resident memory (Linux VmHWM, reset through /proc/self/clear_refs, with freed
 heap memory handed back before each measurement), so it counts every allocation, PyTorch's or not.
 It is also given in units of one B x B float32 matrix.
+
+With --steps, one PairTune training step against one FineTune training step instead:
+
+    python bench.py --steps --backbone ../shared/models/whisper-tiny.en-encoder --repeats 3
+    python bench.py --steps --backbone wav2vec2 --device cuda --batch-size 32 --crop-seconds 10
+
+Both arms get the same backbone (each its own copy, head and Adam at lr 5e-5, encoder in train mode)
+and the same batch: --batch-size random waves of --crop-seconds (P classes x K = --clips-per-class
+labels, as PairTune's sampler lays them out), collated through the encoder's preprocessor as the
+training loader does, already on the device. A step, as the training scripts run it:
+  pairtune  encoder -> normalize -> linear to --dim -> normalize -> SupCon (--loss, --mining) -> backward -> Adam
+  finetune  encoder -> linear to P classes -> cross-entropy -> backward -> Adam
+Times are medians as above; the fused loss's compile is timed apart. Decoding, resampling and
+preprocessing (the loader's work, in the main process on CPU) are in neither step. Run it on an idle
+machine: other processes on the same cores stall the arms unequally (Whisper tiny.en on 2 cores,
+B = 32, 2 s: pairtune/finetune 0.98-1.00 idle, 3.6 beside a load of 4).
 """
 import argparse
 import ctypes
@@ -23,7 +39,11 @@ import statistics
 import time
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
+import backbone
+import data
 import losses
 
 
@@ -37,9 +57,24 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="rounds, each timing every method's block of runs")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--methods", default="eager,fused,pml,floor", help="which methods to run")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the embeddings and labels")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the embeddings and labels (--steps: of the waves and the heads)")
+    p.add_argument("--steps", action="store_true",
+                   help="time one PairTune training step against one FineTune step instead of the loss alone")
+    p.add_argument("--backbone", default="tiny",
+                   help="--steps: alias, hub id or local directory, as the training scripts take it")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="--steps: clips per batch (rounded down to P classes x --clips-per-class)")
+    p.add_argument("--clips-per-class", type=int, default=4, help="--steps: K clips of each class in a batch")
+    p.add_argument("--crop-seconds", type=float, default=2.0,
+                   help="--steps: length of every clip (the training scripts' --max-seconds)")
+    p.add_argument("--loss", choices=["fused", "eager"], default="fused", help="--steps: PairTune's loss")
     return p.parse_args(argv)
 
+
+# ----------------------------------------------------------------------------------------------
+# The loss benchmark: inputs, methods, timing (median_ms, also used by --steps), peak memory
+# ----------------------------------------------------------------------------------------------
 
 def synchronize(device):
     if device.type == "cuda":
@@ -126,10 +161,98 @@ def resident_kib(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+# ----------------------------------------------------------------------------------------------
+# --steps: one PairTune training step against one FineTune training step
+# ----------------------------------------------------------------------------------------------
+
+STEP_LR = 5e-5  # both scripts' default; a step's time does not depend on it
+
+
+def step_batch(encoder, args, device, generator):
+    """--batch-size random waves of the crop length with P x K labels (each class's K clips side by
+    side, as ClassBalancedBatchSampler yields them), collated as the training loader collates."""
+    per_class = args.clips_per_class
+    n_classes = max(1, args.batch_size // per_class)
+    samples = int(args.crop_seconds * encoder.sample_rate)
+    batch = [(0.1 * torch.randn(samples, generator=generator).numpy(), c)
+             for c in range(n_classes) for _ in range(per_class)]
+    inputs, labels = data.CollateTrain(encoder.preprocess)(batch)
+    # On the device once: both arms would pay the same copy, and the loader overlaps it in training.
+    return backbone.to_device(inputs, device), labels.to(device), n_classes
+
+
+def training_step(head_size, args, device, forward_loss):
+    """A fresh encoder, a linear head to head_size and Adam over both, as in the training scripts;
+    returns the step: forward_loss(encoder, head) -> loss, backward, Adam."""
+    encoder = backbone.load_encoder(args.backbone).to(device).train()
+    head = nn.Linear(encoder.hidden_size, head_size).to(device).train()
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=STEP_LR)
+
+    def step():
+        loss = forward_loss(encoder, head)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def bench_steps(args, device):
+    torch.manual_seed(args.seed)  # the heads' initialisation
+    generator = torch.Generator().manual_seed(args.seed)
+    encoder = backbone.load_encoder(args.backbone)  # only for the preprocessor and the printout
+    inputs, labels, n_classes = step_batch(encoder, args, device, generator)
+    batch = len(labels)
+    loss_fn = losses.fused_supcon_loss if args.loss == "fused" else losses.supcon_loss
+
+    def pairtune_loss(encoder, head):
+        with backbone.autocast(device):
+            pooled = encoder(inputs)  # [B, d]
+        r = F.normalize(pooled.float(), dim=1)
+        z = F.normalize(head(r), dim=1)  # [B, p]
+        return loss_fn(z, labels, mining=args.mining)
+
+    def finetune_loss(encoder, head):
+        with backbone.autocast(device):
+            logits = head(encoder(inputs))  # [B, classes]
+        return F.cross_entropy(logits.float(), labels)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; backbone {encoder.name} "
+          f"({sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters); B = {batch} "
+          f"({n_classes} classes x {args.clips_per_class}), crop {args.crop_seconds:g} s; "
+          f"loss {args.loss}, mining {args.mining}; median of {args.rounds} x {args.repeats}")
+    del encoder
+
+    if args.loss == "fused":  # the one compile, timed apart (the training scripts do it at start-up)
+        z, y = make_inputs(batch, args.dim, device, generator)
+        synchronize(device)
+        start = time.perf_counter()
+        loss_step(lambda z, y: losses.fused_supcon_loss(z, y, mining=args.mining), z, y)
+        synchronize(device)
+        print(f"fused: first call (compile) {time.perf_counter() - start:.1f} s")
+
+    steps = {"pairtune": training_step(args.dim, args, device, pairtune_loss),
+             "finetune": training_step(n_classes, args, device, finetune_loss)}
+    times = median_ms(steps, device, args.repeats, args.rounds)
+    header = f"{'step':>8} {'ms/step':>10} {'clips/s':>9}"
+    print(header)
+    print("-" * len(header))
+    for arm, ms in times.items():
+        print(f"{arm:>8} {ms:>10.2f} {batch / ms * 1e3:>9.1f}")
+    print(f"pairtune/finetune {times['pairtune'] / times['finetune']:.3f}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Main: the loss benchmark (the default), or --steps
+# ----------------------------------------------------------------------------------------------
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
+    if args.steps:
+        return bench_steps(args, device)
     sizes = [int(s) for s in args.sizes.split(",")]
     methods = build_methods(args, device)
     generator = torch.Generator().manual_seed(args.seed)
