@@ -31,7 +31,7 @@ training loader does, already on the device. A step, as the training scripts run
 Times are medians as above; the fused loss's compile is timed apart. Decoding, resampling and
 preprocessing (the loader's work, in the main process on CPU) are in neither step. Run it on an idle
 machine: other processes on the same cores stall the arms unequally (Whisper tiny.en on 2 cores,
-B = 32, 2 s: pairtune/finetune 0.98-1.00 idle, 3.6 beside a load of 4).
+B = 32, 2 s: pairtune/finetune 0.98-1.13 in five idle runs, up to 3.6 beside other jobs).
 """
 import argparse
 import ctypes
