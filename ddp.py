@@ -128,10 +128,8 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        gathered = torch.empty((world_size() * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-        _all_gather_into(gathered, x.contiguous())
         ctx.rows = x.shape[0]
-        return gathered
+        return gather(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -189,7 +187,3 @@ def gather_objects(obj) -> list:
     dist.all_gather_object(gathered, obj)
     return gathered
 
-
-def barrier():
-    if world_size() > 1:
-        dist.barrier()

@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=backbone.PRECISIONS, default="auto",
                    help="encoder arithmetic: bf16 autocast or fp32 (auto: bf16 on CUDA where supported, else fp32)")
     p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute the encoder's layer activations in backward: less memory, about 1.3x the time")
+                   help="recompute the encoder's layer activations in backward: less memory, one more forward pass")
     p.add_argument("--micro-batch", type=int, default=None,
                    help="accumulate each (per-process) batch's gradient this many clips at a time: the same step "
                         "with the memory of a micro-batch")

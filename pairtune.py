@@ -80,10 +80,10 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=backbone.PRECISIONS, default="auto",
                    help="encoder arithmetic: bf16 autocast or fp32 (auto: bf16 on CUDA where supported, else fp32)")
     p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute the encoder's layer activations in backward: less memory, about 1.3x the time")
+                   help="recompute the encoder's layer activations in backward: less memory, one more forward pass")
     p.add_argument("--micro-batch", type=int, default=None,
                    help="encode each (per-process) batch this many clips at a time, the loss still over the whole "
-                        "batch (gradient caching): the memory of a micro-batch, about 1.3x the time")
+                        "batch (gradient caching): the memory of a micro-batch, one more forward pass")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
