@@ -232,24 +232,59 @@ def autocast(device: torch.device, precision: str = "auto"):
                           enabled=resolve_precision(precision, device) == "bf16")
 
 
+def eval_batches(encoder: AudioEncoder, clips, classes, max_seconds: float, batch_size: int = 16,
+                 num_workers: int = 0):
+    """Batches (inputs, owner, labels, indices) of whole clips for evaluation, in order of length to
+    keep padding small; a clip longer than max_seconds is cut into near-equal chunks (see EvalClips).
+    The loader has its own generator: a DataLoader draws a seed for its iterator, and evaluation
+    between epochs must not move the global random state that training's dropout draws from."""
+    dataset = data.EvalClips(clips, classes, encoder.sample_rate, max_seconds)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
+        sampler=data.length_sorted_order(clips), collate_fn=data.CollateEval(encoder.preprocess))
+
+
+def batches_in_memory(encoder: AudioEncoder, clips, classes, max_seconds: float, limit_mb: float,
+                      batch_size: int = 16, num_workers: int = 0, desc: str = "decoding"):
+    """eval_batches decoded and preprocessed once and kept, for clips encoded again every epoch (the
+    valid metric): the same inputs each time, without the decoding. None, with a note, if they need
+    more than limit_mb of memory (long clips, big valid sets): the caller then decodes every time."""
+    kept, size = [], 0
+    for inputs, owner, labels, indices in tqdm(eval_batches(encoder, clips, classes, max_seconds, batch_size,
+                                                            num_workers), desc=desc, leave=False, disable=None):
+        # clone: a batch from a worker process lives in shared memory, one file descriptor a tensor
+        inputs = {k: v.clone() for k, v in inputs.items()}
+        size += sum(v.nbytes for v in inputs.values())
+        if size > limit_mb * 2**20:
+            print(f"note: {desc}: more than {max(limit_mb, 0):g} MB to keep in memory (--eval-cache-mb), "
+                  f"so these clips are decoded again every epoch")
+            return None
+        kept.append((inputs, owner.clone(), labels.clone(), indices.clone()))
+    return kept
+
+
+def size_mb(batches) -> float:
+    """Memory held by the inputs of batches_in_memory's batches."""
+    return sum(v.nbytes for inputs, *_ in batches for v in inputs.values()) / 2**20
+
+
 @torch.no_grad()
 def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, device,
-                     batch_size: int = 16, num_workers: int = 0, desc: str = "encoding", precision: str = "auto"):
+                     batch_size: int = 16, num_workers: int = 0, desc: str = "encoding", precision: str = "auto",
+                     batches=None):
     """Pooled features of whole clips, deterministic: [N, d] float32 and labels [N], in clip order.
 
     A clip longer than max_seconds is cut into near-equal chunks; its feature is the mean of the
-    chunks' pooled features (a 30-s GTZAN clip is scored on all 30 s). Clips are batched in order of
-    length to keep padding small.
+    chunks' pooled features (a 30-s GTZAN clip is scored on all 30 s). `batches`: the clips' batches
+    from batches_in_memory, used instead of decoding them again.
     """
     was_training = encoder.training
     encoder.eval()
-    dataset = data.EvalClips(clips, classes, encoder.sample_rate, max_seconds)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers,
-        sampler=data.length_sorted_order(clips), collate_fn=data.CollateEval(encoder.preprocess))
+    if batches is None:
+        batches = eval_batches(encoder, clips, classes, max_seconds, batch_size, num_workers)
     features = torch.zeros(len(clips), encoder.hidden_size)
     labels = torch.zeros(len(clips), dtype=torch.long)
-    for inputs, owner, batch_labels, indices in tqdm(loader, desc=desc, leave=False, disable=None):
+    for inputs, owner, batch_labels, indices in tqdm(batches, desc=desc, leave=False, disable=None):
         with autocast(device, precision):
             pooled = encoder(to_device(inputs, device)).float().cpu()  # [chunks, d]
         summed = torch.zeros(len(indices), pooled.shape[1]).index_add_(0, owner, pooled)

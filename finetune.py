@@ -62,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
+    p.add_argument("--eval-cache-mb", type=float, default=1024,
+                   help="memory for keeping valid's decoded inputs between epochs, so its clips are decoded once "
+                        "(same features); over it, or 0, they are decoded every epoch")
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
     p.add_argument("--keep-checkpoint", action="store_true",
@@ -70,13 +73,14 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None):
+def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None, batches=None):
     """Accuracy and predictions on whole clips (chunk features averaged, then the linear head).
-    With cache_dir, the pooled features are also kept there (as probe.py keeps a PairTune run's)."""
+    With cache_dir, the pooled features are also kept there (as probe.py keeps a PairTune run's);
+    `batches`: the clips' inputs from backbone.batches_in_memory, not decoded again."""
     if cache_dir is None:
         features, labels = backbone.extract_features(encoder, clips, classes, args.max_seconds, device,
                                                      args.eval_batch_size, args.num_workers, desc=desc,
-                                                     precision=args.precision)
+                                                     precision=args.precision, batches=batches)
     else:
         features, labels = runs.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
                                                 device, (desc,), args.eval_batch_size, args.num_workers,
@@ -194,15 +198,24 @@ def main(argv=None):
     runs.remove_old_results(out)
 
     # ---------------- training, selecting on valid ----------------
+    # Valid is encoded every epoch: decoding it once gives the same features (as in pairtune.py).
+    valid_batches = None
+    if ddp.is_main() and start_epoch <= args.epochs and args.eval_cache_mb > 0:
+        valid_batches = backbone.batches_in_memory(encoder, splits["valid"], classes, args.max_seconds,
+                                                   args.eval_cache_mb, args.eval_batch_size, args.num_workers,
+                                                   desc="decoding valid")
     for epoch in range(start_epoch, args.epochs + 1):
         started = runs.start_epoch_clock(device)
         train_loss, clips = train_one_epoch(classifier, loader, optimizer, args, device, epoch)
         throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
         # Once, on rank 0, then shared: every process selects the same epoch.
-        valid_acc = ddp.broadcast_float(evaluate(encoder, head, splits["valid"], classes, args, device, "valid")[0]
-                                        if ddp.is_main() else None, device)
+        valid_started = time.time()
+        valid_acc = ddp.broadcast_float(
+            evaluate(encoder, head, splits["valid"], classes, args, device, "valid", batches=valid_batches)[0]
+            if ddp.is_main() else None, device)
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "valid_metric": "classifier", "seconds": round(time.time() - started, 2), **throughput}
+                "valid_metric": "classifier", "seconds": round(time.time() - started, 2),
+                "valid_seconds": round(time.time() - valid_started, 2), **throughput}
         runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)

@@ -87,6 +87,9 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
+    p.add_argument("--eval-cache-mb", type=float, default=1024,
+                   help="memory for keeping the valid metric's decoded inputs between epochs, so its clips are "
+                        "decoded once (same features); over it, or 0, they are decoded every epoch")
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
     p.add_argument("--keep-checkpoint", action="store_true",
@@ -110,13 +113,29 @@ def centroid_subset(train_clips, per_class):
     return chosen
 
 
-def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device):
+def decode_once(encoder, train_clips, valid_clips, classes, args):
+    """The valid metric's inputs, decoded and preprocessed once, within --eval-cache-mb together:
+    {"train subset": batches, "valid": batches}, None for clips to decode again every epoch."""
+    kept, left_mb = {"train subset": None, "valid": None}, args.eval_cache_mb
+    for name, clips in (("train subset", train_clips), ("valid", valid_clips)):
+        if args.eval_cache_mb > 0:
+            kept[name] = backbone.batches_in_memory(encoder, clips, classes, args.max_seconds, left_mb,
+                                                    args.eval_batch_size, args.num_workers, desc=f"decoding {name}")
+            left_mb -= backbone.size_mb(kept[name] or [])
+    return kept
+
+
+def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device, decoded=None):
     """The per-epoch valid metric that selects the epoch (--select-by), on L2-normalised encoder
-    features (r, not z): train features come from a fixed per-class subset of train."""
+    features (r, not z): train features come from a fixed per-class subset of train. `decoded`:
+    the clips' inputs from decode_once (None: decode them now)."""
+    decoded = decoded or {"train subset": None, "valid": None}
     kwargs = dict(max_seconds=args.max_seconds, device=device, batch_size=args.eval_batch_size,
                   num_workers=args.num_workers, precision=args.precision)
-    train_x, train_y = backbone.extract_features(encoder, train_clips, classes, desc="train subset", **kwargs)
-    valid_x, valid_y = backbone.extract_features(encoder, valid_clips, classes, desc="valid", **kwargs)
+    train_x, train_y = backbone.extract_features(encoder, train_clips, classes, desc="train subset",
+                                                 batches=decoded["train subset"], **kwargs)
+    valid_x, valid_y = backbone.extract_features(encoder, valid_clips, classes, desc="valid",
+                                                 batches=decoded["valid"], **kwargs)
     train_x, valid_x = F.normalize(train_x, dim=1), F.normalize(valid_x, dim=1)
     if args.select_by == "centroid":
         predictions = centroid_predictions(train_x, train_y, valid_x, len(classes))
@@ -332,16 +351,22 @@ def main(argv=None):
     runs.remove_old_results(out)
 
     # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
+    # The valid metric encodes the same clips every epoch: decoding them once gives the same features.
+    decoded = (decode_once(encoder, centroid_clips, splits["valid"], classes, args)
+               if ddp.is_main() and start_epoch <= args.epochs else None)
     for epoch in range(start_epoch, args.epochs + 1):
         started = runs.start_epoch_clock(device)
         sampler.set_epoch(epoch)
         train_loss, clips = train_one_epoch(embedder, loader, optimizer, args, device, epoch)
         throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
         # Once, on rank 0, then shared: every process selects the same epoch.
-        valid_acc = ddp.broadcast_float(valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device)
-                                        if ddp.is_main() else None, device)
+        valid_started = time.time()
+        valid_acc = ddp.broadcast_float(
+            valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device, decoded)
+            if ddp.is_main() else None, device)
         line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "valid_metric": args.select_by, "seconds": round(time.time() - started, 2), **throughput}
+                "valid_metric": args.select_by, "seconds": round(time.time() - started, 2),
+                "valid_seconds": round(time.time() - valid_started, 2), **throughput}
         runs.log_epoch(out, history, line)
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
               f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)

@@ -163,7 +163,7 @@ def best_file(out, epoch: int) -> Path:
 # its numbers. Every other flag must equal the checkpoint's.
 # --grad-checkpointing and --micro-batch trade memory for time, the step's arithmetic unchanged.
 MAY_CHANGE_ON_RESUME = ("epochs", "device", "num_workers", "eval_batch_size", "resume", "out", "keep_checkpoint",
-                        "only_best", "grad_checkpointing", "micro_batch")
+                        "only_best", "grad_checkpointing", "micro_batch", "eval_cache_mb")
 
 
 def save_checkpoint(path, args, modules: dict, optimizer, loader_generator, epoch, history, best):

@@ -168,3 +168,40 @@ def test_extract_features_averages_chunks_and_keeps_clip_order(tmp_path):
         expected = torch.stack([pooled(encoder, [c])[0] for c in chunks]).mean(0)
         torch.testing.assert_close(features[i], expected, atol=1e-5, rtol=1e-5)
     assert len(data.split_into_chunks(waves[0], 16_000)) == 3
+
+
+def clips_on_disk(tmp_path, seconds):
+    clips = []
+    for i, length in enumerate(seconds):
+        sf.write(tmp_path / f"{i}.wav", noise(length), 16_000, subtype="FLOAT")
+        clips.append(data.Clip(str(tmp_path / f"{i}.wav"), "ab"[i % 2], "valid"))
+    return clips
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_features_from_batches_in_memory_equal_decoding_again(tmp_path, monkeypatch, num_workers):
+    # The valid metric's inputs are decoded once and kept: the features must be bit-identical to
+    # decoding the clips again, and reusing the batches must not touch the files.
+    encoder = backbone.load_encoder("tiny")
+    clips = clips_on_disk(tmp_path, [2.5, 0.5, 1.0, 0.7, 1.6])
+    kwargs = dict(max_seconds=1.0, device=torch.device("cpu"), batch_size=2)
+    fresh = backbone.extract_features(encoder, clips, ["a", "b"], **kwargs)
+    kept = backbone.batches_in_memory(encoder, clips, ["a", "b"], 1.0, limit_mb=64, batch_size=2,
+                                      num_workers=num_workers)
+    assert len(kept) == 3 and 0 < backbone.size_mb(kept) < 1
+    monkeypatch.setattr(data.EvalClips, "__getitem__", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(data, "length_sorted_order", lambda *a: pytest.fail("read the files again"))
+    for _ in range(2):  # used every epoch: the batches are not consumed by the first pass
+        again = backbone.extract_features(encoder, clips, ["a", "b"], batches=kept, **kwargs)
+        assert torch.equal(again[0], fresh[0]) and torch.equal(again[1], fresh[1])
+        assert not again[0].requires_grad and not fresh[0].requires_grad  # encoded without a graph
+
+
+def test_batches_in_memory_gives_up_over_its_limit_and_says_so(tmp_path, capsys):
+    encoder = backbone.load_encoder("tiny")
+    # 3 clips x 16,000 samples x (float32 input + int32 attention mask) = 0.366 MiB
+    clips = clips_on_disk(tmp_path, [1.0, 1.0, 1.0])
+    assert backbone.batches_in_memory(encoder, clips, ["a", "b"], 1.0, limit_mb=0.3, batch_size=1) is None
+    assert "--eval-cache-mb" in capsys.readouterr().out
+    kept = backbone.batches_in_memory(encoder, clips, ["a", "b"], 1.0, limit_mb=0.4, batch_size=1)
+    assert kept is not None and backbone.size_mb(kept) == pytest.approx(3 * 16_000 * (4 + 4) / 2**20)

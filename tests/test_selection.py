@@ -221,3 +221,30 @@ def test_an_interrupted_finetune_run_tests_the_same_epoch(demo_manifest, tmp_pat
     straight, resumed = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("straight", "resumed"))
     assert (resumed["selected_epoch"], resumed["test_acc"]) == (straight["selected_epoch"], straight["test_acc"])
     assert not list((tmp_path / "straight").glob("best-e*.pt"))
+
+
+@pytest.mark.parametrize("arm", ["pairtune", "finetune"])
+def test_valid_metric_decodes_its_clips_once_and_selects_as_before(arm, demo_manifest, tmp_path, monkeypatch):
+    # --eval-cache-mb keeps the valid metric's decoded inputs between epochs: the same log, the same
+    # weights, and each clip decoded once instead of once an epoch (--eval-cache-mb 0, the old way).
+    decoded = []
+    decode = data.EvalClips.__getitem__
+    monkeypatch.setattr(data.EvalClips, "__getitem__", lambda self, i: decoded.append(i) or decode(self, i))
+    script = {"pairtune": pairtune, "finetune": finetune}[arm]
+    runs_made = {}
+    for cache_mb in ("1024", "0"):
+        decoded.clear()
+        out = tmp_path / f"cache-{cache_mb}"
+        script.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "3", "--max-seconds", "1",
+                     "--lr", "1e-3", "--device", "cpu", "--num-workers", "0", "--out", str(out), "--seed", "2",
+                     "--eval-cache-mb", cache_mb] + (["--loss", "eager"] if arm == "pairtune" else []))
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        runs_made[cache_mb] = ([(line["train_loss"], line["valid_acc"]) for line in log],
+                               (out / "encoder" / "model.safetensors").read_bytes(), len(decoded))
+    splits, _ = data.load_splits(str(demo_manifest))
+    metric_clips = len(splits["valid"]) + (len(pairtune.centroid_subset(splits["train"], 32)) if arm == "pairtune"
+                                           else 0)
+    read_once = 0 if arm == "pairtune" else len(splits["test"])  # FineTune's test, at the end
+    assert runs_made["1024"][:2] == runs_made["0"][:2]
+    assert runs_made["1024"][2] == metric_clips + read_once
+    assert runs_made["0"][2] == 3 * metric_clips + read_once
