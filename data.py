@@ -23,6 +23,7 @@ import random
 import re
 import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,16 +258,27 @@ def check_audio(path: str) -> AudioCheck:
 
 
 def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], list[Clip]]:
-    """Move a deterministic, class-stratified `fraction` of train into valid.
+    """Move a deterministic `fraction` of train into valid, keeping each `group` on one side.
 
-    Per class, clips are sorted by path and shuffled with a fixed seed (0), independent of the run's
-    seed, so every method and every seed sees the same valid set. Clips sharing a `group` (the
-    manifest's optional group column: ESC-50 takes cut from one recording) move together, so valid
-    never holds a piece of a recording that train also holds. Per class, groups are taken in shuffled
-    order while they fit the target (round(fraction * clips), at least 1); if none fits, the smallest
-    one goes. A class always keeps one group for train, so a class with a single group (or clip)
-    gives nothing to valid.
+    Clips are sorted by path and shuffled with a fixed seed (0), independent of the run's seed, so
+    every method and every seed sees the same valid set. Clips sharing a `group` (the manifest's
+    optional group column) move together, so valid never holds part of a group that train also holds.
+
+    - Every group within one class (ESC-50: the takes cut from one recording): class-stratified.
+      Per class, groups are taken in shuffled order while they fit the target (round(fraction *
+      clips), at least 1); if none fits, the smallest one goes. A class always keeps one group for
+      train, so a class with a single group (or clip) gives nothing to valid.
+    - Some group spanning classes (EmoDB: a speaker): whole groups across all classes, as the same
+      rule over all of train (target round(fraction * clips), at least 1), except that a group is
+      never taken if it would leave some class with no train clip (so train keeps a group). If none
+      fits, the smallest group that may go goes (the first in shuffled order on ties).
     """
+    labels_of: dict[str, set[str]] = {}
+    for clip in train:
+        if clip.group is not None:
+            labels_of.setdefault(clip.group, set()).add(clip.label)
+    if any(len(labels) > 1 for labels in labels_of.values()):
+        return carve_whole_groups(train, fraction)
     by_label: dict[str, list[Clip]] = {}
     for clip in train:
         by_label.setdefault(clip.label, []).append(clip)
@@ -288,6 +300,36 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
             chosen.append(min(order, key=len))  # the first smallest group in shuffled order
         for group in order:
             (valid if any(group is c for c in chosen) else keep).extend(group)
+    return keep, valid
+
+
+def carve_whole_groups(train: list[Clip], fraction: float) -> tuple[list[Clip], list[Clip]]:
+    """carve_valid's rule for groups that span classes: whole groups, not a share of each class
+    (stratifying would send a speaker's anger clips to valid and keep their sadness clips in train)."""
+    groups: dict[str, list[Clip]] = {}
+    for clip in sorted(train, key=lambda c: c.path):
+        groups.setdefault(clip.group or clip.path, []).append(clip)
+    order = list(groups.values())
+    random.Random(0).shuffle(order)
+    left = Counter(c.label for c in train)  # train clips per class once the chosen groups have gone
+
+    def may_go(group):  # every class keeps a train clip without it
+        return all(left[label] > n for label, n in Counter(c.label for c in group).items())
+
+    target = max(1, round(fraction * len(train)))
+    chosen, taken = [], 0
+    for group in order:
+        if taken + len(group) <= target and may_go(group):
+            chosen.append(group)
+            taken += len(group)
+            left -= Counter(c.label for c in group)
+    if not chosen:
+        eligible = [group for group in order if may_go(group)]
+        if eligible:
+            chosen.append(min(eligible, key=len))  # the first smallest in shuffled order
+    keep, valid = [], []
+    for group in order:
+        (valid if any(group is c for c in chosen) else keep).extend(group)
     return keep, valid
 
 
@@ -320,7 +362,8 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
         splits["train"], splits["valid"] = carve_valid(splits["train"], valid_fraction)
     if not splits["valid"]:
         raise DataError(f"{manifest}: no valid rows, and train is too small to carve a valid set from "
-                        "(every class has a single train clip). Add valid rows.")
+                        "(every class has a single train clip or group, or no group can go without leaving "
+                        "a class with no train clip). Add valid rows.")
     classes = sorted({c.label for c in splits["train"]})
     known = set(classes)
     for split in ("valid", "test"):

@@ -414,8 +414,9 @@ EMODB_NAME = re.compile(r"^(\d\d)([a-z]\d\d)([A-Z])([a-z])\.wav$", re.IGNORECASE
 def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: bool) -> dict:
     """EmoDB: `wav/*.wav`, emotion from the 6th character, speaker-independent train/test.
 
-    Valid is carved from the train speakers' clips with `carve_valid` (10% of each emotion, fixed
-    seed), so every run and both arms see the same valid set; test speakers are never touched.
+    Valid is carved with `carve_valid` as whole train speakers (`group` = speaker; fixed seed), so
+    valid is as speaker-independent of train as test is, and every run and both arms see the same
+    valid set; test speakers are never touched.
     """
     wav_dir = find_folder(root, ["wav", "."], "EmoDB's wav/ folder")
     files = sorted(p for p in wav_dir.iterdir() if p.suffix.lower() == ".wav")
@@ -446,9 +447,13 @@ def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: 
             raise DataError(f"{path}: speaker {speaker} is in neither the train nor the test speakers "
                             f"({speakers}).")
         rows.append({"path": absolute(path), "label": EMODB_EMOTIONS[emotion], "split": split_of[speaker],
-                     "speaker": speaker, "where": str(path)})
-    train = [Clip(r["path"], r["label"], "train") for r in rows if r["split"] == "train"]
+                     "speaker": speaker, "group": speaker, "where": str(path)})
+    train = [Clip(r["path"], r["label"], "train", group=r["group"]) for r in rows if r["split"] == "train"]
     _, valid = carve_valid(train)
+    if not valid:
+        raise DataError(f"train speakers {' '.join(speakers['train'])}: no whole train speaker can be carved "
+                        "into valid without leaving an emotion with no train clip. Give more train speakers.")
+    valid_speakers = sorted({c.group for c in valid})
     valid_paths = {c.path for c in valid}
     for row in rows:
         if row["path"] in valid_paths:
@@ -460,8 +465,9 @@ def prepare_emodb(root: Path, out_dir: Path, split_file: Path | None, skip_bad: 
         expected["test"] = expected_counts["test"]
     notes = {"source": str(root), "split": f"speaker-independent: train speakers {' '.join(speakers['train'])}, "
              f"test speakers {' '.join(speakers['test'])} (audeering/emodb >= 1.2.0, = confit/emodb)",
-             "valid": "carved from the train speakers' clips: 10% of each emotion, fixed seed 0"}
-    return finish_prepare("emodb", out_dir, rows, expected, notes, skip_bad, ("speaker",))
+             "valid": f"whole train speaker(s) {' '.join(valid_speakers)} ({len(valid)} clips), carved with "
+                      "seed 0: no valid speaker is in train"}
+    return finish_prepare("emodb", out_dir, rows, expected, notes, skip_bad, ("speaker", "group"))
 
 
 # --- MSWC -------------------------------------------------------------------------------------

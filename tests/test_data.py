@@ -192,6 +192,46 @@ def test_carve_valid_with_groups_never_overshoots_the_target():
     assert [c.group for c in valid] == ["z"] * 4
 
 
+def clips_of(layout: dict[str, dict[str, int]]) -> list:
+    """{group: {label: clips}} -> train clips, e.g. {"p": {"a": 1, "b": 2}}: speaker p, 1 a and 2 b."""
+    return [data.Clip(f"/x/{group}-{label}{i}.wav", label, "train", group=group)
+            for group, mix in layout.items() for label, n in mix.items() for i in range(n)]
+
+
+def test_carve_valid_takes_whole_groups_across_classes():
+    # Groups spanning classes (speakers): whole groups, target round(0.2 * 24) = 5 clips over all of
+    # train. p (3) and r (1) fit in either order (4); q (7) and s (13) never fit. Carving per class
+    # would split speakers: a's target is 2, met by p's and q's single a clips.
+    layout = {"p": {"a": 1, "b": 2}, "q": {"a": 1, "b": 6}, "r": {"b": 1}, "s": {"a": 10, "b": 3}}
+    train = clips_of(layout)
+    keep, valid = data.carve_valid(list(reversed(train)), 0.2)
+    assert sorted(c.path for c in valid) == sorted(c.path for c in train if c.group in ("p", "r"))
+    assert sorted(keep + valid, key=lambda c: c.path) == sorted(train, key=lambda c: c.path)
+    # Target round(0.1 * 20) = 2: only c-only fits, but it holds every c clip, so it may not go.
+    # None fits, so the smallest group that may go goes: x (8 clips), not y (10) nor c-only (2).
+    keep, valid = data.carve_valid(clips_of({"c-only": {"c": 2}, "x": {"a": 4, "b": 4}, "y": {"a": 5, "b": 5}}))
+    assert {c.group for c in valid} == {"x"} and len(valid) == 8
+    assert {c.group for c in keep} == {"c-only", "y"}
+    # x holds every a clip and y every c clip: neither may go, so valid is empty; so with one group.
+    keep, valid = data.carve_valid(clips_of({"x": {"a": 3, "b": 1}, "y": {"b": 3, "c": 1}}), 0.5)
+    assert valid == [] and len(keep) == 8
+    keep, valid = data.carve_valid(clips_of({"x": {"a": 3, "b": 3}}), 0.5)
+    assert valid == [] and len(keep) == 6
+
+
+def test_carve_valid_stays_per_class_for_single_class_groups():
+    # ESC-50's case, each group (recording) within one class: 5 recordings of 2 takes per class;
+    # per class the target is round(0.1 * 10) = 1, none fits, so one recording (2 clips) of each
+    # class goes. Carving over all of train would take one recording (target 2) of one class.
+    train = clips_of({f"{label}{k}": {label: 2} for label in "ab" for k in range(5)})
+    keep, valid = data.carve_valid(train, 0.1)
+    assert Counter(c.label for c in valid) == {"a": 2, "b": 2} and len({c.group for c in valid}) == 2
+    # no groups at all: per class max(1, round(0.05 * 10)) = 1 clip, not 1 clip over all of train
+    train = [data.Clip(f"/x/{label}{i}.wav", label, "train") for label in "ab" for i in range(10)]
+    keep, valid = data.carve_valid(train, 0.05)
+    assert Counter(c.label for c in valid) == {"a": 1, "b": 1}
+
+
 # ----------------------------------------------------------------------------------------------
 # Audio
 # ----------------------------------------------------------------------------------------------

@@ -606,30 +606,36 @@ def test_emodb_speaker_split_and_carved_valid(emodb_split, tmp_path, capsys):
     root = build_emodb(tmp_path / "emodb", names)
     out = tmp_path / "out"
     summary = prepare.prepare_emodb(root, out, EMODB_SPLIT, skip_bad=False)
-    files = by_file(out, "speaker")
+    files = by_file(out, "speaker", "group")
     assert set(files) == {str((root / "wav" / n).resolve()) for n in names}
     train_speakers, test_speakers = set(emodb_split["train_speakers"]), set(emodb_split["test_speakers"])
-    valid_per_emotion, train_per_emotion = Counter(), Counter()
-    for file, (label, split, speaker) in files.items():
+    speakers_of = {split: set() for split in ("train", "valid", "test")}
+    for file, (label, split, speaker, group) in files.items():
         name = os.path.basename(file)
-        assert speaker == name[:2] and label == EMODB_EMOTIONS[name[5]]
+        assert speaker == group == name[:2] and label == EMODB_EMOTIONS[name[5]]
         assert split in (("test",) if speaker in test_speakers else ("train", "valid"))
-        if speaker in train_speakers:
-            train_per_emotion[label] += 1
-            valid_per_emotion[label] += split == "valid"
-    assert sum(train_per_emotion.values()) == emodb_split["expected_counts"]["train"] == 304
+        speakers_of[split].add(speaker)
+    # Valid is whole train speakers, as test is whole speakers: no valid speaker is in train. The
+    # target is round(0.1 * 304) = 30 clips; no train speaker is that small, so the smallest, 10
+    # (38 clips), goes.
+    assert speakers_of["valid"] == {"10"} and not speakers_of["valid"] & speakers_of["train"]
+    assert speakers_of["train"] | speakers_of["valid"] == train_speakers
+    assert summary["clips"] == {"train": 304 - 38, "valid": 38, "test": 231}
+    assert summary["clips"]["train"] + summary["clips"]["valid"] == emodb_split["expected_counts"]["train"] == 304
     assert summary["clips"]["test"] == emodb_split["expected_counts"]["test"] == 231
-    for emotion, n in train_per_emotion.items():  # 10% of each emotion, at least one
-        assert 1 <= valid_per_emotion[emotion] and abs(valid_per_emotion[emotion] - 0.1 * n) <= 0.5 + 1e-9
-    assert Counter(label for label, _, _ in files.values()) == \
+    assert summary["total_clips"] == sum(summary["clips"].values()) == 535
+    assert summary["notes"]["valid"].startswith("whole train speaker(s) 10 (38 clips)")
+    assert {label for label, split, _, _ in files.values() if split == "train"} == set(EMODB_EMOTIONS.values())
+    assert Counter(label for label, _, _, _ in files.values()) == \
         {EMODB_EMOTIONS[e]: n for e, n in EMODB_EMOTION_COUNTS.items()}
     assert all(ok for _, _, ok in checks_of(summary).values())
     assert "WARNING" not in capsys.readouterr().err
 
     prepare.prepare_emodb(root, tmp_path / "default", None, skip_bad=False)  # default = the paper's speakers
-    assert by_file(tmp_path / "default", "speaker") == files  # same split, same valid clips
+    assert by_file(tmp_path / "default", "speaker", "group") == files  # same split, same valid clips
     splits, classes = data.load_splits(str(out / "manifest.csv"))
-    assert len(classes) == 7 and len(splits["valid"]) == sum(valid_per_emotion.values())
+    assert len(classes) == 7 and len(splits["valid"]) == 38
+    assert not {c.group for c in splits["valid"]} & {c.group for c in splits["train"]}
 
 
 @pytest.mark.parametrize("name, message", [
@@ -914,6 +920,13 @@ def test_emodb_split_file_sets_the_expected_counts(tmp_path):
     summary = prepare.prepare_emodb(root, tmp_path / "out", split_file, skip_bad=False)
     checks = checks_of(summary)
     assert checks["train+valid"] == (464, 464, True) and checks["test"] == (71, 71, True)
+    speakers_of = {split: {speaker for _, s, speaker in by_file(tmp_path / "out", "speaker").values() if s == split}
+                   for split in ("train", "valid")}
+    assert speakers_of["valid"] and not speakers_of["valid"] & speakers_of["train"]
+    one_speaker = {"train_speakers": ["03"], "test_speakers": sorted(set(EMODB_FILES_PER_SPEAKER) - {"03"})}
+    one = put(tmp_path / "one.json", json.dumps(one_speaker).encode())
+    with pytest.raises(data.DataError, match=r"train speakers 03: no whole train speaker can be carved into valid"):
+        prepare.prepare_emodb(root, tmp_path / "out3", one, skip_bad=False)
     both = put(tmp_path / "both.json", json.dumps({"train_speakers": ["03", "12"], "test_speakers": ["12"]}).encode())
     with pytest.raises(data.DataError, match=r"speaker\(s\) 12 are in both train and test"):
         prepare.prepare_emodb(root, tmp_path / "out2", both, skip_bad=False)
