@@ -2,21 +2,54 @@
 # The full AudioConFit comparison: datasets x backbones x seeds (fold datasets: folds) x
 # {finetune, pairtune + probe}, ending with the results table and the analysis in RUNS/report/.
 #
-#   bash run_all.sh            # the paper's grid (prepare the datasets first, see README)
-#   bash run_all.sh --quick    # demo data + tiny random backbone, a few minutes on 2 CPU cores
+#   bash run_all.sh                 # the paper's grid, one job after another (prepare the datasets first)
+#   bash run_all.sh --quick         # demo data + tiny random backbone, a few minutes on 2 CPU cores
+#   bash run_all.sh --parallel 4    # 4 jobs at once, one GPU each (no GPU: the CPU threads shared out)
+#   bash run_all.sh --list          # the jobs not yet done, one runnable command a line
+#   bash run_all.sh --job 17        # job 17 of the full list (under Slurm: SLURM_ARRAY_TASK_ID)
+#   bash run_all.sh --plan          # how many jobs, and an estimate of the GPU-hours they need
+#   bash run_all.sh --report        # the table and report from the runs that finished
 #   DATASETS="gtzan emodb" BACKBONES=wav2vec2 SEEDS="0 1 2" EPOCHS=20 bash run_all.sh
 #
 # Environment: DATASETS, BACKBONES, SEEDS, EPOCHS, FOLDS (for fold datasets), FOLD_DATASETS
 # (datasets run over FOLDS instead of SEEDS; default esc50), RUNS (output root, default runs),
-# CONFIT_DATA (data root, default data), PYTHON, EXTRA_ARGS (passed to pairtune.py and finetune.py).
-# Results go to RUNS/<dataset>/<backbone>/<method>/<seed-N|fold-N>/; a run whose results exist is
-# skipped, an interrupted one resumes from its checkpoint.
-set -euo pipefail
+# CONFIT_DATA (data root, default data), PYTHON, EXTRA_ARGS (passed to pairtune.py and finetune.py),
+# BATCH_SIZES (e.g. "32 64 128": the paper's batch-size search, below), SEARCH_RUNS (its runs,
+# default RUNS-search).
+#
+# A job is one finetune run, or one pairtune run and its probe. Jobs are numbered in a stable order
+# (the loops below), done or not. Results go to RUNS/<dataset>/<backbone>/<method>/<seed-N|fold-N>/;
+# a job whose results exist is skipped, an interrupted one resumes from its checkpoint, a failed one
+# leaves job.log and job.rc in its folder and the grid goes on. A lock file in the run folder (host
+# and process id) keeps two runners (a retry, two array tasks) off the same job at once.
+#
+# Batch-size search (BATCH_SIZES set): first each arm runs at each batch size on the first seed or
+# fold, into SEARCH_RUNS/<dataset>/<backbone>/<arm>/batch-B/ (not RUNS, so they are not counted as
+# repeats); then every seed or fold of the grid runs at the batch size whose valid accuracy was best
+# for that dataset, backbone and arm (test is never read for it). Those jobs come first in the list.
+set -uo pipefail  # not -e: one failed job must not stop the grid
 cd "$(dirname "$0")"
 
-QUICK=0
-if [[ "${1:-}" == "--quick" ]]; then QUICK=1; elif [[ -n "${1:-}" ]]; then
-  echo "usage: bash run_all.sh [--quick]" >&2; exit 2
+usage="usage: bash run_all.sh [--quick] [--list | --job N | --parallel K | --plan | --report | --count [search]]"
+QUICK=0 MODE=sequential JOB= PARALLEL=1 COUNT_WHAT=all QUICK_FLAG=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) QUICK=1 QUICK_FLAG=(--quick);;
+    --list|--plan|--report) MODE=${1#--};;
+    --count) MODE=count; if [[ ${2:-} == search ]]; then COUNT_WHAT=search; shift; fi;;
+    --job) MODE=job; JOB=${2:-}; shift;;
+    --parallel) MODE=parallel; PARALLEL=${2:-}; shift;;
+    --parallel-worker) MODE=parallel_worker; JOB=${2:-}; shift;;  # one job of --parallel (used by xargs)
+    *) echo "$usage" >&2; exit 2;;
+  esac
+  shift
+done
+if [[ $MODE == sequential && -n ${SLURM_ARRAY_TASK_ID:-} ]]; then MODE=job JOB=$SLURM_ARRAY_TASK_ID; fi
+if [[ $MODE == job || $MODE == parallel_worker ]] && [[ ! $JOB =~ ^[0-9]+$ ]]; then
+  echo "error: --job needs a job number (0, 1, ...)" >&2; exit 2
+fi
+if [[ $MODE == parallel && ! $PARALLEL =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: --parallel needs a number of jobs at once (1, 2, ...)" >&2; exit 2
 fi
 
 PYTHON=${PYTHON:-python}
@@ -31,8 +64,8 @@ if (( QUICK )); then
   # A randomly initialised 32-wide model learns nothing in a few epochs at the paper's 5e-5; both
   # arms get the same larger rate, batch and crop.
   EXTRA_ARGS=${EXTRA_ARGS:-"--lr 1e-3 --max-seconds 2 --batch-size 32"}
-  if [[ ! -f "$CONFIT_DATA/demo/manifest.csv" ]]; then
-    "$PYTHON" prepare.py demo --out "$CONFIT_DATA/demo"
+  if [[ ! -f "$CONFIT_DATA/demo/manifest.csv" && $MODE != count && $MODE != list ]]; then
+    "$PYTHON" prepare.py demo --out "$CONFIT_DATA/demo" || exit 1
   fi
 else
   DATASETS=${DATASETS:-"timit esc50 gtzan mswc-s mswc-i emodb"}
@@ -44,47 +77,258 @@ else
 fi
 FOLDS=${FOLDS:-"1 2 3 4 5"}
 FOLD_DATASETS=${FOLD_DATASETS:-esc50}
+BATCH_SIZES=${BATCH_SIZES:-}
+SEARCH_RUNS=${SEARCH_RUNS:-$RUNS-search}
 
-started=$SECONDS
-for dataset in $DATASETS; do
-  if [[ " $FOLD_DATASETS " == *" $dataset "* ]]; then
-    repeats=(); for f in $FOLDS; do repeats+=("fold-$f"); done
+# ---------------- the grid: one entry per job, in a stable order ----------------
+JOB_OUT=() JOB_COMMAND=() JOB_ABOUT=() JOB_CELL=()
+add_job() {  # run folder, description, command (one line of shell, runnable as it is)
+  JOB_OUT+=("$1"); JOB_ABOUT+=("$2"); JOB_COMMAND+=("$3")
+  local fold=; [[ $repeat == fold-* ]] && fold=${repeat#fold-}
+  JOB_CELL+=("$(printf '%s\t' "$dataset" "$backbone" "$arm" "$EPOCHS")$fold")  # for --plan
+}
+arm_command() {  # arm, run folder, arguments...: the arm's scripts as one line of shell
+  local arm=$1 out=$2; shift 2
+  local args; args=$(printf ' %q' "$@" --out "$out" --resume)
+  if [[ $arm == finetune ]]; then
+    echo "$(printf %q "$PYTHON") finetune.py$args"
   else
-    repeats=(); for s in $SEEDS; do repeats+=("seed-$s"); done
+    echo "$(printf %q "$PYTHON") pairtune.py$args && $(printf %q "$PYTHON") probe.py --ckpt $(printf %q "$out")"
   fi
-  for backbone in $BACKBONES; do
-    for repeat in "${repeats[@]}"; do
-      if [[ $repeat == fold-* ]]; then
-        split_args=(--seed 0 --fold "${repeat#fold-}")
-      else
-        split_args=(--seed "${repeat#seed-}")
-      fi
-      common=(--dataset "$dataset" --backbone "$backbone" --epochs "$EPOCHS" "${split_args[@]}" $EXTRA_ARGS)
+}
+repeats_of() {  # dataset -> its repeats: fold-K for fold datasets, else seed-N
+  local r
+  if [[ " $FOLD_DATASETS " == *" $1 "* ]]; then for r in $FOLDS; do echo "fold-$r"; done
+  else for r in $SEEDS; do echo "seed-$r"; done; fi
+}
+split_args() {  # repeat -> the scripts' arguments for it
+  if [[ $1 == fold-* ]]; then echo "--seed 0 --fold ${1#fold-}"; else echo "--seed ${1#seed-}"; fi
+}
+
+for pass in search grid; do
+  [[ $pass == search && -z $BATCH_SIZES ]] && continue
+  for dataset in $DATASETS; do
+    mapfile -t repeats < <(repeats_of "$dataset")
+    for backbone in $BACKBONES; do
       name="${backbone//\//_}"
-
-      out="$RUNS/$dataset/$name/finetune/$repeat"
-      # done = the run marked finished with its results written (eval.py's rule for finding runs)
-      if "$PYTHON" eval.py done "$out"; then
-        echo "== skip $out (results exist)"
-      else
-        echo "== finetune $dataset $backbone $repeat -> $out"
-        "$PYTHON" finetune.py "${common[@]}" --out "$out" --resume
-      fi
-
-      out="$RUNS/$dataset/$name/pairtune/$repeat"
-      if "$PYTHON" eval.py done "$out"; then  # for PairTune: its probe too
-        echo "== skip $out (results exist)"
-      else
-        echo "== pairtune + probe $dataset $backbone $repeat -> $out"
-        "$PYTHON" pairtune.py "${common[@]}" --out "$out" --resume
-        "$PYTHON" probe.py --ckpt "$out"
-      fi
+      for repeat in "${repeats[@]}"; do
+        # shellcheck disable=SC2086  # EXTRA_ARGS and split_args are word lists
+        common=(--dataset "$dataset" --backbone "$backbone" --epochs "$EPOCHS" $(split_args "$repeat") $EXTRA_ARGS)
+        for arm in finetune pairtune; do
+          if [[ $pass == search ]]; then  # the first seed or fold only, at every batch size
+            [[ $repeat != "${repeats[0]}" ]] && continue
+            for batch in $BATCH_SIZES; do
+              out="$SEARCH_RUNS/$dataset/$name/$arm/batch-$batch/$repeat"
+              add_job "$out" "search $arm $dataset $backbone $repeat batch $batch" \
+                "$(arm_command "$arm" "$out" "${common[@]}" --batch-size "$batch")"
+            done
+          elif [[ -n $BATCH_SIZES ]]; then  # the batch size the search chose, read when the job starts
+            out="$RUNS/$dataset/$name/$arm/$repeat"
+            chooser="$(printf %q "$PYTHON") eval.py best-batch"
+            chooser+=" $(printf %q "$SEARCH_RUNS/$dataset/$name/$arm") $BATCH_SIZES"
+            command=$(arm_command "$arm" "$out" "${common[@]}" --batch-size @BATCH@)
+            add_job "$out" "$arm $dataset $backbone $repeat (searched batch size)" \
+              "batch=\$($chooser) && ${command//@BATCH@/\"\$batch\"}"
+          else
+            out="$RUNS/$dataset/$name/$arm/$repeat"
+            add_job "$out" "$arm $dataset $backbone $repeat" "$(arm_command "$arm" "$out" "${common[@]}")"
+          fi
+        done
+      done
     done
   done
+  [[ $pass == search ]] && SEARCH_JOBS=${#JOB_OUT[@]}
 done
+SEARCH_JOBS=${SEARCH_JOBS:-0}
+N_JOBS=${#JOB_OUT[@]}
 
-echo "== all runs done in $(( SECONDS - started )) s"
-# Table 2 on stdout; Table 3, confusion and Figures 2-3 into $RUNS/report/ (report.md links them).
-# Figures need matplotlib (skipped with a note without it); Figure 3 uses umap-learn where installed,
-# else t-SNE or PCA, and says which.
-"$PYTHON" eval.py report "$RUNS"
+# done = the run marked finished with its results written (eval.py's rule; for PairTune: its probe too)
+is_done() { "$PYTHON" eval.py done "$1"; }
+done_of_all() { (( N_JOBS )) && "$PYTHON" eval.py done --print "${JOB_OUT[@]}"; }  # the done ones, a line each
+
+# ---------------- one job: skip if done, lock its folder, log, keep the exit status ----------------
+alive() {  # process id -> 0 if it runs (a zombie, killed but not yet reaped, does not)
+  local state=
+  kill -0 "$1" 2>/dev/null || return 1
+  [[ -r /proc/$1/stat ]] && read -r _ _ state _ < "/proc/$1/stat"
+  [[ $state != Z ]]
+}
+take_lock() {  # run folder -> 0 if this process now holds its lock
+  local lock=$1/.lock me held host pid
+  me="$(hostname) $$"
+  if (set -o noclobber; echo "$me" > "$lock") 2>/dev/null; then return 0; fi
+  read -r host pid < "$lock" 2>/dev/null || true
+  held="$host $pid"
+  if [[ $host == "$(hostname)" && -n $pid ]] && ! alive "$pid"; then
+    # A runner killed on this host: move its lock aside (only one taker can) and check it is that one.
+    if mv "$lock" "$lock.stale.$$" 2>/dev/null; then
+      if [[ $(cat "$lock.stale.$$") == "$held" ]]; then
+        rm -f "$lock.stale.$$"
+        echo "== took over the stale lock of $1 (process $pid on $host is gone)"
+        (set -o noclobber; echo "$me" > "$lock") 2>/dev/null && return 0
+      else
+        mv -n "$lock.stale.$$" "$lock"  # a live lock taken in between: put it back
+      fi
+    fi
+  fi
+  echo "== $1 is locked by process ${pid:-?} on ${host:-?}$([[ $host != "$(hostname)" ]] && echo \
+    " (another machine: delete $lock if that runner is gone)")"
+  return 1
+}
+
+run_job() {  # job number -> the job's exit status (0 if done or skipped)
+  local i=$1 out=${JOB_OUT[$1]} command=${JOB_COMMAND[$1]} status
+  LOCKED_ELSEWHERE=0
+  if is_done "$out"; then echo "== job $i: skip $out (results exist)"; return 0; fi
+  mkdir -p "$out"
+  take_lock "$out" || { LOCKED_ELSEWHERE=1; return 0; }  # another runner has it: not ours, not a failure
+  # Let go of the lock however this ends; scancel and Slurm's time limit send SIGTERM first.
+  trap 'rm -f "$out/.lock"' EXIT
+  trap 'rm -f "$out/.lock"; exit 130' INT
+  trap 'rm -f "$out/.lock"; exit 143' TERM
+  echo "== job $i: ${JOB_ABOUT[$i]} -> $out"
+  rm -f "$out/job.rc"
+  if [[ $MODE == parallel_worker ]]; then  # the display shows progress; the job's output goes to its log
+    bash -c "$command" > "$out/job.log" 2>&1
+  else
+    bash -c "$command" 2>&1 | tee "$out/job.log"
+  fi
+  status=${PIPESTATUS[0]}
+  echo "$status" > "$out/job.rc"
+  rm -f "$out/.lock"; trap - EXIT INT TERM
+  (( status )) && echo "== job $i FAILED (exit status $status): its log is $out/job.log"
+  return "$status"
+}
+
+# ---------------- the end: what failed, what is missing, the report from what finished ----------------
+finish() {
+  local i failed=0 missing=() done_runs
+  done_runs=$(done_of_all)
+  for (( i = 0; i < N_JOBS; i++ )); do
+    if ! grep -qxF -- "${JOB_OUT[$i]}" <<< "$done_runs"; then
+      missing+=("${JOB_OUT[$i]}")
+      if [[ -f ${JOB_OUT[$i]}/job.rc && $(cat "${JOB_OUT[$i]}/job.rc") != 0 ]]; then
+        (( failed++ == 0 )) && echo "== failed jobs (the command reruns one; bash run_all.sh reruns all that are left):"
+        echo "   job $i, exit status $(cat "${JOB_OUT[$i]}/job.rc"), log ${JOB_OUT[$i]}/job.log"
+        echo "     ${JOB_COMMAND[$i]}"
+      fi
+    fi
+  done
+  mkdir -p "$RUNS/report"
+  if (( ${#missing[@]} )); then
+    echo "== ${#missing[@]} of $N_JOBS runs missing (failed, running elsewhere or not started):"
+    printf '   %s\n' "${missing[@]}"
+    printf '%s\n' "${missing[@]}" > "$RUNS/report/missing.txt"
+  else
+    rm -f "$RUNS/report/missing.txt"
+  fi
+  # Table 2 on stdout; Table 3, confusion and Figures 2-3 into $RUNS/report/ (report.md links them).
+  # Figures need matplotlib (skipped with a note without it); Figure 3 uses umap-learn where installed,
+  # else t-SNE or PCA, and says which.
+  [[ -d $RUNS ]] && "$PYTHON" eval.py report "$RUNS"
+  (( failed == 0 ))
+}
+
+# ---------------- --parallel K: K jobs at once, xargs the engine, one GPU (or CPU share) each ----------------
+run_parallel() {
+  local gpus=() state started=$SECONDS first last
+  if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then IFS=, read -r -a gpus <<< "$CUDA_VISIBLE_DEVICES"
+  elif command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+    mapfile -t gpus < <(nvidia-smi -L | awk '/^GPU/ {print NR - 1}')
+  fi
+  if (( ${#gpus[@]} )); then
+    if (( PARALLEL > ${#gpus[@]} )); then
+      echo "error: --parallel $PARALLEL needs $PARALLEL GPUs, and ${#gpus[@]} are visible (${gpus[*]})" >&2; return 2
+    fi
+    export GRID_GPUS="${gpus[*]}"
+  else  # no GPU: K CPU jobs, the cores shared out, unless the user chose a thread count
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / PARALLEL > 0 ? $(nproc) / PARALLEL : 1 ))}
+    export GRID_GPUS=
+  fi
+  state=$(mktemp -d "${TMPDIR:-/tmp}/run_all.XXXXXX")
+  export GRID_STATE=$state GRID_SLOTS=$PARALLEL
+  echo "== $N_JOBS jobs, $PARALLEL at once$([[ -n $GRID_GPUS ]] && echo " on GPUs $GRID_GPUS" || \
+    echo " on CPU, $OMP_NUM_THREADS thread(s) each"); each job's output goes to job.log in its run folder"
+  # The search's jobs first: the grid's jobs read the batch size it chose.
+  for range in "0 $(( SEARCH_JOBS - 1 ))" "$SEARCH_JOBS $(( N_JOBS - 1 ))"; do
+    read -r first last <<< "$range"
+    (( last < first )) && continue
+    seq "$first" "$last" | xargs -P "$PARALLEL" -I{} bash "$PWD/run_all.sh" "${QUICK_FLAG[@]}" --parallel-worker {} &
+    local xargs_pid=$!
+    while kill -0 "$xargs_pid" 2>/dev/null; do show_progress "$state" "$started"; sleep 2; done
+    wait "$xargs_pid"
+  done
+  show_progress "$state" "$started"; [[ -t 1 ]] && echo
+  rm -rf "$state"
+}
+
+show_progress() {  # state folder, start time: one line, rewritten in place on a terminal
+  local ran skipped failed running elsewhere left elapsed eta="" line job
+  ran=$(find "$1" -name '*.ran' | wc -l); skipped=$(find "$1" -name '*.skipped' | wc -l)
+  failed=$(find "$1" -name '*.failed' | wc -l); running=$(find "$1" -name '*.running' | wc -l)
+  elsewhere=$(find "$1" -name '*.elsewhere' | wc -l)
+  left=$(( N_JOBS - ran - skipped - failed - running - elsewhere )); elapsed=$(( SECONDS - $2 ))
+  for job in $(find "$1" -name '*.failed' -printf '%f\n' | sort -n); do  # say each failure once, as it comes
+    job=${job%.failed}
+    if [[ " ${REPORTED:-} " != *" $job "* ]]; then
+      REPORTED+=" $job"
+      [[ -t 1 ]] && printf '\r%-100s\r' ""
+      echo "== job $job FAILED (exit status $(cat "${JOB_OUT[$job]}/job.rc" 2>/dev/null)): ${JOB_OUT[$job]}/job.log"
+    fi
+  done
+  if (( ran + failed > 0 && left + running > 0 )); then  # from the jobs that ran: skipped ones took no time
+    eta=", about $(minutes $(( elapsed * (left + running) / (ran + failed) ))) left"
+  fi
+  line="   done $(( ran + skipped )) / running $running / failed $failed / left $left, $(minutes "$elapsed")$eta"
+  (( elsewhere )) && line+=", $elsewhere run by another runner"
+  if [[ -t 1 ]]; then printf '\r%-100s' "$line"
+  elif [[ $line != "${LAST_LINE:-}" ]]; then echo "$line"; LAST_LINE=$line; fi
+}
+minutes() { if (( $1 < 120 )); then echo "$1 s"; else echo "$(( ($1 + 30) / 60 )) min"; fi; }
+
+parallel_worker() {  # one job under --parallel: a free GPU slot, then the job; its state for the display
+  local i=$1 gpus slot fd
+  if [[ -n $GRID_GPUS ]]; then
+    read -r -a gpus <<< "$GRID_GPUS"
+    for (( slot = 0; slot < GRID_SLOTS; slot++ )); do  # at most K jobs run, so one of K slots is free
+      exec {fd}> "$GRID_STATE/slot-$slot"
+      if flock -n "$fd"; then export CUDA_VISIBLE_DEVICES=${gpus[$slot]}; break; fi
+      exec {fd}>&-
+    done
+  fi
+  if is_done "${JOB_OUT[$i]}"; then touch "$GRID_STATE/$i.skipped"; return 0; fi
+  touch "$GRID_STATE/$i.running"
+  run_job "$i" > "$GRID_STATE/$i.out" 2>&1
+  local status=$?
+  rm -f "$GRID_STATE/$i.running"
+  if (( status )); then touch "$GRID_STATE/$i.failed"
+  elif (( LOCKED_ELSEWHERE )); then touch "$GRID_STATE/$i.elsewhere"
+  else touch "$GRID_STATE/$i.ran"; fi
+  return $(( status > 0 ? 1 : 0 ))  # xargs stops everything on 255
+}
+
+# ---------------- what to do ----------------
+case $MODE in
+  count) if [[ $COUNT_WHAT == search ]]; then echo "$SEARCH_JOBS"; else echo "$N_JOBS"; fi;;
+  list)
+    done_runs=$(done_of_all)
+    for (( i = 0; i < N_JOBS; i++ )); do
+      grep -qxF -- "${JOB_OUT[$i]}" <<< "$done_runs" || echo "${JOB_COMMAND[$i]}  # job $i: ${JOB_ABOUT[$i]}"
+    done;;
+  job)
+    if (( JOB >= N_JOBS )); then echo "error: job $JOB: the grid has jobs 0 to $(( N_JOBS - 1 ))" >&2; exit 2; fi
+    run_job "$JOB";;
+  parallel_worker) parallel_worker "$JOB";;
+  plan)
+    for (( i = 0; i < N_JOBS; i++ )); do  # job, run folder, dataset, backbone, arm, epochs, fold
+      printf '%s\t%s\t%s\n' "$i" "${JOB_OUT[$i]}" "${JOB_CELL[$i]}"
+    done | "$PYTHON" eval.py plan --search-jobs "$SEARCH_JOBS" --logs "$RUNS" --logs "$SEARCH_RUNS" \
+             --logs "$RUNS-timing" --data-root "$CONFIT_DATA";;
+  report) finish;;
+  sequential|parallel)
+    started=$SECONDS
+    if [[ $MODE == parallel ]]; then run_parallel || exit $?
+    else for (( i = 0; i < N_JOBS; i++ )); do run_job "$i"; done; fi
+    echo "== all jobs tried in $(( SECONDS - started )) s"
+    finish;;
+esac

@@ -545,3 +545,38 @@ def test_isotropy_and_dimcontrib_commands(tmp_path, capsys):
     assert "| dims50 |" in capsys.readouterr().out
     assert ev.main(["isotropy", "--ckpt", str(tmp_path)]) == 1
     assert "not a run folder (no run.json)" in capsys.readouterr().err
+
+
+def test_the_training_batch_size_shows_in_the_cells_where_it_differs(tmp_path, capsys):
+    # FineTune's batch size is in its run.json; PairTune's in the run.json above its probe/ folder.
+    def with_batch(run_dir, batch):
+        run = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**run, "args": {**run["args"], "batch_size": batch}}))
+
+    for seed in (0, 1):
+        with_batch(write_run(tmp_path, f"gtzan/ft/s{seed}", seed=seed).parent, 64)
+        probe = write_run(tmp_path, f"gtzan/pt/s{seed}/probe", method="pairtune", seed=seed).parent
+        (probe.parent / "run.json").write_text(json.dumps({"stage": "pairtune", "finished": True,
+                                                           "args": {"batch_size": 32}}))
+    code, out, _ = run_table(tmp_path, capsys)
+    table = parse_markdown(out)
+    assert table[("wav2vec2", "FINETUNE")]["gtzan"] == "80.00 ± 0.00 (n=2, b=64)"
+    assert table[("wav2vec2", "PAIRTUNE")]["gtzan"].endswith("(n=2, b=32)")
+    cells = ev.summarise(ev.collect_results(tmp_path))["backbones"]["wav2vec2"]
+    assert cells["finetune"]["gtzan"]["batch_sizes"] == [64] and cells["pairtune"]["gtzan"]["batch_sizes"] == [32]
+    for seed in (0, 1):  # one batch size everywhere: nothing to note
+        with_batch(tmp_path / f"gtzan/ft/s{seed}", 32)
+    code, out, _ = run_table(tmp_path, capsys)
+    assert parse_markdown(out)[("wav2vec2", "FINETUNE")]["gtzan"] == "80.00 ± 0.00 (n=2)"
+
+
+def test_the_report_names_the_runs_the_grid_is_missing(tmp_path, capsys):
+    write_run(tmp_path, "gtzan/ft/s0")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "missing.txt").write_text("runs/gtzan/wav2vec2/pairtune/seed-0\nruns/x/seed-1\n")
+    assert ev.main(["report", str(tmp_path), "--device", "cpu"]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "**Missing: 2 run(s)**" in report and "- `runs/x/seed-1`" in report
+    (tmp_path / "report" / "missing.txt").unlink()
+    assert ev.main(["report", str(tmp_path), "--device", "cpu"]) == 0
+    assert "Missing" not in (tmp_path / "report" / "report.md").read_text()

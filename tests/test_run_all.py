@@ -5,44 +5,74 @@ too. The real scripts are covered end to end in test_pipeline.py.
 """
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+
+import pytest
 
 from conftest import ROOT
 
 RECORDER = textwrap.dedent("""\
     #!/usr/bin/env bash
-    # Records "script args..." and fakes the files each script leaves behind; `eval.py done` (the
-    # skip test) is the real one, on those files, and is not recorded.
-    if [[ $1 == eval.py && $2 == done ]]; then exec "$REAL_PYTHON" "$@"; fi
-    echo "$*" >> "$CALL_LOG"
+    # Records "script args..." and fakes the files each script leaves behind; eval.py's done, best-batch
+    # and plan (the skip test, the search's choice, the estimate) are the real ones, on those files, and
+    # are not recorded. FAKE_FAIL: a job whose folder contains it exits 3. FAKE_VALID: "finetune/batch-16=0.6
+    # ...": the valid accuracy of runs whose folder contains "/finetune/batch-16/" (else 0.5). FAKE_SLEEP:
+    # seconds a training script takes. STARTS: a file that gets "start OUT" and "end OUT" lines.
+    if [[ $1 == eval.py && $2 =~ ^(done|best-batch|plan)$ ]]; then exec "$REAL_PYTHON" "$@"; fi
+    echo "$* @gpu=${CUDA_VISIBLE_DEVICES:-none} @threads=${OMP_NUM_THREADS:-none}" >> "$CALL_LOG"
     script=$1; shift
     out=""; ckpt=""
     while [[ $# -gt 0 ]]; do
       case $1 in --out) out=$2; shift;; --ckpt) ckpt=$2; shift;; esac; shift
     done
+    note() {  # start or end of a training script, when, on which GPU
+      [[ -n ${STARTS:-} && -n $out$ckpt ]] || return 0
+      echo "$1 $script $out$ckpt $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$STARTS"
+    }
+    note start
+    sleep "${FAKE_SLEEP:-0}"
+    if [[ -n ${FAKE_FAIL:-} && "$out$ckpt/" == *"$FAKE_FAIL"* ]]; then echo "boom in $out$ckpt" >&2; exit 3; fi
+    valid() {
+      local pair; for pair in ${FAKE_VALID:-}; do
+        [[ "$out$ckpt/" == *"/${pair%=*}/"* ]] && { echo "${pair#*=}"; return; }
+      done
+      echo 0.5
+    }
     finished() { mkdir -p "$1" && printf '{"stage": "%s", "finished": true}' "$2" > "$1/run.json"; }
     case $script in
-      finetune.py) finished "$out" finetune && echo '{}' > "$out/results.json";;
+      finetune.py) finished "$out" finetune && echo "{\\"valid_acc\\": $(valid)}" > "$out/results.json";;
       pairtune.py) finished "$out" pairtune;;
-      probe.py) mkdir -p "$ckpt/probe" && echo '{}' > "$ckpt/probe/results.json" && finished "$ckpt/probe" probe;;
+      probe.py) mkdir -p "$ckpt/probe" && echo "{\\"valid_acc\\": $(valid)}" > "$ckpt/probe/results.json" &&
+                finished "$ckpt/probe" probe;;
     esac
+    note end
+    exit 0
     """)
 
 
-def run_all(tmp_path, **env):
+def environment(tmp_path, **env):
     recorder = tmp_path / "recorder.sh"
     recorder.write_text(RECORDER)
     recorder.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
+    return {**base, "PYTHON": str(recorder), "CALL_LOG": str(tmp_path / "calls.log"), "RUNS": str(tmp_path / "runs"),
+            "REAL_PYTHON": sys.executable, **env}
+
+
+def run_all(tmp_path, *flags, expect=0, **env):
+    """run_all.sh's calls of the (stand-in) scripts, as argument lists, and its stdout."""
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)  # each call returns only its own calls
-    environment = {**os.environ, "PYTHON": str(recorder), "CALL_LOG": str(log),
-                   "RUNS": str(tmp_path / "runs"), "REAL_PYTHON": sys.executable, **env}
-    result = subprocess.run(["bash", str(ROOT / "run_all.sh")], env=environment, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [shlex.split(line) for line in log.read_text().splitlines()], result.stdout
+    result = subprocess.run(["bash", str(ROOT / "run_all.sh"), *flags], env=environment(tmp_path, **env),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == expect, result.stdout + result.stderr
+    calls = [shlex.split(line.split(" @gpu=")[0]) for line in log.read_text().splitlines()] if log.exists() else []
+    return calls, result.stdout
 
 
 def flag(call, name):
@@ -69,7 +99,7 @@ def test_esc50_runs_its_five_folds_and_other_datasets_their_seeds(tmp_path):
 def test_finished_runs_are_skipped(tmp_path):
     run_all(tmp_path, DATASETS="esc50", BACKBONES="tiny", FOLDS="1 2", EPOCHS="1")
     calls, stdout = run_all(tmp_path, DATASETS="esc50", BACKBONES="tiny", FOLDS="1 2 3", EPOCHS="1")
-    assert stdout.count("== skip") == 4  # folds 1 and 2, both arms
+    assert stdout.count(": skip") == 4  # folds 1 and 2, both arms
     assert sorted((c[0], flag(c, "--fold")) for c in calls) == [
         ("eval.py", None), ("finetune.py", "3"), ("pairtune.py", "3"), ("probe.py", None)]
 
@@ -80,5 +110,225 @@ def test_a_run_cut_short_is_run_again(tmp_path):
     (runs / "finetune/fold-1/run.json").write_text('{"stage": "finetune", "finished": false}')  # killed mid-run
     (runs / "pairtune/fold-1/probe/run.json").write_text('{"stage": "probe", "fini')  # killed while writing
     calls, stdout = run_all(tmp_path, DATASETS="esc50", BACKBONES="tiny", FOLDS="1", EPOCHS="1")
-    assert "== skip" not in stdout
+    assert ": skip" not in stdout
     assert [c[0] for c in calls] == ["finetune.py", "pairtune.py", "probe.py", "eval.py"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The job list: --list, --count, --job N, SLURM_ARRAY_TASK_ID
+# ----------------------------------------------------------------------------------------------
+
+GRID = dict(DATASETS="esc50 gtzan", BACKBONES="tiny", FOLDS="1 2", SEEDS="0 1", EPOCHS="1")  # 8 jobs
+
+
+def listed(stdout):
+    """--list's lines as (job number, command)."""
+    return [(int(line.rsplit("  # job ", 1)[1].split(":")[0]), line.rsplit("  # job ", 1)[0])
+            for line in stdout.splitlines()]
+
+
+def test_the_list_numbers_jobs_stably_and_leaves_out_what_is_done(tmp_path):
+    assert run_all(tmp_path, "--count", **GRID)[1] == "8\n"
+    _, stdout = run_all(tmp_path, "--list", **GRID)
+    jobs = listed(stdout)
+    assert [number for number, _ in jobs] == list(range(8))
+    assert "finetune.py --dataset esc50 --backbone tiny --epochs 1 --seed 0 --fold 1" in jobs[0][1]
+    assert "pairtune.py" in jobs[1][1] and "&& " in jobs[1][1] and "probe.py --ckpt" in jobs[1][1]
+    # A listed line is a complete command: run as it is, it makes the same calls as --job.
+    subprocess.run(["bash", "-c", jobs[5][1]], env=environment(tmp_path, **GRID), check=True, cwd=ROOT)
+    by_hand = (tmp_path / "calls.log").read_text().splitlines()
+    calls, _ = run_all(tmp_path, "--job", "7", **GRID)
+    assert [c[0] for c in calls] == ["pairtune.py", "probe.py"] and flag(calls[0], "--seed") == "1"
+    jobs_left = listed(run_all(tmp_path, "--list", **GRID)[1])
+    assert [number for number, _ in jobs_left] == [0, 1, 2, 3, 4, 6]  # the numbers of the rest do not move
+    assert [shlex.split(line.split(" @gpu=")[0])[0] for line in by_hand] == ["pairtune.py", "probe.py"]
+
+
+def test_an_array_task_runs_the_job_of_its_index_and_nothing_else(tmp_path):
+    calls, stdout = run_all(tmp_path, SLURM_ARRAY_TASK_ID="2", **GRID)
+    assert [(c[0], flag(c, "--fold")) for c in calls] == [("finetune.py", "2")]  # no report from one task
+    assert "job 2:" in stdout
+    _, stdout = run_all(tmp_path, "--job", "8", expect=2, **GRID)
+
+
+def test_a_batch_script_submits_the_grid_as_an_array(tmp_path):
+    # A stand-in sbatch that runs each task of --array=A-B in turn, as Slurm would on many nodes: it
+    # sets SLURM_ARRAY_TASK_ID and SLURM_SUBMIT_DIR and passes the submitter's environment (Slurm's default).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        array=; args=()
+        for arg in "$@"; do
+          case $arg in --array=*) array=${arg#--array=};; --parsable|--dependency=*) ;; *) args+=("$arg");; esac
+        done
+        for (( task = ${array%-*}; task <= ${array#*-}; task++ )); do
+          (cd /; SLURM_ARRAY_TASK_ID=$task SLURM_SUBMIT_DIR=$SUBMIT_DIR bash "$ROOT/${args[0]}" "${args[@]:1}") \\
+            >> "$SLURM_OUT" 2>&1
+        done
+        echo 4242
+        """))
+    (bin_dir / "sbatch").chmod(0o755)
+    env = environment(tmp_path, **GRID, BATCH_SIZES="16 32", FAKE_VALID="pairtune/batch-32=0.9",
+                      PATH=f"{bin_dir}:{os.environ['PATH']}", ROOT=str(ROOT), SUBMIT_DIR=str(ROOT),
+                      SLURM_OUT=str(tmp_path / "slurm.out"))
+    # The README's commands: the search's jobs, then the grid's once they are done.
+    script = textwrap.dedent("""\
+        S=$(bash run_all.sh --count search); N=$(bash run_all.sh --count)
+        search=$(sbatch --parsable --array=0-$((S - 1)) slurm/run_all.sbatch)
+        sbatch --dependency=afterany:$search --array=$S-$((N - 1)) slurm/run_all.sbatch
+        """)
+    subprocess.run(["bash", "-c", script], env=env, cwd=ROOT, check=True, timeout=120)
+    calls = [shlex.split(line.split(" @gpu=")[0]) for line in (tmp_path / "calls.log").read_text().splitlines()]
+    training = [c for c in calls if c[0] in ("finetune.py", "pairtune.py")]
+    search = [c for c in training if "-search/" in flag(c, "--out")]
+    grid = [c for c in training if "-search/" not in flag(c, "--out")]
+    assert len(search) == 2 * 2 * 2  # 2 datasets x 2 arms x 2 batch sizes, first fold or seed only
+    assert len(grid) == 8 and len({flag(c, "--out") for c in grid}) == 8  # every job once
+    assert {flag(c, "--batch-size") for c in grid if c[0] == "pairtune.py"} == {"32"}
+    assert {flag(c, "--batch-size") for c in grid if c[0] == "finetune.py"} == {"16"}  # a tie: the smaller
+
+
+# ----------------------------------------------------------------------------------------------
+# Failures, locks, kills
+# ----------------------------------------------------------------------------------------------
+
+def test_a_failed_job_does_not_stop_the_grid_and_is_run_again(tmp_path):
+    calls, stdout = run_all(tmp_path, expect=1, FAKE_FAIL="gtzan/tiny/finetune/seed-0/", **GRID)
+    failed = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
+    assert len([c for c in calls if c[0] in ("finetune.py", "pairtune.py")]) == 8  # all tried
+    assert (failed / "job.rc").read_text().strip() == "3" and "boom" in (failed / "job.log").read_text()
+    assert f"job 4, exit status 3, log {failed}/job.log" in stdout
+    assert f"finetune.py --dataset gtzan --backbone tiny --epochs 1 --seed 0 --out {failed} --resume" in stdout
+    assert calls[-1][:2] == ["eval.py", "report"]  # the report is still made, and told what is missing
+    assert (tmp_path / "runs/report/missing.txt").read_text() == f"{failed}\n"
+    calls, _ = run_all(tmp_path, **GRID)
+    assert [(c[0], flag(c, "--out")) for c in calls] == [("finetune.py", str(failed)), ("eval.py", None)]
+    assert not (tmp_path / "runs/report/missing.txt").exists()
+
+
+def test_a_locked_job_is_left_to_its_runner_and_a_stale_lock_is_taken_over(tmp_path):
+    grid = dict(GRID, DATASETS="gtzan", SEEDS="0")  # jobs 0 (finetune) and 1 (pairtune)
+    finetune, pairtune = (tmp_path / f"runs/gtzan/tiny/{arm}/seed-0" for arm in ("finetune", "pairtune"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    for folder, pid in ((finetune, os.getpid()), (pairtune, gone.pid)):
+        folder.mkdir(parents=True)
+        (folder / ".lock").write_text(f"{socket.gethostname()} {pid}\n")
+    calls, stdout = run_all(tmp_path, expect=0, **grid)
+    assert f"{finetune} is locked by process {os.getpid()}" in stdout
+    assert f"took over the stale lock of {pairtune} (process {gone.pid}" in stdout
+    assert [c[0] for c in calls] == ["pairtune.py", "probe.py", "eval.py"]
+    assert (finetune / ".lock").exists() and not (pairtune / ".lock").exists()  # released when done
+    (finetune / ".lock").write_text("another-host 1\n")
+    _, stdout = run_all(tmp_path, "--job", "0", **grid)
+    assert "another machine" in stdout and not (finetune / "run.json").exists()
+
+
+@pytest.mark.parametrize("mode", [[], ["--parallel", "2"]])
+def test_killing_a_runner_mid_grid_and_starting_again_repeats_no_finished_job(tmp_path, mode):
+    starts = tmp_path / "starts.log"
+    env = environment(tmp_path, **GRID, FAKE_SLEEP="0.4", STARTS=str(starts))
+    runner = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), *mode], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and sum(line.startswith("end") for line in lines_of(starts)) < 3:
+        time.sleep(0.05)
+    os.killpg(runner.pid, signal.SIGKILL)  # the runner, its jobs and their scripts, as scancel does
+    runner.wait()
+    while time.time() < deadline:  # until every process of the group is gone, as before a real restart
+        try:
+            os.killpg(runner.pid, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    before = lines_of(starts)
+    assert 3 <= sum(line.startswith("end") for line in before) < 12  # mid-grid: 8 training + 4 probe calls
+    # a job is finished when its last script is: finetune.py, or pairtune.py's probe.py
+    finished = {line.split()[2] for line in before if line.split()[:2] in (["end", "finetune.py"], ["end", "probe.py"])}
+    assert finished
+    _, stdout = run_all(tmp_path, *mode, **GRID, FAKE_SLEEP="0.1", STARTS=str(starts))
+    after = lines_of(starts)[len(before):]
+    assert not {line.split()[2] for line in after if line.startswith("start")} & finished  # none run again
+    every_run = [str(tmp_path / "runs" / d / "tiny" / arm / r)
+                 for d, repeats in (("esc50", ("fold-1", "fold-2")), ("gtzan", ("seed-0", "seed-1")))
+                 for arm in ("finetune", "pairtune") for r in repeats]
+    assert subprocess.run([sys.executable, str(ROOT / "eval.py"), "done", *every_run]).returncode == 0
+    cut = {line.split()[2] for line in before if line.startswith("start")} - finished
+    if cut and not mode:  # a job was running at the kill: its lock names the dead runner
+        assert "took over the stale lock" in stdout
+
+
+def lines_of(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------
+# --parallel K: one GPU a job, or the CPU's threads shared out
+# ----------------------------------------------------------------------------------------------
+
+def test_parallel_jobs_get_one_gpu_each_never_the_same_at_once(tmp_path):
+    starts = tmp_path / "starts.log"
+    _, stdout = run_all(tmp_path, "--parallel", "2", **GRID, FAKE_SLEEP="0.3", STARTS=str(starts),
+                        CUDA_VISIBLE_DEVICES="3,5")
+    spans = {}
+    for line in lines_of(starts):
+        kind, script, out, moment, gpu = line.split()
+        spans.setdefault((script, out), {})[kind] = (float(moment), gpu)
+    assert len(spans) == 12 and {span["start"][1] for span in spans.values()} == {"3", "5"}
+    overlapping = [(a, b) for a in spans.values() for b in spans.values()
+                   if a is not b and a["start"][0] < b["end"][0] and b["start"][0] < a["end"][0]]
+    assert overlapping, "no two jobs ran at once"
+    assert all(a["start"][1] != b["start"][1] for a, b in overlapping)
+    assert "done 8 / running 0 / failed 0 / left 0" in stdout
+    _, stdout = run_all(tmp_path, "--parallel", "3", expect=2, **GRID, CUDA_VISIBLE_DEVICES="3,5")
+
+
+def test_parallel_jobs_on_cpu_share_the_threads(tmp_path):
+    run_all(tmp_path, "--parallel", "2", **GRID, PATH=f"{tmp_path}:/usr/bin:/bin")  # no nvidia-smi
+    threads = {line.split("@threads=")[1] for line in (tmp_path / "calls.log").read_text().splitlines()
+               if not line.startswith("eval.py")}
+    assert threads == {str(max(1, os.cpu_count() // 2))}
+
+
+def test_the_plan_counts_the_jobs(tmp_path):
+    run_all(tmp_path, "--job", "0", **GRID)
+    _, stdout = run_all(tmp_path, "--plan", **GRID, BATCH_SIZES="16 32")
+    assert stdout.startswith("jobs: 16 total, 1 done, 15 left (batch-size search: 8 total, 0 done, 8 left; "
+                             "grid: 8 total, 1 done, 7 left)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The real scripts: --parallel gives the sequential run's table
+# ----------------------------------------------------------------------------------------------
+
+def test_the_quick_run_in_parallel_gives_the_sequential_table(tmp_path):
+    # Both with one thread a process, so each run computes in the same order: the same bits.
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(PYTHON=sys.executable, CONFIT_DATA=str(tmp_path / "data"), SEEDS="0 1", EPOCHS="1",
+               EXTRA_ARGS="--lr 1e-3 --max-seconds 1 --batch-size 32",
+               OMP_NUM_THREADS="1", PATH=f"{tmp_path}:/usr/bin:/bin")  # no nvidia-smi: CPU slots
+    tables = []
+    for name, flags in (("sequential", []), ("parallel", ["--parallel", "2"])):
+        env["RUNS"] = str(tmp_path / name)
+        result = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--quick", *flags], env=env, capture_output=True,
+                                text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        tables.append((tmp_path / name / "report" / "table.md").read_text())
+    assert "done 4 / running 0 / failed 0 / left 0" in result.stdout
+    assert tables[0] == tables[1] and "(n=2)" in tables[0]
+
+
+def test_a_job_stopped_by_sigterm_lets_go_of_its_lock(tmp_path):
+    # scancel and Slurm's time limit send SIGTERM to the task's processes before SIGKILL.
+    starts = tmp_path / "starts.log"
+    env = environment(tmp_path, **GRID, FAKE_SLEEP="30", STARTS=str(starts))
+    task = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--job", "0"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = tmp_path / "runs/esc50/tiny/finetune/fold-1/.lock"
+    deadline = time.time() + 30
+    while time.time() < deadline and not lines_of(starts):
+        time.sleep(0.05)
+    assert lock.exists()
+    os.killpg(task.pid, signal.SIGTERM)
+    assert task.wait(timeout=30) == 143 and not lock.exists()
