@@ -9,17 +9,21 @@ published splits.
     python prepare.py mswc --lang id --keywords paper --root RAW/mswc           # -> data/mswc-i
     python prepare.py fsdd --root ../shared/data/fsdd --task digit              # -> data/fsdd-digit
     python prepare.py demo                                                      # synthetic, < 20 s
+    python prepare.py hf --path DIR_OR_PARQUET_OR_HUB_ID --out data/NAME        # a Hugging Face dataset
 
 Each turns a dataset as distributed into OUT/manifest.csv (paths relative to OUT, the audio left
 where it is) and OUT/summary.json; the README's table says where to get each and which split it
 uses. Each prepare_* function below builds the rows of one dataset with its published split; they
 all end in `finish_prepare`, which reads every file's header, reports unreadable files by name (and
 skips them only with --skip-bad), checks the counts the dataset is known to have, and writes.
-The training scripts then find it with `--dataset NAME` (data.py reads manifests).
+The training scripts then find it with `--dataset NAME` (data.py reads manifests). `hf` takes any
+Hugging Face dataset (the optional `datasets` package) and writes its audio under OUT/audio/.
 """
 import argparse
 import csv
+import glob
 import hashlib
+import io
 import json
 import os
 import random
@@ -724,6 +728,225 @@ def prepare_demo(out_dir: Path, per_split=(("train", 24), ("valid", 8), ("test",
     return finish_prepare("demo", out_dir, rows, expected, {"source": f"synthesized, seed {seed}"})
 
 
+# --- Hugging Face datasets --------------------------------------------------------------------
+# A dataset in the formats of the `datasets` library: a save_to_disk folder, parquet files (the
+# Hub's own copies, such as the paper authors' confit/* datasets) or a Hub id. `datasets` is optional
+# and imported only here. Its Audio feature decodes through torchcodec (FFmpeg's libraries and a build
+# matched to torch; datasets 5.2 decodes nothing without it) and resamples where the feature names a
+# rate, so we read the stored bytes instead (Audio(decode=False)) and write them unchanged: every clip
+# keeps its own samples and rate, and soundfile decodes it like any other file.
+HF_SPLIT_MAP = "train=train,validation=valid,valid=valid,test=test"
+HF_SUFFIXES = {"WAVEX": ".wav", "NIST": ".sph"}  # libsndfile's format name -> suffix, where they differ
+
+
+def import_datasets():
+    """The optional `datasets` package, or a DataError that says how to install it."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("prepare.py hf needs the datasets package, which is not installed here: pip install "
+                        "datasets (or pip install -r requirements-test.txt)") from None
+    return datasets
+
+
+def parse_split_map(text: str) -> dict[str, str]:
+    """--split-map 'train=train,validation=valid' as {the dataset's split name: ours}."""
+    mapping = {}
+    for item in text.split(","):
+        name, _, ours = (part.strip() for part in item.partition("="))
+        if not name or ours not in SPLITS:
+            raise DataError(f"--split-map {text}: '{item}' is not NAME=SPLIT with SPLIT one of {', '.join(SPLITS)}.")
+        mapping[name] = ours
+    return mapping
+
+
+def parquet_splits(files: list[Path], folder: Path | None, names) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Group parquet files by the split that their name, or a folder between `folder` and them, names
+    (train-00000-of-00002.parquet, default/test/0000.parquet, esc50_valid.parquet), among `names`;
+    files that name none come back apart. Where no file names one, all are one split, train (as
+    `datasets` has it)."""
+    by_lower = {name.lower(): name for name in names}
+    by_split, unnamed = {}, []
+    for file in files:
+        relative = file.relative_to(folder) if folder else Path(file.name)
+        words = [word for part in (relative.stem, *reversed(relative.parent.parts))  # the file's name first
+                 for word in re.split(r"[^0-9a-z]+", part.lower())]
+        split = next((by_lower[word] for word in words if word in by_lower), None)
+        if split is None:
+            unnamed.append(file)
+        else:
+            by_split.setdefault(split, []).append(file)
+    return (by_split, unnamed) if by_split else ({"train": files}, [])
+
+
+def open_hf_dataset(hf, path: str, names) -> tuple[dict, Path | None]:
+    """{split name: (dataset, number of examples)} and the folder that relative audio paths start
+    from (None for a Hub id). `path`: a save_to_disk folder, a folder of parquet files, a parquet file
+    or a quoted glob of them, or a Hub id; parquet splits as `parquet_splits` finds them."""
+    local = Path(path)
+    if local.is_dir() and any((local / name).is_file() for name in ("dataset_dict.json", "state.json")):
+        loaded = hf.load_from_disk(str(local))
+        if isinstance(loaded, hf.Dataset):  # one split saved alone
+            loaded = {str(loaded.split or "train"): loaded}
+        return {name: (dataset, len(dataset)) for name, dataset in loaded.items()}, local
+    files = sorted(local.rglob("*.parquet")) if local.is_dir() else sorted(map(Path, glob.glob(path)))
+    if local.is_dir() and not files:
+        raise DataError(f"--path {path}: this folder holds neither a saved dataset (dataset_dict.json or "
+                        "state.json, from save_to_disk) nor parquet files.")
+    if files:
+        others = [str(file) for file in files if file.suffix != ".parquet"]
+        if others:
+            raise DataError(f"--path {path}: not parquet files: {', '.join(others[:5])}. Give a save_to_disk "
+                            "folder, parquet files, or a Hub id.")
+        by_split, unnamed = parquet_splits(files, local if local.is_dir() else None, names)
+        if unnamed:
+            print(f"note: leaving out {len(unnamed)} parquet file(s) whose names name no split of --split-map: "
+                  f"{', '.join(str(f) for f in unnamed[:5])}{' ...' if len(unnamed) > 5 else ''}", file=sys.stderr)
+        import pyarrow.parquet as pq  # installed with datasets
+
+        # Streamed: read where they are, not through a converted copy in the datasets cache.
+        loaded = hf.load_dataset("parquet", streaming=True,
+                                 data_files={split: [str(f) for f in group] for split, group in by_split.items()})
+        opened = {split: (loaded[split], sum(pq.ParquetFile(f).metadata.num_rows for f in group))
+                  for split, group in by_split.items()}
+        return opened, local if local.is_dir() else files[0].parent
+    try:
+        loaded = hf.load_dataset(path)
+    except Exception as error:  # offline, unknown id, gated: the Hub's own message says which
+        raise DataError(f"--path {path}: no such local folder or file, and the Hugging Face Hub did not give it "
+                        f"either ({type(error).__name__}: {error}). Offline? Where the Hub can be reached, save "
+                        f"a copy with datasets.load_dataset('{path}').save_to_disk(DIR), then pass --path DIR."
+                        ) from None
+    return {name: (dataset, len(dataset)) for name, dataset in loaded.items()}, None
+
+
+def hf_audio_kind(hf, feature, where: str):
+    """How a column holds its audio: "file" (an Audio feature, or {bytes, path} records), or the
+    sample dtype of {array, sampling_rate} records (from the feature: the values come as lists)."""
+    keys = set(feature) if isinstance(feature, dict) else set()
+    if isinstance(feature, hf.Audio) or {"bytes", "path"} <= keys:
+        return "file"
+    if {"array", "sampling_rate"} <= keys:
+        value = feature["array"]
+        while hasattr(value, "feature"):  # List(Value("int16")), or List(List(...)) for [channels, samples]
+            value = value.feature
+        return np.dtype(value.dtype)
+    raise DataError(f"{where} is {feature}, not audio: an Audio feature, or records of bytes and path, or of "
+                    "array and sampling_rate. Name the audio column with --audio-column.")
+
+
+def write_hf_clip(audio: dict, kind, stem: Path, folder: Path | None, where: str) -> tuple[str, bool]:
+    """One example's audio as a file: (its absolute path, whether it was written here).
+
+    Stored bytes are written unchanged as `stem` plus their format's suffix (whatever libsndfile
+    cannot read is written too, and finish_prepare's check names it). A local dataset that lists a
+    file without bytes keeps it where it is; a Hub dataset's file (in its cache, which may be cleared)
+    is copied. Arrays are written as WAV in their own sample type, so the samples stay exact."""
+    if kind != "file":
+        if not audio.get("sampling_rate"):
+            raise DataError(f"{where}: no sampling_rate beside the array.")
+        samples = np.asarray(audio["array"], dtype=kind)
+        samples = samples.T if samples.ndim == 2 else samples  # datasets' arrays are [channels, samples]
+        subtype = {"int16": "PCM_16", "int32": "PCM_32", "float32": "FLOAT"}.get(samples.dtype.name)
+        if subtype is None:  # any other type as 64-bit float, which holds the narrower ones exactly
+            samples, subtype = samples.astype(np.float64), "DOUBLE"
+        target = stem.with_suffix(".wav")
+        sf.write(target, samples, int(audio["sampling_rate"]), subtype=subtype)
+        return absolute(target), True
+    data, name = audio.get("bytes"), audio.get("path")
+    if data is None and name and folder is not None:
+        return absolute(Path(name) if os.path.isabs(name) else folder / name), False
+    if data is None and name and os.path.isfile(name):
+        data = Path(name).read_bytes()
+    if data is None:
+        raise DataError(f"{where}: the audio has neither bytes nor a local file (path {name!r}).")
+    try:
+        form = sf.info(io.BytesIO(data)).format
+        suffix = HF_SUFFIXES.get(form, f".{form.lower()}")
+    except Exception:  # not audio libsndfile knows
+        suffix = Path(name or "").suffix or ".bin"
+    target = stem.with_suffix(suffix)
+    target.write_bytes(data)
+    return absolute(target), True
+
+
+def hf_label(value, names, where: str) -> str:
+    """A label as text: a ClassLabel's name (`names` is its int2str; -1 means no label), else the value."""
+    if names is not None:
+        value = names(value) if value is not None and value >= 0 else None
+    label = "" if value is None else str(value).strip()
+    if not label:
+        raise DataError(f"{where}: no label. Leave an unlabelled split out with --split-map, or name the label "
+                        "column with --label-column.")
+    return label
+
+
+def prepare_hf(path: str, out_dir: Path, audio_column: str = "audio", label_column: str = "label",
+               split_map: str = HF_SPLIT_MAP, fold_column: str | None = None, skip_bad: bool = False) -> dict:
+    """A Hugging Face dataset (see `open_hf_dataset` for what `path` may be): its audio written under
+    OUT/audio/<split>/NNNNNN.<format> by `write_hf_clip`, its labels by `hf_label`.
+
+    `split_map` renames the dataset's splits to train, valid and test; a split it does not name is left
+    out, with a note. With `fold_column`, that integer column becomes the manifest's fold (`--fold k`).
+    """
+    hf = import_datasets()
+    mapping = parse_split_map(split_map)
+    splits, folder = open_hf_dataset(hf, path, mapping)
+    left_out = [name for name in splits if name not in mapping]
+    if left_out:
+        print(f"note: leaving out split(s) {', '.join(left_out)}: not in --split-map {split_map} (add e.g. "
+              f"{left_out[0]}=train to keep it)", file=sys.stderr)
+    # train first in the manifest, then valid and test, whatever order the dataset keeps them in
+    kept = {name: splits[name] for name in sorted((n for n in splits if n in mapping),
+                                                  key=lambda n: SPLITS.index(mapping[n]))}
+    if not kept:
+        raise DataError(f"--path {path}: none of its splits ({', '.join(splits) or 'none'}) is in --split-map "
+                        f"{split_map}; map them, e.g. --split-map {next(iter(splits), 'train')}=train.")
+    # Every split is checked before anything is written, so a wrong column name costs nothing.
+    readers = {}
+    for name, (dataset, count) in kept.items():
+        features, where = dataset.features or {}, f"--path {path}, split {name}"
+        for flag, column in (("--audio-column", audio_column), ("--label-column", label_column),
+                             ("--fold-column", fold_column)):
+            if column is not None and column not in features:
+                raise DataError(f"{where}: no column '{column}' ({flag}); its columns are "
+                                f"{', '.join(features) or 'unknown'}.")
+        kind = hf_audio_kind(hf, features[audio_column], f"{where}: column '{audio_column}'")
+        if isinstance(features[audio_column], hf.Audio):
+            dataset = dataset.cast_column(audio_column, hf.Audio(decode=False))  # the stored bytes, undecoded
+        readers[name] = (dataset, count, kind, getattr(features[label_column], "int2str", None))
+    # An earlier manifest must not outlive the audio files this run rewrites: until the new one is
+    # written (last, as a whole), OUT has none.
+    for old in ("manifest.csv", "summary.json"):
+        (out_dir / old).unlink(missing_ok=True)
+    rows, written, numbers = [], 0, Counter()
+    for name, (dataset, count, kind, label_names) in readers.items():
+        split = mapping[name]
+        (out_dir / "audio" / split).mkdir(parents=True, exist_ok=True)
+        for i, example in enumerate(tqdm(dataset, total=count, desc=f"hf: {name} -> {split}", unit="clip",
+                                         disable=None)):
+            where = f"{path}, split {name}, example {i}"
+            stem = out_dir / "audio" / split / f"{numbers[split]:06d}"
+            numbers[split] += 1
+            clip, new = write_hf_clip(example[audio_column], kind, stem, folder, where)
+            written += new
+            row = {"path": clip, "label": hf_label(example[label_column], label_names, where), "split": split,
+                   "where": where}
+            if fold_column is not None:
+                try:
+                    row["fold"] = int(str(example[fold_column]).strip())
+                except ValueError:
+                    raise DataError(f"{where}: fold {example[fold_column]!r} (column '{fold_column}') is not an "
+                                    "integer.") from None
+            rows.append(row)
+    print(f"hf: {written} clip(s) written under {out_dir / 'audio'}, {len(rows) - written} used where they are")
+    notes = {"source": path, "splits": {name: mapping[name] for name in kept}, "left_out_splits": left_out,
+             "columns": {"audio": audio_column, "label": label_column, "fold": fold_column},
+             "clips_written": written, "clips_used_in_place": len(rows) - written,
+             "audio": "the stored bytes, unchanged (never decoded or resampled by datasets)"}
+    return finish_prepare("hf", out_dir, rows, {}, notes, skip_bad, ("fold",) if fold_column is not None else ())
+
+
 def default_dataset_name(args) -> str:
     """The name `--dataset` looks the prepared dataset up by: the PREPARE_COMMANDS entry whose
     command these arguments run (mswc and fsdd have one per language or task)."""
@@ -740,10 +963,13 @@ def default_dataset_name(args) -> str:
 
 def main(argv=None):
     prepare = argparse.ArgumentParser(
-        description="Prepare a dataset into OUT/manifest.csv and OUT/summary.json (audio stays where it is).",
+        description="Prepare a dataset into OUT/manifest.csv and OUT/summary.json (audio stays where it is; "
+                    "hf writes it under OUT/audio/).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    prepare.add_argument("name", choices=sorted({command.split()[0] for command in PREPARE_COMMANDS.values()}),
-                         help="which dataset (see the README's table for where to get each)")
+    names = {command.split()[0] for command in PREPARE_COMMANDS.values()} | {"hf"}
+    prepare.add_argument("name", choices=sorted(names),
+                         help="which dataset (see the README's table for where to get each); hf: any Hugging "
+                              "Face dataset")
     prepare.add_argument("--root", help="the raw dataset as distributed (not needed for demo)")
     prepare.add_argument("--out", help="output folder (default: $CONFIT_DATA or data/, then the name that "
                          "--dataset looks up: " + ", ".join(PREPARE_COMMANDS) + ")")
@@ -764,11 +990,31 @@ def main(argv=None):
     prepare.add_argument("--task", choices=["digit", "speaker"], default="digit",
                          help="fsdd: classify the spoken digit (10-way) or the speaker (6-way)")
     prepare.add_argument("--seed", type=int, default=0, help="demo: random seed of the synthesis")
+    prepare.add_argument("--path", help="hf: a save_to_disk folder, parquet files (a folder, a file or a quoted "
+                         "glob), or a Hub id")
+    prepare.add_argument("--audio-column", default="audio", help="hf: the column holding the audio (an Audio "
+                         "feature, or records of bytes and path, or of array and sampling_rate)")
+    prepare.add_argument("--label-column", default="label",
+                         help="hf: the column holding the class (ClassLabel names, text, or integers)")
+    prepare.add_argument("--split-map", default=HF_SPLIT_MAP, help="hf: the dataset's split names, each as "
+                         "NAME=train|valid|test; splits not named are left out")
+    prepare.add_argument("--fold-column", help="hf: an integer column to write as the manifest's fold (then "
+                         "run with --fold k)")
     args = prepare.parse_args(argv)
+
+    hf_only = ("path", "audio_column", "label_column", "split_map", "fold_column")
+    given = [f"--{dest.replace('_', '-')}" for dest in hf_only if getattr(args, dest) != prepare.get_default(dest)]
+    if args.name != "hf" and given:
+        prepare.error(f"{', '.join(given)}: only for hf (a Hugging Face dataset), not for {args.name}")
+    if args.name == "hf" and not (args.path and args.out):
+        prepare.error("hf needs --path (a save_to_disk folder, parquet files or a Hub id) and --out (no name "
+                      "that --dataset knows fits an arbitrary dataset)")
+    if args.name == "hf" and args.root:
+        prepare.error("hf reads --path, not --root")
 
     default_name = default_dataset_name(args)
     out_dir = Path(args.out or Path(os.environ.get("CONFIT_DATA") or "data") / default_name)
-    if args.name != "demo" and not args.root:
+    if args.name not in ("demo", "hf") and not args.root:
         prepare.error(f"{args.name} needs --root, the folder of the dataset as distributed")
     root = Path(args.root) if args.root else None
     if root is not None and not root.is_dir():
@@ -789,6 +1035,9 @@ def main(argv=None):
             prepare_mswc(root, out_dir, args.lang, args.keywords, args.min_count, args.skip_bad)
         elif args.name == "fsdd":
             prepare_fsdd(root, out_dir, args.task, args.skip_bad)
+        elif args.name == "hf":
+            prepare_hf(args.path, out_dir, args.audio_column, args.label_column, args.split_map, args.fold_column,
+                       args.skip_bad)
     except DataError as error:
         sys.exit(f"error: {error}")
 
