@@ -78,7 +78,9 @@ fi
 FOLDS=${FOLDS:-"1 2 3 4 5"}
 FOLD_DATASETS=${FOLD_DATASETS:-esc50}
 BATCH_SIZES=${BATCH_SIZES:-}
+RUNS=${RUNS%/}  # runs/ would put runs/-search inside RUNS, where the table would count its runs
 SEARCH_RUNS=${SEARCH_RUNS:-$RUNS-search}
+SEARCH_RUNS=${SEARCH_RUNS%/}
 
 # ---------------- the grid: one entry per job, in a stable order ----------------
 JOB_OUT=() JOB_COMMAND=() JOB_ABOUT=() JOB_CELL=()
@@ -182,6 +184,7 @@ run_job() {  # job number -> the job's exit status (0 if done or skipped)
   if is_done "$out"; then echo "== job $i: skip $out (results exist)"; return 0; fi
   mkdir -p "$out"
   take_lock "$out" || { LOCKED_ELSEWHERE=1; return 0; }  # another runner has it: not ours, not a failure
+  if is_done "$out"; then rm -f "$out/.lock"; return 0; fi  # finished by another runner just before the lock
   # Let go of the lock however this ends; scancel and Slurm's time limit send SIGTERM first.
   trap 'rm -f "$out/.lock"' EXIT
   trap 'rm -f "$out/.lock"; exit 130' INT
@@ -234,7 +237,7 @@ run_parallel() {
   local gpus=() state started=$SECONDS first last
   if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then IFS=, read -r -a gpus <<< "$CUDA_VISIBLE_DEVICES"
   elif command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
-    mapfile -t gpus < <(nvidia-smi -L | awk '/^GPU/ {print NR - 1}')
+    mapfile -t gpus < <(nvidia-smi --query-gpu=index --format=csv,noheader)
   fi
   if (( ${#gpus[@]} )); then
     if (( PARALLEL > ${#gpus[@]} )); then
@@ -253,10 +256,14 @@ run_parallel() {
   for range in "0 $(( SEARCH_JOBS - 1 ))" "$SEARCH_JOBS $(( N_JOBS - 1 ))"; do
     read -r first last <<< "$range"
     (( last < first )) && continue
-    seq "$first" "$last" | xargs -P "$PARALLEL" -I{} bash "$PWD/run_all.sh" "${QUICK_FLAG[@]}" --parallel-worker {} &
+    # ${a[@]+...}: an empty array under set -u on bash < 4.4
+    seq "$first" "$last" |
+      xargs -P "$PARALLEL" -I{} bash "$PWD/run_all.sh" ${QUICK_FLAG[@]+"${QUICK_FLAG[@]}"} --parallel-worker {} &
     local xargs_pid=$!
     while kill -0 "$xargs_pid" 2>/dev/null; do show_progress "$state" "$started"; sleep 2; done
     wait "$xargs_pid"
+    local rc=$?  # 123: some job failed, which finish reports from job.rc; anything else is xargs's own
+    if (( rc != 0 && rc != 123 )); then echo "error: xargs exited with status $rc" >&2; return 1; fi
   done
   show_progress "$state" "$started"; [[ -t 1 ]] && echo
   rm -rf "$state"
