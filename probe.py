@@ -38,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=None, help="overrides the run's dataset (needed when --ckpt is a backbone)")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv")
     p.add_argument("--fold", type=int, default=None, help="overrides the run's fold")
-    p.add_argument("--skip-bad", action="store_true", help="skip unusable audio files with a warning")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unusable audio files with a warning (on for a run that was made with it)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="evaluation chunk length (default: the run's, else 10)")
     p.add_argument("--random-init", action="store_true",
@@ -107,6 +108,8 @@ def main(argv=None):
         fold = args.fold if args.fold is not None else run_args.get("fold")
         max_seconds = args.max_seconds or run_args["max_seconds"]
         seed = args.seed if args.seed is not None else run_args["seed"]
+        # The run's clips, no fewer: a run that skipped unusable files is probed without them too.
+        skip_bad = args.skip_bad or run_args.get("skip_bad", False)
         # The probe with the run's own data and chunk length is the run's stage 2: RUN/probe/, with its
         # features in RUN/features/, where eval.py reads the run's test features. Any other probe is a
         # side experiment: it must be given its own --out, and keeps its features there.
@@ -124,7 +127,7 @@ def main(argv=None):
         seed = args.seed if args.seed is not None else 0
         encoder = backbone.load_encoder(args.ckpt, random_init=args.random_init, seed=seed)
         backbone_name, random_init = encoder.name, encoder.random_init
-        dataset, data_root, fold = args.dataset, args.data_root, args.fold
+        dataset, data_root, fold, skip_bad = args.dataset, args.data_root, args.fold, args.skip_bad
         max_seconds = args.max_seconds or 10.0
         tag = backbone_name.replace("/", "_") + ("-random" if random_init else "")
         fold_tag = "" if fold is None else f"-fold{fold}"
@@ -136,13 +139,14 @@ def main(argv=None):
     max_seconds = encoder.chunk_seconds(max_seconds)
 
     # ---------------- preparing data ----------------
-    splits, classes = data.load_splits(dataset, data_root, fold, args.skip_bad)
+    splits, classes = data.load_splits(dataset, data_root, fold, skip_bad)
     dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
     cache_dir = runs.feature_dir(feature_root, dataset_label, fold)
     # The probe is a run of its own (eval.py finds runs by run.json), unfinished until results.json is written.
     probe_run = runs.new_run("probe", args, dataset_label, data.resolve_dataset(dataset, data_root), encoder,
                              splits, classes)
-    probe_run.update(args={**vars(args), "seed": seed, "fold": fold, "max_seconds": max_seconds},  # as used
+    probe_run.update(args={**vars(args), "seed": seed, "fold": fold, "max_seconds": max_seconds,
+                           "skip_bad": skip_bad},  # as used
                      method=method, backbone=backbone_name, backbone_random_init=random_init,
                      probe_of=str(ckpt.resolve()) if run else None)
     runs.write_json(out / "run.json", probe_run)

@@ -15,13 +15,15 @@
 # (datasets run over FOLDS instead of SEEDS; default esc50), RUNS (output root, default runs),
 # CONFIT_DATA (data root, default data), PYTHON, EXTRA_ARGS (passed to pairtune.py and finetune.py),
 # BATCH_SIZES (e.g. "32 64 128": the paper's batch-size search, below), SEARCH_RUNS (its runs,
-# default RUNS-search).
+# default RUNS-search). Relative paths are relative to this script's folder, where it runs.
+# Needs Linux (flock, /proc) and bash 4.2 or newer.
 #
 # A job is one finetune run, or one pairtune run and its probe. Jobs are numbered in a stable order
 # (the loops below), done or not. Results go to RUNS/<dataset>/<backbone>/<method>/<seed-N|fold-N>/;
 # a job whose results exist is skipped, an interrupted one resumes from its checkpoint, a failed one
-# leaves job.log and job.rc in its folder and the grid goes on. A lock file in the run folder (host
-# and process id) keeps two runners (a retry, two array tasks) off the same job at once.
+# leaves job.log and job.rc in its folder and the grid goes on. A lock file in the run folder (host,
+# process id, Slurm job id) keeps two runners (a retry, two array tasks) off the same job at once; the
+# lock of a runner that is gone (its process on this host, or its Slurm job) is taken over.
 #
 # Batch-size search (BATCH_SIZES set): first each arm runs at each batch size on the first seed or
 # fold, into SEARCH_RUNS/<dataset>/<backbone>/<arm>/batch-B/ (not RUNS, so they are not counted as
@@ -48,6 +50,7 @@ if [[ $MODE == sequential && -n ${SLURM_ARRAY_TASK_ID:-} ]]; then MODE=job JOB=$
 if [[ $MODE == job || $MODE == parallel_worker ]] && [[ ! $JOB =~ ^[0-9]+$ ]]; then
   echo "error: --job needs a job number (0, 1, ...)" >&2; exit 2
 fi
+[[ -n $JOB ]] && JOB=$(( 10#$JOB ))  # 010 is job 10, not octal
 if [[ $MODE == parallel && ! $PARALLEL =~ ^[1-9][0-9]*$ ]]; then
   echo "error: --parallel needs a number of jobs at once (1, 2, ...)" >&2; exit 2
 fi
@@ -155,26 +158,37 @@ alive() {  # process id -> 0 if it runs (a zombie, killed but not yet reaped, do
   [[ -r /proc/$1/stat ]] && read -r _ _ state _ < "/proc/$1/stat"
   [[ $state != Z ]]
 }
+slurm_job_gone() {  # Slurm job id -> 0 if Slurm says it no longer runs or waits (a node lost, scancel -9)
+  local listed
+  command -v squeue > /dev/null || return 1
+  if listed=$(squeue -h -j "$1" -o %i 2>&1); then [[ -z $listed ]]
+  else [[ $listed == *"Invalid job id"* ]]; fi  # a job finished long ago; any other error: not known
+}
+stale_because() {  # a lock's host, process id and Slurm job id -> why its runner is gone (nothing if not)
+  if [[ $1 == "$(hostname)" && -n $2 ]] && ! alive "$2"; then echo "process $2 on $1 is gone"
+  elif [[ -n $3 ]] && slurm_job_gone "$3"; then echo "Slurm job $3 of process $2 on $1 is gone"; fi
+}
 take_lock() {  # run folder -> 0 if this process now holds its lock
-  local lock=$1/.lock me held host pid
-  me="$(hostname) $$"
+  local lock=$1/.lock me held host pid slurm_job why taken=1
+  me="$(hostname) $$${SLURM_JOB_ID:+ $SLURM_JOB_ID}"
   if (set -o noclobber; echo "$me" > "$lock") 2>/dev/null; then return 0; fi
-  read -r host pid < "$lock" 2>/dev/null || true
-  held="$host $pid"
-  if [[ $host == "$(hostname)" && -n $pid ]] && ! alive "$pid"; then
-    # A runner killed on this host: move its lock aside (only one taker can) and check it is that one.
-    if mv "$lock" "$lock.stale.$$" 2>/dev/null; then
-      if [[ $(cat "$lock.stale.$$") == "$held" ]]; then
-        rm -f "$lock.stale.$$"
-        echo "== took over the stale lock of $1 (process $pid on $host is gone)"
-        (set -o noclobber; echo "$me" > "$lock") 2>/dev/null && return 0
-      else
-        mv -n "$lock.stale.$$" "$lock"  # a live lock taken in between: put it back
-      fi
+  held=$(cat "$lock" 2>/dev/null)
+  read -r host pid slurm_job <<< "$held"
+  why=$(stale_because "$host" "$pid" "$slurm_job")
+  # One taker at a time (mkdir is atomic), and the lock is removed only if it still names the runner
+  # found gone: a new lock can only appear after that removal, so two takers never both win.
+  find "$lock.takeover" -maxdepth 0 -mmin +1 -exec rmdir {} + 2>/dev/null  # left by a taker killed in it
+  if [[ -n $why ]] && mkdir "$lock.takeover" 2>/dev/null; then
+    if [[ $(cat "$lock" 2>/dev/null) == "$held" ]]; then
+      rm -f "$lock"
+      echo "== took over the stale lock of $1 ($why)"
     fi
+    (set -o noclobber; echo "$me" > "$lock") 2>/dev/null && taken=0
+    rmdir "$lock.takeover"
+    (( taken == 0 )) && return 0
   fi
-  echo "== $1 is locked by process ${pid:-?} on ${host:-?}$([[ $host != "$(hostname)" ]] && echo \
-    " (another machine: delete $lock if that runner is gone)")"
+  echo "== $1 is locked by process ${pid:-?} on ${host:-?}${slurm_job:+ (Slurm job $slurm_job)}$(
+    [[ $host != "$(hostname)" && -z $why ]] && echo " (another machine: delete $lock if that runner is gone)")"
   return 1
 }
 
@@ -191,7 +205,9 @@ run_job() {  # job number -> the job's exit status (0 if done or skipped)
   trap 'rm -f "$out/.lock"; exit 143' TERM
   echo "== job $i: ${JOB_ABOUT[$i]} -> $out"
   rm -f "$out/job.rc"
-  if [[ $MODE == parallel_worker ]]; then  # the display shows progress; the job's output goes to its log
+  if [[ -n ${SLOT_FD:-} ]]; then  # not inherited: a process the job leaves behind must not hold the GPU slot
+    bash -c "$command" {SLOT_FD}>&- > "$out/job.log" 2>&1
+  elif [[ $MODE == parallel_worker ]]; then  # the display shows progress; the job's output goes to its log
     bash -c "$command" > "$out/job.log" 2>&1
   else
     bash -c "$command" 2>&1 | tee "$out/job.log"
@@ -220,7 +236,9 @@ finish() {
   mkdir -p "$RUNS/report"
   if (( ${#missing[@]} )); then
     echo "== ${#missing[@]} of $N_JOBS runs missing (failed, running elsewhere or not started):"
-    printf '   %s\n' "${missing[@]}"
+    for i in "${missing[@]}"; do
+      echo "   $i$([[ -f $i/.lock ]] && echo " (locked: $(cat "$i/.lock" 2>/dev/null), host, process, Slurm job)")"
+    done
     printf '%s\n' "${missing[@]}" > "$RUNS/report/missing.txt"
   else
     rm -f "$RUNS/report/missing.txt"
@@ -235,7 +253,8 @@ finish() {
 # ---------------- --parallel K: K jobs at once, xargs the engine, one GPU (or CPU share) each ----------------
 run_parallel() {
   local gpus=() state started=$SECONDS first last
-  if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then IFS=, read -r -a gpus <<< "$CUDA_VISIBLE_DEVICES"
+  if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then  # set, even to nothing (no GPU): the user's choice
+    IFS=, read -r -a gpus <<< "$CUDA_VISIBLE_DEVICES"
   elif command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
     mapfile -t gpus < <(nvidia-smi --query-gpu=index --format=csv,noheader)
   fi
@@ -252,21 +271,26 @@ run_parallel() {
   export GRID_STATE=$state GRID_SLOTS=$PARALLEL
   echo "== $N_JOBS jobs, $PARALLEL at once$([[ -n $GRID_GPUS ]] && echo " on GPUs $GRID_GPUS" || \
     echo " on CPU, $OMP_NUM_THREADS thread(s) each"); each job's output goes to job.log in its run folder"
+  # The display in the background; xargs in the foreground, where Ctrl-C reaches it, its workers and
+  # their jobs (a background job of a script ignores SIGINT). The display ignores it: it is stopped here.
+  ( while :; do show_progress "$state" "$started"; sleep 2; done ) &
+  local display=$!
+  trap 'kill "$display" 2>/dev/null; rm -rf "$state"' EXIT
+  trap 'kill "$display" 2>/dev/null; echo; echo "== interrupted: bash run_all.sh goes on from here"; exit 130' INT
+  trap 'kill "$display" 2>/dev/null; exit 143' TERM
   # The search's jobs first: the grid's jobs read the batch size it chose.
   for range in "0 $(( SEARCH_JOBS - 1 ))" "$SEARCH_JOBS $(( N_JOBS - 1 ))"; do
     read -r first last <<< "$range"
     (( last < first )) && continue
     # ${a[@]+...}: an empty array under set -u on bash < 4.4
     seq "$first" "$last" |
-      xargs -P "$PARALLEL" -I{} bash "$PWD/run_all.sh" ${QUICK_FLAG[@]+"${QUICK_FLAG[@]}"} --parallel-worker {} &
-    local xargs_pid=$!
-    while kill -0 "$xargs_pid" 2>/dev/null; do show_progress "$state" "$started"; sleep 2; done
-    wait "$xargs_pid"
+      xargs -P "$PARALLEL" -I{} bash "$PWD/run_all.sh" ${QUICK_FLAG[@]+"${QUICK_FLAG[@]}"} --parallel-worker {}
     local rc=$?  # 123: some job failed, which finish reports from job.rc; anything else is xargs's own
     if (( rc != 0 && rc != 123 )); then echo "error: xargs exited with status $rc" >&2; return 1; fi
   done
+  kill "$display"; wait "$display" 2>/dev/null
   show_progress "$state" "$started"; [[ -t 1 ]] && echo
-  rm -rf "$state"
+  rm -rf "$state"; trap - EXIT INT TERM
 }
 
 show_progress() {  # state folder, start time: one line, rewritten in place on a terminal
@@ -277,8 +301,8 @@ show_progress() {  # state folder, start time: one line, rewritten in place on a
   left=$(( N_JOBS - ran - skipped - failed - running - elsewhere )); elapsed=$(( SECONDS - $2 ))
   for job in $(find "$1" -name '*.failed' -printf '%f\n' | sort -n); do  # say each failure once, as it comes
     job=${job%.failed}
-    if [[ " ${REPORTED:-} " != *" $job "* ]]; then
-      REPORTED+=" $job"
+    if [[ ! -e $1/$job.reported ]]; then
+      touch "$1/$job.reported"
       [[ -t 1 ]] && printf '\r%-100s\r' ""
       echo "== job $job FAILED (exit status $(cat "${JOB_OUT[$job]}/job.rc" 2>/dev/null)): ${JOB_OUT[$job]}/job.log"
     fi
@@ -294,14 +318,18 @@ show_progress() {  # state folder, start time: one line, rewritten in place on a
 minutes() { if (( $1 < 120 )); then echo "$1 s"; else echo "$(( ($1 + 30) / 60 )) min"; fi; }
 
 parallel_worker() {  # one job under --parallel: a free GPU slot, then the job; its state for the display
-  local i=$1 gpus slot fd
+  local i=$1 gpus slot
   if [[ -n $GRID_GPUS ]]; then
     read -r -a gpus <<< "$GRID_GPUS"
     for (( slot = 0; slot < GRID_SLOTS; slot++ )); do  # at most K jobs run, so one of K slots is free
-      exec {fd}> "$GRID_STATE/slot-$slot"
-      if flock -n "$fd"; then export CUDA_VISIBLE_DEVICES=${gpus[$slot]}; break; fi
-      exec {fd}>&-
+      exec {SLOT_FD}> "$GRID_STATE/slot-$slot"
+      if flock -n "$SLOT_FD"; then export CUDA_VISIBLE_DEVICES=${gpus[$slot]}; break; fi
+      exec {SLOT_FD}>&-; SLOT_FD=
     done
+    if [[ -z $SLOT_FD ]]; then  # never silently all GPUs: something outside the grid holds the slots
+      echo "error: job $i not run: no free GPU slot in $GRID_STATE (a process outside the grid holds one)" >&2
+      touch "$GRID_STATE/$i.failed"; return 1
+    fi
   fi
   if is_done "${JOB_OUT[$i]}"; then touch "$GRID_STATE/$i.skipped"; return 0; fi
   touch "$GRID_STATE/$i.running"

@@ -412,3 +412,24 @@ def test_an_odd_but_valid_dataset_trains_through_both_arms(dataset):
         assert saved["classes"] == ["a, first", "b", "c"] and 0 <= saved["test_acc"] <= 1
     line = json.loads((root / "pt/log.jsonl").read_text().splitlines()[0])
     assert np.isfinite(line["train_loss"]) and np.isfinite(line["valid_acc"])
+
+
+def test_the_probe_of_a_run_made_with_skip_bad_skips_the_same_files(dataset):
+    """run_all.sh passes EXTRA_ARGS (--skip-bad among them) to the training scripts only: the probe of
+    a run must leave out the files the run left out, not stop on them, nor evaluate other clips."""
+    import pairtune
+    import probe
+    manifest, rows = dataset
+    wave = noise()
+    wave[3] = np.nan
+    write_clip(manifest.parent / rows[3][0], wave, subtype="FLOAT")  # one of class a's test clips
+    run = manifest.parent / "pt"
+    with pytest.warns(UserWarning, match="a3.wav"):
+        pairtune.main(["--dataset", str(manifest), "--backbone", "tiny", "--epochs", "1", "--max-seconds", "0.5",
+                       "--device", "cpu", "--num-workers", "0", "--loss", "eager", "--batch-size", "6",
+                       "--clips-per-class", "2", "--skip-bad", "--out", str(run)])
+        probe.main(["--ckpt", str(run), "--epochs", "2", "--lrs", "1e-2", "--batch-sizes", "4", "--device", "cpu",
+                    "--num-workers", "0"])
+    results = json.loads((run / "probe/results.json").read_text())
+    assert sum(map(sum, results["confusion"])) == 2  # 3 test clips, less the skipped one
+    assert json.loads((run / "probe/run.json").read_text())["args"]["skip_bad"] is True

@@ -22,7 +22,8 @@ RECORDER = textwrap.dedent("""\
     # and plan (the skip test, the search's choice, the estimate) are the real ones, on those files, and
     # are not recorded. FAKE_FAIL: a job whose folder contains it exits 3. FAKE_VALID: "finetune/batch-16=0.6
     # ...": the valid accuracy of runs whose folder contains "/finetune/batch-16/" (else 0.5). FAKE_SLEEP:
-    # seconds a training script takes. STARTS: a file that gets "start OUT" and "end OUT" lines.
+    # seconds a training script takes. STARTS: a file that gets "start OUT" and "end OUT" lines. FAKE_LINGER:
+    # seconds a process the script starts outlives it (as a stray worker can).
     if [[ $1 == eval.py && $2 =~ ^(done|best-batch|plan)$ ]]; then exec "$REAL_PYTHON" "$@"; fi
     echo "$* @gpu=${CUDA_VISIBLE_DEVICES:-none} @threads=${OMP_NUM_THREADS:-none}" >> "$CALL_LOG"
     script=$1; shift
@@ -35,6 +36,7 @@ RECORDER = textwrap.dedent("""\
       echo "$1 $script $out$ckpt $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$STARTS"
     }
     note start
+    [[ -n ${FAKE_LINGER:-} ]] && (sleep "$FAKE_LINGER" < /dev/null > /dev/null 2>&1 &)
     sleep "${FAKE_SLEEP:-0}"
     if [[ -n ${FAKE_FAIL:-} && "$out$ckpt/" == *"$FAKE_FAIL"* ]]; then echo "boom in $out$ckpt" >&2; exit 3; fi
     valid() {
@@ -55,13 +57,22 @@ RECORDER = textwrap.dedent("""\
     """)
 
 
+def no_gpu_here(folder):
+    """A stand-in nvidia-smi that finds no GPU, in folder (put it first on PATH): the tests of the CPU
+    path must not find the host's GPUs where they run on one."""
+    stand_in = folder / "nvidia-smi"
+    stand_in.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed (a stand-in of the tests)' >&2\nexit 9\n")
+    stand_in.chmod(0o755)
+    return f"{folder}:{os.environ['PATH']}"
+
+
 def environment(tmp_path, **env):
     recorder = tmp_path / "recorder.sh"
     recorder.write_text(RECORDER)
     recorder.chmod(0o755)
     base = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
     return {**base, "PYTHON": str(recorder), "CALL_LOG": str(tmp_path / "calls.log"), "RUNS": str(tmp_path / "runs"),
-            "REAL_PYTHON": sys.executable, **env}
+            "REAL_PYTHON": sys.executable, "PATH": no_gpu_here(tmp_path), **env}
 
 
 def run_all(tmp_path, *flags, expect=0, **env):
@@ -141,6 +152,8 @@ def test_the_list_numbers_jobs_stably_and_leaves_out_what_is_done(tmp_path):
     assert [c[0] for c in calls] == ["pairtune.py", "probe.py"] and flag(calls[0], "--seed") == "1"
     jobs_left = listed(run_all(tmp_path, "--list", **GRID)[1])
     assert [number for number, _ in jobs_left] == [0, 1, 2, 3, 4, 6]  # the numbers of the rest do not move
+    calls, _ = run_all(tmp_path, "--job", "010", **dict(GRID, DATASETS="gtzan", SEEDS="0 1 2 3 4 5"))
+    assert [(c[0], flag(c, "--seed")) for c in calls] == [("finetune.py", "5")]  # zero-padded: job 10, not octal 8
     assert [shlex.split(line.split(" @gpu=")[0])[0] for line in by_hand] == ["pairtune.py", "probe.py"]
 
 
@@ -285,10 +298,25 @@ def test_parallel_jobs_get_one_gpu_each_never_the_same_at_once(tmp_path):
 
 
 def test_parallel_jobs_on_cpu_share_the_threads(tmp_path):
-    run_all(tmp_path, "--parallel", "2", **GRID, PATH=f"{tmp_path}:/usr/bin:/bin")  # no nvidia-smi
-    threads = {line.split("@threads=")[1] for line in (tmp_path / "calls.log").read_text().splitlines()
-               if not line.startswith("eval.py")}
-    assert threads == {str(max(1, os.cpu_count() // 2))}
+    # No GPU found; and GPUs there but hidden by CUDA_VISIBLE_DEVICES set to nothing, as CUDA reads it.
+    for case, env in (("none-found", {}), ("hidden", {"CUDA_VISIBLE_DEVICES": ""})):
+        where = tmp_path / case
+        where.mkdir()
+        path = f"{fake_gpus(where)}:{os.environ['PATH']}" if env else no_gpu_here(where)
+        run_all(where, "--parallel", "2", **GRID, **env, PATH=path)
+        lines = [line for line in (where / "calls.log").read_text().splitlines() if not line.startswith("eval.py")]
+        assert {line.split("@threads=")[1] for line in lines} == {str(max(1, os.cpu_count() // 2))}, case
+        assert {line.split("@gpu=")[1].split()[0] for line in lines} == {"none"}, case
+
+
+def fake_gpus(tmp_path):
+    """A folder with a stand-in nvidia-smi that finds two GPUs, 0 and 1."""
+    folder = tmp_path / "gpus"
+    folder.mkdir(exist_ok=True)
+    (folder / "nvidia-smi").write_text("#!/bin/sh\n[ \"$1\" = -L ] && echo 'GPU 0: H200' && echo 'GPU 1: H200' "
+                                       "&& exit 0\necho 0; echo 1\n")
+    (folder / "nvidia-smi").chmod(0o755)
+    return folder
 
 
 def test_the_plan_counts_the_jobs(tmp_path):
@@ -307,7 +335,7 @@ def test_the_quick_run_in_parallel_gives_the_sequential_table(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     env.update(PYTHON=sys.executable, CONFIT_DATA=str(tmp_path / "data"), SEEDS="0 1", EPOCHS="1",
                EXTRA_ARGS="--lr 1e-3 --max-seconds 1 --batch-size 32",
-               OMP_NUM_THREADS="1", PATH=f"{tmp_path}:/usr/bin:/bin")  # no nvidia-smi: CPU slots
+               OMP_NUM_THREADS="1", PATH=no_gpu_here(tmp_path))  # CPU slots, on a GPU host too
     tables = []
     for name, flags in (("sequential", []), ("parallel", ["--parallel", "2"])):
         env["RUNS"] = str(tmp_path / name)
@@ -332,3 +360,111 @@ def test_a_job_stopped_by_sigterm_lets_go_of_its_lock(tmp_path):
     assert lock.exists()
     os.killpg(task.pid, signal.SIGTERM)
     assert task.wait(timeout=30) == 143 and not lock.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Review findings: Ctrl-C, GPU slots held by strays, Slurm locks, racing takers, failures said once
+# ----------------------------------------------------------------------------------------------
+
+def group_is_gone(pgid, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            return True
+    return False
+
+
+def test_ctrl_c_stops_a_parallel_grid_its_jobs_and_its_display(tmp_path):
+    starts = tmp_path / "starts.log"
+    env = environment(tmp_path, **GRID, FAKE_SLEEP="30", STARTS=str(starts))
+    runner = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--parallel", "2"], env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(lines_of(starts)) < 2:
+        time.sleep(0.05)
+    assert len(lines_of(starts)) == 2
+    os.killpg(runner.pid, signal.SIGINT)  # what the terminal sends the foreground group on Ctrl-C
+    stdout, _ = runner.communicate(timeout=30)  # returns once no process holds its stdout: all gone
+    assert runner.returncode == 130 and "interrupted" in stdout, stdout
+    assert group_is_gone(runner.pid, 10), "a job or the display still runs after Ctrl-C"
+    assert not list((tmp_path / "runs").rglob(".lock"))  # every job let go of its lock
+
+
+def test_a_process_left_behind_by_a_job_does_not_keep_its_gpu_slot(tmp_path):
+    # One job at a time on two visible GPUs: each job must get GPU 3 (the first slot) and only it, though
+    # every job leaves a process behind that runs on past the job.
+    run_all(tmp_path, "--parallel", "1", **GRID, FAKE_LINGER="20", CUDA_VISIBLE_DEVICES="3,5")
+    gpus = [line.split("@gpu=")[1].split()[0] for line in (tmp_path / "calls.log").read_text().splitlines()
+            if not line.startswith("eval.py")]
+    assert len(gpus) == 12 and set(gpus) == {"3"}  # the strays end on their own, holding nothing of the test
+
+
+def test_no_free_gpu_slot_fails_the_job_loudly(tmp_path):
+    # A worker of --parallel 1 (as xargs starts it) whose one slot something outside the grid holds:
+    # before, it ran its job with every GPU visible.
+    state = tmp_path / "state"
+    state.mkdir()
+    holder = subprocess.Popen(["flock", str(state / "slot-0"), "sleep", "30"])
+    while subprocess.run(["flock", "-n", str(state / "slot-0"), "true"]).returncode == 0:
+        time.sleep(0.02)  # until the holder has it
+    try:
+        env = environment(tmp_path, **GRID, CUDA_VISIBLE_DEVICES="3,5", GRID_GPUS="3 5", GRID_SLOTS="1",
+                          GRID_STATE=str(state))
+        result = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--parallel-worker", "0"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        holder.kill()
+    assert result.returncode == 1 and "error: job 0 not run: no free GPU slot" in result.stderr
+    assert (state / "0.failed").exists() and not (tmp_path / "calls.log").exists()
+
+
+@pytest.mark.parametrize("squeue_says", ["", "slurm_load_jobs error: Invalid job id specified"])
+def test_the_lock_of_a_slurm_job_that_is_gone_is_taken_over(tmp_path, squeue_says):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        # A stand-in squeue: job 777 runs; any other job is gone ({squeue_says or "listed as nothing"}).
+        [[ $* == *"-j 777"* ]] && echo 777 && exit 0
+        {"echo '" + squeue_says + "' >&2; exit 1" if squeue_says else "exit 0"}
+        """))
+    (bin_dir / "squeue").chmod(0o755)
+    grid = dict(GRID, DATASETS="gtzan", SEEDS="0", PATH=f"{bin_dir}:{no_gpu_here(tmp_path)}")
+    finetune, pairtune = (tmp_path / f"runs/gtzan/tiny/{arm}/seed-0" for arm in ("finetune", "pairtune"))
+    for folder, job in ((finetune, 777), (pairtune, 778)):
+        folder.mkdir(parents=True)
+        (folder / ".lock").write_text(f"node-{job} 4321 {job}\n")  # array tasks on other nodes
+    calls, stdout = run_all(tmp_path, **grid)
+    assert f"took over the stale lock of {pairtune} (Slurm job 778 of process 4321 on node-778 is gone)" in stdout
+    assert f"{finetune} is locked by process 4321 on node-777 (Slurm job 777)" in stdout
+    assert [c[0] for c in calls] == ["pairtune.py", "probe.py", "eval.py"]
+    assert f"{finetune} (locked: node-777 4321 777, host, process, Slurm job)" in stdout  # named at the end
+
+
+def test_many_runners_on_one_stale_lock_run_its_job_once(tmp_path):
+    grid = dict(GRID, DATASETS="gtzan", SEEDS="0")
+    folder = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
+    folder.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (folder / ".lock").write_text(f"{socket.gethostname()} {gone.pid}\n")
+    env = environment(tmp_path, **grid, FAKE_SLEEP="1")
+    runners = [subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--job", "0"], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(6)]
+    outputs = [r.communicate(timeout=120)[0] for r in runners]
+    assert [r.returncode for r in runners] == [0] * 6, outputs
+    calls = [line for line in (tmp_path / "calls.log").read_text().splitlines() if line.startswith("finetune.py")]
+    assert len(calls) == 1, outputs
+    assert sum("took over the stale lock" in out for out in outputs) == 1
+    assert not (folder / ".lock").exists() and not (folder / ".lock.takeover").exists()
+
+
+def test_a_failure_is_said_once_by_the_display_or_at_the_end(tmp_path):
+    _, stdout = run_all(tmp_path, "--parallel", "2", expect=1, **GRID, BATCH_SIZES="16 32",
+                        FAKE_FAIL="finetune/batch-16/", FAKE_SLEEP="0.2")
+    failed = [line for line in stdout.splitlines() if " FAILED (exit status 3)" in line]
+    assert len(failed) == 2, stdout  # the two datasets' batch-16 finetune search jobs
+    assert len({line.split()[2] for line in failed}) == 2
