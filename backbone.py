@@ -114,9 +114,28 @@ class Preprocessor:
 
     def __call__(self, waves: list[np.ndarray]) -> dict:
         waves = [np.pad(w, (0, max(0, self.min_samples - len(w)))) for w in waves]
-        # "longest" instead of Whisper's default 30 s padding: 10-20x less compute on short clips.
+        if self.whisper:
+            return self.whisper_inputs(waves)
         return dict(self.extractor(waves, sampling_rate=self.extractor.sampling_rate, padding="longest",
                                    return_attention_mask=True, return_tensors="pt"))
+
+    def whisper_inputs(self, waves: list[np.ndarray]) -> dict:
+        """Log-mel frames padded to the batch's longest clip ("longest" instead of Whisper's default
+        30 s: 10-20x less compute on short clips), each clip as a zero-padded batch sees it: zeros
+        after its end (not the STFT's reflection, which only the longest clip would get) and
+        ceil(samples / hop) valid frames, the last one partly padding. A clip's features then do not
+        depend on its batch mates, and equal what the masked model computes on transformers' own
+        30-s padded input (the export's check)."""
+        hop, most = self.extractor.hop_length, self.extractor.n_samples
+        tail = self.extractor.n_fft  # covers every STFT window that reaches past the clip's end
+        lengths = torch.tensor([len(w) for w in waves])
+        waves = [np.pad(w, (0, max(0, min(tail, most - len(w))))) for w in waves]
+        inputs = dict(self.extractor(waves, sampling_rate=self.extractor.sampling_rate, padding="longest",
+                                     return_attention_mask=True, return_tensors="pt"))
+        frames = inputs["input_features"].shape[-1]
+        valid = torch.clamp((lengths + hop - 1) // hop, max=frames)
+        inputs["attention_mask"] = (torch.arange(frames)[None] < valid[:, None]).to(inputs["attention_mask"].dtype)
+        return inputs
 
 
 class AudioEncoder(nn.Module):
@@ -170,30 +189,7 @@ class AudioEncoder(nn.Module):
         return hidden, frame_mask
 
     def _whisper_frames(self, inputs):
-        # transformers' WhisperEncoder.forward insists on 3000 mel frames (30 s). Its positional table
-        # is fixed (sinusoidal), so we run the same layers on unpadded input with the first T
-        # positions, and mask padded frames out of attention so a clip's features do not depend on
-        # what it was batched with.
-        encoder = self.model.encoder
-        features, mel_mask = inputs["input_features"], inputs["attention_mask"]  # [B, 80, F], [B, F]
-        # Zero what lies past each clip before each conv, as a clip alone would be zero-padded there.
-        valid_mel = mel_mask[:, None, :].to(encoder.conv1.weight.dtype)  # [B, 1, F]
-        x = nn.functional.gelu(encoder.conv1(features.to(valid_mel.dtype) * valid_mel))
-        x = nn.functional.gelu(encoder.conv2(x * valid_mel)).permute(0, 2, 1)  # [B, T, d], T = ceil(F/2)
-        frames = x.shape[1]
-        if frames > encoder.embed_positions.num_embeddings:
-            raise ValueError(f"Whisper takes at most {self.max_seconds:.0f} s per chunk; lower --max-seconds.")
-        x = x + encoder.embed_positions.weight[:frames]
-        x = nn.functional.dropout(x, p=encoder.dropout, training=self.training)
-        lengths = (mel_mask.sum(-1) - 1) // 2 + 1  # conv2 has stride 2
-        frame_mask = torch.arange(frames, device=x.device)[None] < lengths[:, None]  # [B, T]
-        additive = torch.zeros(frame_mask.shape, dtype=x.dtype, device=x.device)
-        additive = additive.masked_fill(~frame_mask, torch.finfo(x.dtype).min)[:, None, None, :]
-        for layer in encoder.layers:
-            if self.training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop:
-                continue  # LayerDrop, as in transformers' encoder
-            x = layer(x, additive)
-        return encoder.layer_norm(x), frame_mask
+        return whisper_frames(self.model.encoder, inputs["input_features"], inputs["attention_mask"], self.training)
 
     def checkpoint_activations(self):
         """--grad-checkpointing: transformers' own, layer by layer (our Whisper loop calls the same
@@ -209,6 +205,65 @@ class AudioEncoder(nn.Module):
         (AutoModel, or WhisperForAudioClassification for Whisper) and with load_encoder(out_dir)."""
         self.model.save_pretrained(out_dir)
         self.extractor.save_pretrained(out_dir)
+
+
+def whisper_frames(encoder, features, mel_mask, training: bool = False):
+    """Whisper's encoder layers on unpadded (or padded and masked) log-mel input -> (last hidden
+    layer [B, T, d], valid frames [B, T]).
+
+    transformers' WhisperEncoder.forward insists on 3000 mel frames (30 s). Its positional table is
+    fixed (sinusoidal), so we run the same layers on unpadded input with the first T positions, and
+    mask padded frames out of attention so a clip's features do not depend on what it was batched
+    with (or on how far it was padded: 30 s gives what the batch's longest length gives)."""
+    # Zero what lies past each clip before each conv, as a clip alone would be zero-padded there.
+    valid_mel = mel_mask[:, None, :].to(encoder.conv1.weight.dtype)  # [B, 1, F]
+    x = nn.functional.gelu(encoder.conv1(features.to(valid_mel.dtype) * valid_mel))
+    x = nn.functional.gelu(encoder.conv2(x * valid_mel)).permute(0, 2, 1)  # [B, T, d], T = ceil(F/2)
+    frames = x.shape[1]
+    if frames > encoder.embed_positions.num_embeddings:
+        seconds = encoder.embed_positions.num_embeddings * 2 * 160 / 16_000
+        raise ValueError(f"Whisper takes at most {seconds:.0f} s per chunk; lower --max-seconds.")
+    x = x + encoder.embed_positions.weight[:frames]
+    x = nn.functional.dropout(x, p=encoder.dropout, training=training)
+    lengths = (mel_mask.sum(-1) - 1) // 2 + 1  # conv2 has stride 2
+    frame_mask = torch.arange(frames, device=x.device)[None] < lengths[:, None]  # [B, T]
+    additive = torch.zeros(frame_mask.shape, dtype=x.dtype, device=x.device)
+    additive = additive.masked_fill(~frame_mask, torch.finfo(x.dtype).min)[:, None, None, :]
+    for layer in encoder.layers:
+        if training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop:
+            continue  # LayerDrop, as in transformers' encoder
+        x = layer(x, additive)
+    return encoder.layer_norm(x), frame_mask
+
+
+class MaskedWhisperClassifier(transformers.WhisperForAudioClassification):
+    """transformers' Whisper classifier pooled as AudioConFit pools: over the clip's own frames.
+
+    WhisperForAudioClassification averages over all 1500 frames of its 30-s padded input, padding
+    included; this class (same weights, same files) reads the feature extractor's attention mask
+    and averages over valid frames only, which is what the run's probe or head was trained on. For
+    an export.py folder of a Whisper run (its feature extractor returns the mask):
+
+        model = MaskedWhisperClassifier.from_pretrained(folder)
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(folder)  # an object: with a model
+        transformers.pipeline("audio-classification", model=model, feature_extractor=extractor)  # object, a
+        # path string is not read; the pipeline logs that the class is "not supported", and runs it
+    """
+
+    def forward(self, input_features=None, attention_mask=None, labels=None, **kwargs):
+        frames = input_features.shape[-1]
+        if attention_mask is None:  # no mask given: every frame counts, as in the parent class
+            attention_mask = torch.ones(input_features.shape[0], frames, dtype=torch.long, device=input_features.device)
+        elif attention_mask.shape[-1] != frames:
+            # WhisperFeatureExtractor returns its mask per sample, not per frame, when return_attention_mask
+            # comes from its config rather than the call (as in transformers' pipeline): one a hop.
+            attention_mask = attention_mask[:, :: attention_mask.shape[-1] // frames][:, :frames]
+        hidden, frame_mask = whisper_frames(self.encoder, input_features, attention_mask, self.training)
+        weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        logits = self.classifier(self.projector(pooled))  # the projector is affine: it commutes with the mean
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels.to(logits.device))
+        return transformers.modeling_outputs.SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def to_device(inputs: dict, device) -> dict:

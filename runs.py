@@ -310,10 +310,15 @@ def feature_dir(run_dir, dataset: str, fold) -> Path:
     return Path(run_dir) / "features" / (dataset if fold is None else f"{dataset}-fold{fold}")
 
 
+# Bumped when the audio -> model input path changes what features come out (2: Whisper clips see
+# zeros past their end and ceil(samples / hop) frames, alone or batched), so older caches are not served.
+FRONTEND_VERSION = 2
+
+
 def cache_key(clips, classes, max_seconds, fingerprint: str) -> dict:
-    """What a cached feature file must match: the same clips, classes, chunk length and weights."""
+    """What a cached feature file must match: the same clips, classes, chunk length, weights and front end."""
     return {"paths": [c.path for c in clips], "classes": classes, "max_seconds": max_seconds,
-            "encoder": fingerprint}
+            "encoder": fingerprint, "frontend": FRONTEND_VERSION}
 
 
 def cache_serves(saved, classes, max_seconds, fingerprint: str, clips=None, n_clips=None) -> bool:
@@ -326,7 +331,7 @@ def cache_serves(saved, classes, max_seconds, fingerprint: str, clips=None, n_cl
     same_clips = (key.get("paths") == [c.path for c in clips] if clips is not None
                   else len(key.get("paths", ())) == n_clips)
     return (same_clips and key.get("classes") == classes and key.get("max_seconds") == max_seconds
-            and key.get("encoder") == fingerprint)
+            and key.get("encoder") == fingerprint and key.get("frontend") == FRONTEND_VERSION)
 
 
 def load_cache(file):
@@ -366,3 +371,102 @@ def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_secon
         print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
         features[split] = (feats, labels)
     return features
+
+
+# ----------------------------------------------------------------------------------------------
+# A trained classifier from a run folder or an export (export.py, predict.py)
+# ----------------------------------------------------------------------------------------------
+
+EXPORT_INFO = "audioconfit.json"  # what export.py adds to a transformers folder: chunk length, provenance
+
+
+class ProbeHead(torch.nn.Module):
+    """probe.py's classifier as it computes it: standardise with train statistics, then linear."""
+
+    def __init__(self, linear: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, features):
+        return self.linear((features - self.mean) / self.std)
+
+
+def read_finished(folder: Path, results: bool = True) -> dict:
+    """A folder's run.json, if the run is finished (and, with results, has written results.json)."""
+    run = json.loads((Path(folder) / "run.json").read_text())
+    if not run.get("finished") or (results and not (Path(folder) / "results.json").is_file()):
+        raise ValueError(f"{folder}: the {run.get('stage')} run is not finished; finish it with --resume")
+    return run
+
+
+def load_trained(path) -> dict:
+    """A finished classifier: a finetune run, a pairtune run with its probe (or that probe's folder),
+    a frozen encoder's probe, or an export.py folder. Returns encoder (AudioEncoder), head (pooled
+    features -> logits), classes, max_seconds (the chunk length evaluation used), eval_batch_size
+    and about (method, dataset, backbone, seed, fold, results, the runs it came from)."""
+    from backbone import load_encoder
+    path = Path(path)
+    if (path / EXPORT_INFO).is_file():
+        return load_export(path)
+    run_file = path / "run.json"
+    if not run_file.is_file():
+        raise FileNotFoundError(f"{path}: neither a run folder (run.json) nor an export ({EXPORT_INFO})")
+    stage = json.loads(run_file.read_text()).get("stage")
+    if stage == "pairtune":
+        read_finished(path, results=False)
+        if not (path / "probe" / "run.json").is_file():
+            raise FileNotFoundError(f"{path}: this pairtune run has no probe yet: python probe.py --ckpt {path}")
+        return load_trained(path / "probe")
+    if stage == "finetune":
+        run = read_finished(path)
+        encoder = load_encoder(str(path / "encoder"))
+        linear = torch.nn.Linear(encoder.hidden_size, len(run["classes"]))
+        linear.load_state_dict(torch.load(path / "head.pt", weights_only=True))
+        head, runs_used, model_run = linear, {"finetune": str(path.resolve())}, run
+    elif stage == "probe":
+        run = read_finished(path)
+        saved = torch.load(path / "head.pt", weights_only=True)
+        if run["method"] == "pairtune":
+            model_run = json.loads((Path(run["probe_of"]) / "run.json").read_text())
+            encoder = load_encoder(str(Path(run["probe_of"]) / "encoder"))
+            runs_used = {"pairtune": run["probe_of"], "probe": str(path.resolve())}
+        else:  # a frozen backbone (pre-trained, or --random-init with its seed)
+            model_run = run
+            encoder = load_encoder(run["args"]["ckpt"], random_init=run["backbone_random_init"],
+                                   seed=run["args"]["seed"])
+            runs_used = {"probe": str(path.resolve())}
+        linear = torch.nn.Linear(encoder.hidden_size, len(saved["classes"]))
+        linear.load_state_dict(saved["head"])
+        head = ProbeHead(linear, saved["mean"], saved["std"])
+    else:
+        raise ValueError(f"{path}: a {stage} run holds no classifier (finetune, pairtune + probe, or probe)")
+    results = json.loads((path / "results.json").read_text())
+    about = {"method": run.get("method", stage), "dataset": run["dataset"], "backbone": run["backbone"],
+             "backbone_random_init": run["backbone_random_init"], "seed": run["args"]["seed"],
+             "fold": run["args"].get("fold"), "test_acc": results["test_acc"], "valid_acc": results["valid_acc"],
+             "clips": run["clips"], "manifest": run["manifest"], "runs": runs_used,
+             "args": {"model": model_run["args"], "head": run["args"]}, "stage": model_run["stage"],
+             "selected_epoch": model_run.get("selected_epoch"), "selected_by": model_run.get("selected_by"),
+             "results": {k: v for k, v in results.items() if k != "confusion"}}
+    return {"encoder": encoder.eval(), "head": head.eval(), "classes": run["classes"],
+            "max_seconds": encoder.chunk_seconds(run["args"]["max_seconds"]),
+            "eval_batch_size": run["args"].get("eval_batch_size", 16), "about": about}
+
+
+def load_export(path: Path) -> dict:
+    """An export.py folder, read back as our own pipeline computes it: the encoder's masked mean pool
+    (AudioEncoder), then the model's projector and classifier (mean pooling commutes with them)."""
+    import transformers
+    from backbone import AudioEncoder
+    info = json.loads((path / EXPORT_INFO).read_text())
+    model = transformers.AutoModelForAudioClassification.from_pretrained(path)
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(path)
+    whisper = isinstance(model, transformers.WhisperForAudioClassification)
+    encoder = AudioEncoder(model if whisper else model.base_model, extractor, name=info["about"]["backbone"],
+                           random_init=info["about"]["backbone_random_init"])
+    head = torch.nn.Sequential(model.projector, model.classifier)
+    classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return {"encoder": encoder.eval(), "head": head.eval(), "classes": classes, "max_seconds": info["max_seconds"],
+            "eval_batch_size": info["eval_batch_size"], "about": info["about"]}

@@ -1,0 +1,302 @@
+"""Export a trained classifier as a transformers audio-classification model, with a model card.
+
+    python export.py runs/gtzan/wav2vec2/pairtune/seed-0 --out export/gtzan-pairtune   # pairtune + probe
+    python export.py runs/gtzan/wav2vec2/finetune/seed-0 --out export/gtzan-finetune   # FineTune
+    python export.py RUN --out DIR --push-to-hub user/name                             # and upload it
+
+RUN is a finished finetune run, a pairtune run with its probe (or the probe's own folder), or a
+frozen encoder's probe. DIR then loads with transformers alone:
+
+    model = transformers.AutoModelForAudioClassification.from_pretrained(DIR)
+    classify = transformers.pipeline("audio-classification", model=DIR)
+    classify({"raw": wave, "sampling_rate": 16000})    # an array: a file path would need ffmpeg
+
+The classifier is folded into the model's own head. transformers' classifiers compute
+classifier(mean over frames of projector(hidden)); our probe computes linear(standardise(mean over
+frames of hidden)). The standardisation is affine, and an affine map commutes with the mean, so it
+becomes the projector (weight diag(1/std), bias -mean/std) and the probe's linear layer the
+classifier; FineTune's head is the classifier after an identity projector.
+
+What transformers computes differs from our pipeline in two places, and the card says so:
+- Whisper: its classifier pads every input to 30 s and averages over the padding; our encoder runs
+  the clip unpadded. Same weights, other features: the export measures the difference on valid clips
+  (below), and predict.py on DIR computes what the run computed.
+- Clips longer than the run's chunk length: we average the chunks' features, transformers takes the
+  whole clip at once (wav2vec2 family) or its first 30 s (Whisper).
+
+Before it writes the card, the export reloads DIR with transformers and compares it with the run's
+own pipeline on up to --check-clips valid clips (cut to the chunk length): the largest logit
+difference and the share of equal predictions go into the card and audioconfit.json.
+"""
+import argparse
+import copy
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+import backbone
+import data
+import runs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a finished finetune run, pairtune run with its probe, or probe folder")
+    p.add_argument("--out", required=True, help="the folder to write (a transformers model folder)")
+    p.add_argument("--check-clips", type=int, default=16,
+                   help="valid clips on which the exported model is compared with the run's pipeline (0: none)")
+    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv, for the check")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="upload DIR to this Hugging Face repo (needs a token: huggingface-cli login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Our classifier as a transformers model
+# ----------------------------------------------------------------------------------------------
+
+def affine_of(head) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Linear]:
+    """(projector weight, projector bias, classifier) for a ProbeHead or FineTune's linear head."""
+    if isinstance(head, runs.ProbeHead):
+        return torch.diag(1 / head.std), -head.mean / head.std, head.linear
+    width = head.in_features
+    return torch.eye(width), torch.zeros(width), head
+
+
+def to_transformers(trained: dict):
+    """The run's encoder with its classifier as the model's projector + classifier, labels named."""
+    encoder, classes = trained["encoder"], trained["classes"]
+    config = type(encoder.model.config).from_dict(encoder.model.config.to_dict())  # a copy
+    width = encoder.hidden_size
+    config.update(dict(classifier_proj_size=width, use_weighted_layer_sum=False, num_labels=len(classes),
+                       id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)}))
+    model = transformers.AutoModelForAudioClassification.from_config(config)
+    if encoder.whisper:  # our Whisper encoder is already a WhisperForAudioClassification: take its encoder
+        model.encoder.load_state_dict(encoder.model.encoder.state_dict())
+    else:
+        model.base_model.load_state_dict(encoder.model.state_dict())
+    weight, bias, linear = affine_of(trained["head"])
+    with torch.no_grad():
+        model.projector.weight.copy_(weight)
+        model.projector.bias.copy_(bias)
+        model.classifier.weight.copy_(linear.weight)
+        model.classifier.bias.copy_(linear.bias)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# The check: the exported model, as transformers runs it, against the run's pipeline
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict | None:
+    """transformers' logits (one clip at a time, as its pipeline feeds them) against ours, on the
+    first n_clips valid clips of the run's dataset, each cut to the chunk length."""
+    about = trained["about"]
+    if n_clips <= 0:
+        print("note: --check-clips 0: the exported model is not compared with the run's pipeline")
+        return None
+    source = Path(about["manifest"])
+    if not source.is_file():
+        try:
+            source = data.resolve_dataset(about["dataset"], data_root)
+        except data.DataError:
+            print(f"note: the check is skipped: {about['manifest']} is not there (give --data-root)")
+            return None
+    splits, classes = data.load_splits(str(source), None, about["fold"], about["args"]["head"].get("skip_bad", False))
+    clips = splits["valid"][:n_clips]
+    encoder, head, max_seconds = trained["encoder"], trained["head"], trained["max_seconds"]
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(out)
+    models = {"transformers": transformers.AutoModelForAudioClassification.from_pretrained(out).eval()}
+    if encoder.whisper:
+        models["masked"] = backbone.MaskedWhisperClassifier.from_pretrained(out).eval()
+    limit = int(max_seconds * encoder.sample_rate)
+    ours, theirs = [], {name: [] for name in models}
+    for clip in clips:
+        wave = data.load_audio(clip.path, encoder.sample_rate)[:limit]
+        ours.append(head(encoder(encoder.preprocess([wave])))[0])
+        inputs = extractor(wave, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+        for name, model in models.items():
+            theirs[name].append(model(**inputs).logits[0])
+    ours = torch.stack(ours)
+    check = {"clips": len(clips), "split": "valid"}
+    for name, logits in theirs.items():
+        logits = torch.stack(logits)
+        check[name] = {"max_abs_logit_difference": float((ours - logits).abs().max()),
+                       "same_prediction": float((ours.argmax(1) == logits.argmax(1)).float().mean())}
+    return check
+
+
+WHISPER_POOLING = ("WhisperForAudioClassification pools over its 30 s of padding; backbone.MaskedWhisperClassifier "
+                   "and predict.py pool the clip's own frames, as the run did")
+CHECKED = {"transformers": "AutoModelForAudioClassification", "masked": "backbone.MaskedWhisperClassifier"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The model card
+# ----------------------------------------------------------------------------------------------
+
+def command_of(script: str, args: dict) -> str:
+    """A runnable command line from a run's recorded arguments (every value explicit)."""
+    words = ["python", script]
+    for name, value in args.items():
+        if value is None or value is False or name in ("resume",):
+            continue
+        words.append("--" + name.replace("_", "-"))
+        if value is not True:
+            words.append(str(value))
+    return shlex.join(words)
+
+
+def model_card(trained: dict, check: dict | None) -> str:
+    about, classes = trained["about"], trained["classes"]
+    given = about["args"]["model"].get("backbone") or about["args"]["head"].get("ckpt") or about["backbone"]
+    base = backbone.ALIASES.get(given, given)
+    # The Hub's base_model is a hub id: not for a random control, nor for a local folder (named in the body).
+    hub_base = None if about["backbone_random_init"] or Path(base).exists() or base == backbone.TINY else base
+    method = {"pairtune": "AudioConFit: PairTune (supervised contrastive fine-tuning on hard-mined pairs), "
+                          "then a linear probe on the frozen tuned encoder",
+              "finetune": "FineTune: end-to-end cross-entropy, encoder and linear head",
+              "frozen": "a linear probe on the frozen pre-trained encoder"}[about["method"]]
+    repeat = f"fold {about['fold']}" if about["fold"] is not None else f"seed {about['seed']}"
+    clips = about["clips"]
+    if about["method"] == "pairtune":
+        commands = [command_of("pairtune.py", about["args"]["model"]), command_of("probe.py", about["args"]["head"])]
+    elif about["method"] == "finetune":
+        commands = [command_of("finetune.py", about["args"]["model"])]
+    else:
+        commands = [command_of("probe.py", about["args"]["head"])]
+    selection = ("no training of the encoder" if about["method"] == "frozen" else
+                 f"the encoder's epoch ({about['selected_epoch']}) by {about['selected_by']}")
+    if about["method"] != "finetune":
+        selection += ("; the probe's learning rate, batch size and epoch by valid accuracy (ties: lower valid "
+                      "loss)")
+    whisper = trained["encoder"].whisper
+    divergence = (
+        "transformers' `WhisperForAudioClassification` pads every input to 30 s and averages over all "
+        "1500 frames, padding included, where AudioConFit averages over the clip's own frames: loaded "
+        "with transformers alone, this folder computes other features than the ones its classifier "
+        "was trained on, and its predictions differ (the check below). `MaskedWhisperClassifier` in "
+        "AudioConFit's `backbone.py` (a subclass, the same files, no remote code) pools as the run did:\n\n"
+        "```python\nfrom backbone import MaskedWhisperClassifier\n"
+        "model = MaskedWhisperClassifier.from_pretrained(\"THIS_FOLDER\")\n"
+        "extractor = transformers.AutoFeatureExtractor.from_pretrained(\"THIS_FOLDER\")\n"
+        "classify = transformers.pipeline(\"audio-classification\", model=model, feature_extractor=extractor)\n"
+        "```\n\n(transformers logs that the class is not supported for audio-classification, and runs it.) "
+        "`python predict.py THIS_FOLDER files...` computes the same."
+        if whisper else
+        "On a clip no longer than the chunk length, transformers computes what the run computed "
+        "(the check below). A longer clip is cut into near-equal chunks by AudioConFit's evaluation and "
+        "`predict.py`, which average the chunks' features; transformers takes it whole.")
+    if check is None:
+        check_text = "not run (--check-clips 0, or the run's dataset was not found)."
+    else:
+        check_text = (f"on {check['clips']} {check['split']} clips (cut to {trained['max_seconds']:g} s), one "
+                      "at a time as transformers' pipeline feeds them, against the run's own pipeline:\n")
+        for name in ("transformers", "masked"):
+            if name in check:
+                check_text += (f"\n- `{CHECKED[name]}`: largest logit difference "
+                               f"{check[name]['max_abs_logit_difference']:.2e}, same prediction on "
+                               f"{100 * check[name]['same_prediction']:.1f}% of them")
+    front = [
+        "---", "library_name: transformers", "pipeline_tag: audio-classification",
+        f"base_model: {hub_base}" if hub_base else "base_model: null",
+        f"datasets:\n- {about['dataset']}", "metrics:\n- accuracy",
+        "tags:\n- audio-classification\n- audioconfit\n- supervised-contrastive-learning",
+        "model-index:", f"- name: {about['dataset']}-{about['method']}", "  results:",
+        "  - task:\n      type: audio-classification", f"    dataset:\n      name: {about['dataset']}",
+        f"      type: {about['dataset']}",
+        f"    metrics:\n    - type: accuracy\n      value: {about['test_acc']}\n      name: test accuracy", "---", ""]
+    random_note = " (RANDOMLY INITIALISED: a control, not a pre-trained model)" if about["backbone_random_init"] else ""
+    body = f"""# {about['dataset']} classifier: {about['method']} of {Path(base).name}
+
+- **Base model:** `{base}`{' (a local folder)' if Path(base).exists() else ''}{random_note}
+- **Dataset:** {about['dataset']}, {repeat}; {clips.get('train', 0)} train, {clips.get('valid', 0)} valid,
+  {clips.get('test', 0)} test clips; {len(classes)} classes: {', '.join(classes)}
+- **Method:** {method}.
+- **Accuracy:** test {about['test_acc']:.4f} (n={clips.get('test', 0)} clips), valid {about['valid_acc']:.4f}
+  (n={clips.get('valid', 0)}), one run ({repeat}).
+- **Selection:** {selection}; test was read once, after it.
+- **Chunk length:** {trained['max_seconds']:g} s.
+
+## Use
+
+```python
+import soundfile, transformers
+classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_REPO")
+wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
+classify({{"raw": wave.mean(1), "sampling_rate": rate}}, top_k=3)  # an array; a file path needs ffmpeg
+```
+
+## Where transformers computes something else
+
+{divergence}
+
+Check at export: {check_text}
+
+## How it was made
+
+```bash
+{chr(10).join(commands)}
+python export.py RUN --out THIS_FOLDER
+```
+
+Runs: {', '.join(f'{k} `{v}`' for k, v in about['runs'].items())}.
+"""
+    return "\n".join(front) + body
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    trained = runs.load_trained(args.run)
+    if (Path(args.run) / runs.EXPORT_INFO).is_file():
+        sys.exit(f"error: {args.run} is an export already")
+    model = to_transformers(trained)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    extractor = copy.deepcopy(trained["encoder"].extractor)
+    if trained["encoder"].whisper:  # for MaskedWhisperClassifier (the parent class ignores the mask)
+        extractor.return_attention_mask = True
+    extractor.save_pretrained(out)
+    check = compare_on_valid(trained, out, args.check_clips, args.data_root)
+    info = {"about": trained["about"], "max_seconds": trained["max_seconds"],
+            "eval_batch_size": trained["eval_batch_size"], "classes": trained["classes"], "export_check": check,
+            "pooling": WHISPER_POOLING if trained["encoder"].whisper else "the mean over the clip's frames, as the run"}
+    runs.write_json(out / runs.EXPORT_INFO, info)
+    runs.write_text(out / "README.md", model_card(trained, check))
+    for name, result in (check or {}).items():
+        if isinstance(result, dict):
+            print(f"check, {CHECKED[name]}, on {check['clips']} valid clips: largest logit difference "
+                  f"{result['max_abs_logit_difference']:.2e}, same prediction {100 * result['same_prediction']:.1f}%")
+    if trained["encoder"].whisper:
+        print("note: transformers' WhisperForAudioClassification pools over its 30-s padding, which the run's "
+              "classifier was not trained on; load the folder with backbone.MaskedWhisperClassifier (see the card)")
+    print(f"exported {args.run} -> {out} ({trained['about']['method']}, test/acc {trained['about']['test_acc']:.4f})")
+    if args.push_to_hub:
+        push_to_hub(out, args.push_to_hub, args.private)
+
+
+def push_to_hub(folder: Path, repo: str, private: bool):
+    """The upload: huggingface_hub (a dependency of transformers), with the token of `huggingface-cli login`."""
+    from huggingface_hub import HfApi
+    api = HfApi()
+    api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
+                      commit_message="AudioConFit export")
+    print(f"uploaded {folder} to https://huggingface.co/{repo}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")

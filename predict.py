@@ -1,0 +1,98 @@
+"""Classify audio files with a trained classifier: a run folder or an export.py folder.
+
+    python predict.py runs/gtzan/wav2vec2/pairtune/seed-0 song.wav more/ --top-k 3
+    python predict.py export/gtzan-pairtune clips/ --json > predictions.jsonl
+
+RUN_OR_EXPORT is a finished finetune run, a pairtune run with its probe (or the probe's folder), a
+frozen encoder's probe, or a folder written by export.py. Files and folders (searched recursively
+for audio files) are classified exactly as evaluation scores a clip: decoded with soundfile, mono,
+resampled to the encoder's rate, cut into near-equal chunks of the run's chunk length when longer,
+the chunks' pooled features averaged, then the classifier. Clips are batched by length as in
+evaluation (--batch-size, default the run's), so a run's own test files get the run's test scores.
+
+Prints, per file, the top classes with their probabilities (--json: one JSON object a line). A file
+that cannot be used (missing, unreadable, empty, NaN samples) is reported by name and skipped; the
+exit status is then 1.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import backbone
+import data
+import runs
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="RUN_OR_EXPORT", help="a finished run folder, or an export.py folder")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files, or folders searched for them")
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per file")
+    p.add_argument("--json", action="store_true", help="one JSON object a line instead of text")
+    p.add_argument("--batch-size", type=int, default=None, help="clips per batch (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto, cuda, cpu")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    return p.parse_args(argv)
+
+
+def audio_files(inputs: list[str]) -> list[str]:
+    """Files as given (whatever their suffix), and the audio files under folders, sorted; in order."""
+    files = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            files.append(name)  # a missing file is reported with the unusable ones
+    return files
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = runs.resolve_device(args.device)
+    trained = runs.load_trained(args.model)
+    encoder, head, classes = trained["encoder"].to(device), trained["head"].to(device), trained["classes"]
+
+    # ---------------- the files: every usable one, the others named ----------------
+    files = audio_files(args.inputs)
+    if not files:
+        sys.exit(f"error: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {' '.join(args.inputs)}")
+    usable, unusable = [], []
+    for index, path in enumerate(files):
+        check = data.check_audio(path)
+        if check.problem:
+            unusable.append((path, check.problem))
+            print(f"error: {path}: {check.problem}; skipped", file=sys.stderr)
+        else:  # the label is unknown: any class will do, it is not read
+            usable.append(data.Clip(str(Path(path).resolve()), classes[0], "test", where=f"input {index + 1}"))
+
+    # ---------------- features as evaluation computes them, then the classifier ----------------
+    if usable:
+        features, _ = backbone.extract_features(encoder, usable, classes, trained["max_seconds"], device,
+                                                args.batch_size or trained["eval_batch_size"], args.num_workers,
+                                                desc="predicting")
+        with torch.no_grad():
+            probabilities = head(features.to(device)).float().softmax(1).cpu()
+        top = probabilities.topk(min(args.top_k, len(classes)), dim=1)
+        for clip, values, indices in zip(usable, top.values, top.indices):
+            best = [(classes[i], round(float(v), 6)) for v, i in zip(values, indices)]
+            if args.json:
+                print(json.dumps({"file": clip.path, "top": [{"label": c, "probability": p} for c, p in best]}))
+            else:
+                print(f"{clip.path}\t" + "\t".join(f"{c} {p:.3f}" for c, p in best))
+    if unusable:
+        print(f"{len(unusable)} of {len(unusable) + len(usable)} file(s) could not be used (named above)",
+              file=sys.stderr)
+    return 1 if unusable or not usable else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (data.DataError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")

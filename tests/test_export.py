@@ -1,0 +1,294 @@
+"""export.py and predict.py: a run's classifier in transformers' format, and one-command prediction.
+
+The exported model is checked against the run's own pipeline computed here from the run's files
+(its encoder/ and head.pt, standardised by hand), on held-out clips no longer than the chunk
+length; on the demo data with the tiny random wav2vec2 (and a random wav2vec2-base-like model that
+takes no attention mask), and on real speech (FSDD) with the real pre-trained Whisper tiny.en.
+"""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+import transformers
+import yaml  # a dependency of transformers
+
+import backbone
+import data
+from conftest import run_script
+
+FAST = ["--epochs", 1, "--max-seconds", 1, "--batch-size", 16, "--lr", "1e-3", "--device", "cpu"]
+PROBE_FAST = ["--lrs", "1e-2", "--batch-sizes", "32", "--epochs", 20, "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def demo_runs(demo_manifest, tmp_path_factory):
+    """A pairtune run with its probe, a finetune run and a frozen encoder's probe, each exported."""
+    root = tmp_path_factory.mktemp("export")
+    run_script("pairtune.py", "--dataset", demo_manifest, "--backbone", "tiny", *FAST, "--out", root / "pairtune")
+    run_script("probe.py", "--ckpt", root / "pairtune", *PROBE_FAST)
+    run_script("finetune.py", "--dataset", demo_manifest, "--backbone", "tiny", *FAST, "--out", root / "finetune")
+    run_script("probe.py", "--ckpt", "tiny", "--dataset", demo_manifest, "--max-seconds", 1, *PROBE_FAST,
+               "--out", root / "frozen")
+    for name in ("pairtune", "finetune", "frozen"):
+        run_script("export.py", root / name, "--out", root / f"export-{name}")
+    return root
+
+
+def our_logits(run: Path, name: str, waves) -> torch.Tensor:
+    """The run's classifier as its own scripts compute it, from its files."""
+    if name == "frozen":
+        encoder = backbone.load_encoder("tiny")
+        head_file = run / "head.pt"
+    else:
+        encoder = backbone.load_encoder(str(run / "encoder"))
+        head_file = run / ("probe/head.pt" if name == "pairtune" else "head.pt")
+    saved = torch.load(head_file, weights_only=True)
+    state = saved["head"] if "head" in saved else saved
+    linear = torch.nn.Linear(encoder.hidden_size, state["weight"].shape[0])
+    linear.load_state_dict(state)
+    encoder.eval()
+    with torch.no_grad():
+        pooled = torch.cat([encoder(encoder.preprocess([w])) for w in waves])
+        if "mean" in saved:  # the probe standardises with train statistics
+            pooled = (pooled - saved["mean"]) / saved["std"]
+        return linear(pooled)
+
+
+def held_out_waves(manifest, seconds=1.0, n=12):
+    splits, classes = data.load_splits(str(manifest))
+    clips = splits["test"][:: max(1, len(splits["test"]) // n)][:n]
+    return [data.load_audio(c.path, 16_000)[: int(seconds * 16_000)] for c in clips], classes
+
+
+@pytest.mark.parametrize("name", ["pairtune", "finetune", "frozen"])
+def test_the_export_loads_in_transformers_and_computes_what_the_run_computes(demo_runs, demo_manifest, name):
+    folder = demo_runs / f"export-{name}"
+    model = transformers.AutoModelForAudioClassification.from_pretrained(folder).eval()
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(folder)
+    waves, classes = held_out_waves(demo_manifest)
+    with torch.no_grad():
+        theirs = torch.cat([model(**extractor(w, sampling_rate=16_000, return_tensors="pt")).logits for w in waves])
+    ours = our_logits(demo_runs / name, name, waves)
+    assert torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
+    assert [model.config.id2label[i] for i in range(len(classes))] == classes
+    # transformers' own pipeline, given arrays (a path would need ffmpeg)
+    classify = transformers.pipeline("audio-classification", model=str(folder), device="cpu")
+    labels = [classify({"raw": w, "sampling_rate": 16_000}, top_k=1)[0]["label"] for w in waves]
+    assert labels == [classes[i] for i in ours.argmax(1)]
+    # another rate: the pipeline resamples with torchaudio, as our loader does, to the same label
+    at_8k = waves[0][::2].copy()
+    resampled = torchaudio.functional.resample(torch.from_numpy(at_8k), 8_000, 16_000).numpy()
+    assert (classify({"raw": at_8k, "sampling_rate": 8_000}, top_k=1)[0]["label"]
+            == classes[our_logits(demo_runs / name, name, [resampled]).argmax()])
+    info = json.loads((folder / "audioconfit.json").read_text())
+    check = info["export_check"]["transformers"]
+    assert check["max_abs_logit_difference"] < 1e-4 and check["same_prediction"] == 1
+
+
+def card_of(folder):
+    text = (folder / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    return yaml.safe_load(front), body
+
+
+def test_the_model_card_states_the_results_the_selection_and_the_commands(demo_runs):
+    results = json.loads((demo_runs / "pairtune/probe/results.json").read_text())
+    run = json.loads((demo_runs / "pairtune/run.json").read_text())
+    front, body = card_of(demo_runs / "export-pairtune")
+    assert front["pipeline_tag"] == "audio-classification" and front["library_name"] == "transformers"
+    assert front["base_model"] is None  # the tiny backbone is random: no base model to name
+    assert front["datasets"] == [run["dataset"]]
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == results["test_acc"]
+    assert f"test {results['test_acc']:.4f} (n={run['clips']['test']} clips)" in body
+    assert f"valid {results['valid_acc']:.4f}" in body and f"(n={run['clips']['valid']})" in body
+    assert "seed 0" in body and "RANDOMLY INITIALISED" in body
+    assert f"the encoder's epoch ({run['selected_epoch']}) by {run['selected_by']}" in body
+    assert "the probe's learning rate, batch size and epoch by valid accuracy" in body
+    assert "python pairtune.py --dataset" in body and "python probe.py --ckpt" in body
+    front, body = card_of(demo_runs / "export-finetune")
+    assert "FineTune: end-to-end cross-entropy" in body and "probe's learning rate" not in body
+
+
+def test_a_wav2vec2_base_like_model_without_attention_mask_exports_too(demo_manifest, tmp_path):
+    # A randomly initialised model shaped like wav2vec2-base in what matters here: group norm, and a
+    # feature extractor that returns no attention mask (the model is then given none).
+    config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(32, 32), conv_kernel=(10, 8),
+                                         conv_stride=(5, 8), num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=2, feat_extract_norm="group",
+                                         do_stable_layer_norm=False)
+    torch.manual_seed(0)
+    transformers.Wav2Vec2Model(config).save_pretrained(tmp_path / "base-like")
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=False, do_normalize=True).save_pretrained(
+        tmp_path / "base-like")
+    run_script("finetune.py", "--dataset", demo_manifest, "--backbone", tmp_path / "base-like", *FAST,
+               "--out", tmp_path / "run")
+    run_script("export.py", tmp_path / "run", "--out", tmp_path / "export")
+    model = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path / "export").eval()
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "export")
+    waves, _ = held_out_waves(demo_manifest)
+    inputs = [extractor(w, sampling_rate=16_000, return_tensors="pt") for w in waves]
+    assert "attention_mask" not in inputs[0]
+    with torch.no_grad():
+        theirs = torch.cat([model(**x).logits for x in inputs])
+    assert torch.allclose(theirs, our_logits(tmp_path / "run", "finetune", waves), atol=1e-4)
+
+
+def test_an_unfinished_run_is_refused_by_name(demo_runs, tmp_path):
+    import shutil
+    copy = tmp_path / "pairtune"
+    shutil.copytree(demo_runs / "pairtune", copy)
+    probe_run = json.loads((copy / "probe/run.json").read_text())
+    (copy / "probe/run.json").write_text(json.dumps({**probe_run, "finished": False}))
+    result = run_script("export.py", copy, "--out", tmp_path / "out", check=False)
+    assert result.returncode == 1 and f"{copy / 'probe'}: the probe run is not finished" in result.stderr
+    result = run_script("predict.py", tmp_path, "x.wav", check=False)
+    assert result.returncode == 1 and "neither a run folder" in result.stderr
+
+
+def test_push_to_hub_is_one_create_and_one_upload(demo_runs, tmp_path, monkeypatch):
+    # A stand-in for huggingface_hub's HfApi (our machines cannot reach the Hub): the calls it gets.
+    import huggingface_hub
+
+    import export
+    calls = []
+
+    class StandInApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+            calls.append(("upload_folder", kwargs["repo_id"], files))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", StandInApi)
+    export.main([str(demo_runs / "finetune"), "--out", str(tmp_path / "up"), "--push-to-hub", "me/demo-ft",
+                 "--private", "--check-clips", "0"])
+    assert calls[0] == ("create_repo", "me/demo-ft", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls[1][:2] == ("upload_folder", "me/demo-ft")
+    expected = {"README.md", "audioconfit.json", "config.json", "model.safetensors", "preprocessor_config.json"}
+    assert expected <= set(calls[1][2])
+
+
+# ----------------------------------------------------------------------------------------------
+# predict.py
+# ----------------------------------------------------------------------------------------------
+
+def predicted(stdout):
+    return {line["file"]: line for line in map(json.loads, stdout.splitlines())}
+
+
+def test_predict_on_a_folder_gives_the_reported_test_accuracy_from_a_run_and_from_its_export(demo_runs, demo_manifest):
+    with open(demo_manifest) as f:
+        truth = {str((demo_manifest.parent / r["path"]).resolve()): r["label"] for r in csv.DictReader(f)
+                 if r["split"] == "test"}
+    for name, results in (("pairtune", "pairtune/probe/results.json"), ("finetune", "finetune/results.json")):
+        reported = json.loads((demo_runs / results).read_text())["test_acc"]
+        outputs = []
+        for model in (demo_runs / name, demo_runs / f"export-{name}"):
+            out = predicted(run_script("predict.py", model, demo_manifest.parent / "audio" / "test", "--json",
+                                       "--top-k", 2).stdout)
+            assert set(out) == set(truth) and all(len(p["top"]) == 2 for p in out.values())
+            accuracy = np.mean([out[f]["top"][0]["label"] == truth[f] for f in truth])
+            assert accuracy == pytest.approx(reported, abs=1e-6), (name, model)
+            outputs.append(out)
+        # the run folder and its export: the same classes, the same probabilities (the export's
+        # projector is the standardisation as a matrix: rounding apart)
+        for file, line in outputs[0].items():
+            other = outputs[1][file]["top"]
+            assert [t["label"] for t in line["top"]] == [t["label"] for t in other]
+            assert [t["probability"] for t in line["top"]] == pytest.approx([t["probability"] for t in other], abs=1e-5)
+
+
+def test_predict_names_unusable_files_skips_them_and_exits_non_zero(demo_runs, demo_manifest, tmp_path):
+    good = sorted((demo_manifest.parent / "audio" / "test").glob("*.wav"))[:2]
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "broken.wav").write_bytes(b"RIFF....not audio")
+    (tmp_path / "notes.txt").write_text("not audio, not listed")
+    result = run_script("predict.py", demo_runs / "finetune", *good, tmp_path, tmp_path / "gone.flac", check=False)
+    assert result.returncode == 1
+    assert f"{tmp_path / 'nested' / 'broken.wav'}: cannot be read as audio" in result.stderr
+    assert f"{tmp_path / 'gone.flac'}: file not found" in result.stderr and "notes.txt" not in result.stderr
+    assert "2 of 4 file(s) could not be used" in result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(p) for p in good]
+    probabilities = [float(cell.split()[1]) for cell in lines[0].split("\t")[1:]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    assert run_script("predict.py", demo_runs / "finetune", *good).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Real speech, real pre-trained Whisper tiny.en
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fsdd_whisper_run(fsdd_root, whisper_dir, tmp_path_factory):
+    """FSDD digits (train takes 10-14, valid 5-6, test 0-2: 300 / 120 / 180 clips), one epoch of
+    PairTune on Whisper tiny.en with its probe, one of FineTune, and their exports."""
+    root = tmp_path_factory.mktemp("fsdd-export")
+    rows = []
+    for file in sorted((fsdd_root / "recordings").glob("*.wav")):
+        digit, speaker, take = file.stem.split("_")
+        split = {0: "test", 1: "test", 2: "test", 5: "valid", 6: "valid"}.get(int(take))
+        split = split or ("train" if 10 <= int(take) <= 14 else None)
+        if split:
+            rows.append([str(file), digit, split, speaker])
+    (root / "fsdd").mkdir()
+    with open(root / "fsdd" / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split", "speaker"], *rows])
+    run_script("pairtune.py", "--dataset", root / "fsdd", "--backbone", whisper_dir, "--epochs", 1,
+               "--max-seconds", 2, "--batch-size", 32, "--device", "cpu", "--out", root / "pairtune")
+    run_script("probe.py", "--ckpt", root / "pairtune", "--lrs", "1e-3", "--batch-sizes", "32", "--epochs", 40,
+               "--device", "cpu")
+    run_script("export.py", root / "pairtune", "--out", root / "export")
+    run_script("finetune.py", "--dataset", root / "fsdd", "--backbone", whisper_dir, "--epochs", 1,
+               "--max-seconds", 2, "--batch-size", 32, "--device", "cpu", "--out", root / "finetune")
+    run_script("export.py", root / "finetune", "--out", root / "export-finetune")
+    return root, {r[0]: r[1] for r in rows if r[2] == "test"}
+
+
+def test_whisper_export_reproduces_the_probe_through_the_pipeline_and_predict(fsdd_whisper_run):
+    """pairtune -> probe -> export -> transformers' pipeline on FSDD's test split gives the probe's
+    test accuracy (with MaskedWhisperClassifier), and so does predict.py on the run and on the export;
+    transformers' own WhisperForAudioClassification, which pools over 30 s of padding, is measured."""
+    root, truth = fsdd_whisper_run
+    reported = json.loads((root / "pairtune/probe/results.json").read_text())["test_acc"]
+    files = sorted(truth)
+    for model in (root / "pairtune", root / "export"):
+        out = predicted(run_script("predict.py", model, *files, "--json").stdout)
+        accuracy = np.mean([out[f]["top"][0]["label"] == truth[f] for f in files])
+        assert accuracy == pytest.approx(reported, abs=1e-6), model
+    waves = [data.load_audio(f, 16_000) for f in files]  # every FSDD clip is under 2 s: no chunking
+    accuracy = {}
+    for name, model in (("masked", backbone.MaskedWhisperClassifier.from_pretrained(root / "export")), (
+            "transformers", transformers.AutoModelForAudioClassification.from_pretrained(root / "export"))):
+        classify = transformers.pipeline("audio-classification", model=model.eval(), device="cpu",
+                                         feature_extractor=transformers.AutoFeatureExtractor.from_pretrained(
+                                             root / "export"))
+        labels = [classify({"raw": w, "sampling_rate": 16_000}, top_k=1)[0]["label"] for w in waves]
+        accuracy[name] = np.mean([label == truth[f] for label, f in zip(labels, files)])
+    print(f"FSDD digits (n={len(files)}), whisper tiny.en, pairtune 1 epoch + probe: probe {reported:.4f}; "
+          f"pipeline with MaskedWhisperClassifier {accuracy['masked']:.4f}, with transformers' "
+          f"WhisperForAudioClassification {accuracy['transformers']:.4f}", file=sys.stderr)
+    assert accuracy["masked"] == pytest.approx(reported, abs=1e-6)
+    info = json.loads((root / "export/audioconfit.json").read_text())
+    assert info["export_check"]["masked"]["max_abs_logit_difference"] < 1e-4
+    assert info["export_check"]["transformers"]["same_prediction"] < 0.5  # stated, not hidden
+    _, body = card_of(root / "export")
+    assert "pads every input to 30 s and averages over all 1500 frames" in body
+    assert "MaskedWhisperClassifier.from_pretrained" in body
+
+
+def test_a_whisper_finetune_export_predicts_its_reported_accuracy(fsdd_whisper_run):
+    root, truth = fsdd_whisper_run
+    reported = json.loads((root / "finetune/results.json").read_text())["test_acc"]
+    files = sorted(truth)
+    out = predicted(run_script("predict.py", root / "export-finetune", *files, "--json").stdout)
+    assert np.mean([out[f]["top"][0]["label"] == truth[f] for f in files]) == pytest.approx(reported, abs=1e-6)
+    check = json.loads((root / "export-finetune/audioconfit.json").read_text())["export_check"]
+    assert check["masked"]["max_abs_logit_difference"] < 1e-4 and check["masked"]["same_prediction"] == 1
