@@ -252,12 +252,19 @@ class MaskedWhisperClassifier(transformers.WhisperForAudioClassification):
 
     def forward(self, input_features=None, attention_mask=None, labels=None, **kwargs):
         frames = input_features.shape[-1]
+        expected = self.config.max_source_positions * 2
+        if frames != expected:  # as the parent class: what the feature extractor gives by default (30 s)
+            raise ValueError(f"MaskedWhisperClassifier takes {expected} mel frames (the feature extractor's 30-s "
+                             f"padding), got {frames}: let the extractor pad (padding='max_length')")
         if attention_mask is None:  # no mask given: every frame counts, as in the parent class
             attention_mask = torch.ones(input_features.shape[0], frames, dtype=torch.long, device=input_features.device)
         elif attention_mask.shape[-1] != frames:
             # WhisperFeatureExtractor returns its mask per sample, not per frame, when return_attention_mask
-            # comes from its config rather than the call (as in transformers' pipeline): one a hop.
-            attention_mask = attention_mask[:, :: attention_mask.shape[-1] // frames][:, :frames]
+            # comes from its config rather than the call (as in transformers' pipeline): a clip of n
+            # samples has ceil(n / hop) frames, as backbone.Preprocessor gives it.
+            hop = attention_mask.shape[-1] // frames
+            valid = (attention_mask.sum(-1) + hop - 1) // hop
+            attention_mask = (torch.arange(frames, device=valid.device)[None] < valid[:, None]).long()
         hidden, frame_mask = whisper_frames(self.encoder, input_features, attention_mask, self.training)
         weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

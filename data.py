@@ -334,14 +334,18 @@ def carve_whole_groups(train: list[Clip], fraction: float) -> tuple[list[Clip], 
 
 
 def load_splits(dataset: str, data_root: str | None = None, fold: int | None = None,
-                skip_bad: bool = False, valid_fraction: float = 0.1):
+                skip_bad: bool = False, valid_fraction: float = 0.1, check_files: bool = True):
     """Read a dataset into {train, valid, test} lists of Clip plus the sorted class names.
 
     With `fold`, rows of that fold are test and all other rows train (the split column is ignored);
-    valid is then carved from train, as it is for any manifest without valid rows.
+    valid is then carved from train, as it is for any manifest without valid rows. check_files=False
+    skips decoding every file first (check_audio_files), for a caller that reads a few clips only and
+    meets a bad one as a DataError when it loads it; skip_bad then has no effect.
     """
     manifest = resolve_dataset(dataset, data_root)
-    clips = check_audio_files(read_manifest(manifest), skip_bad)
+    clips = read_manifest(manifest)
+    if check_files:
+        clips = check_audio_files(clips, skip_bad)
     if fold is not None:
         if any(c.fold is None for c in clips):
             raise DataError(f"{manifest}: --fold {fold} given but the manifest has rows without a fold.")
@@ -374,6 +378,32 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
                 f"({len(unknown)} such {split} row(s)). A classifier cannot predict a class it never saw: "
                 "move some of its clips to train or drop the class.")
     return splits, classes
+
+
+def keep_shots(splits: dict, shots: int, seed: int) -> tuple[dict, dict]:
+    """Few-shot training: K train clips per class, drawn with `seed` from train only; valid and test
+    untouched. The draw depends only on the train clips, K and the seed, so every method given the
+    same K and seed trains on the same clips. Returns (splits, {"shots", "shot_seed", "short_classes":
+    {class: clips kept} for classes with fewer than K, which keep all they have}); clips stay in
+    manifest order."""
+    if shots < 1:
+        raise DataError(f"--shots must be at least 1, got {shots}")
+    generator = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for index, clip in enumerate(splits["train"]):
+        by_class.setdefault(clip.label, []).append(index)
+    kept, short = set(), {}
+    for label in sorted(by_class):  # in class order: each class's draw does not depend on dict order
+        indices = by_class[label]
+        if len(indices) < shots:
+            short[label] = len(indices)
+        kept.update(indices[i] for i in generator.permutation(len(indices))[:shots])
+    train = [clip for index, clip in enumerate(splits["train"]) if index in kept]
+    if short:
+        listing = ", ".join(f"{label} ({n})" for label, n in sorted(short.items())[:10])
+        print(f"note: --shots {shots}: {len(short)} class(es) have fewer train clips and keep all they have: "
+              f"{listing}{' ...' if len(short) > 10 else ''}", file=sys.stderr)
+    return {**splits, "train": train}, {"shots": shots, "shot_seed": seed, "short_classes": short}
 
 
 # ----------------------------------------------------------------------------------------------

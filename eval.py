@@ -12,6 +12,7 @@ Examples::
     # Table 2: print it and write runs/table.md, runs/table.csv, runs/table.json
     python eval.py table runs/
     python eval.py table runs/ --out reports/
+    python eval.py table runs/ --probe both    # the k-NN probe's row under each method's (or --probe knn)
 
     # everything below for a whole runs tree, into runs/report/ with a report.md (run_all.sh's end)
     python eval.py report runs/
@@ -73,7 +74,8 @@ LEGEND = (
     "Test accuracy (%), mean ± sample std (ddof=1) over seeds/folds; "
     "n = number of runs; b = training batch size, shown where cells differ; – = no runs. "
     "Bold: the better mean of FINETUNE vs PAIRTUNE for that backbone and "
-    "dataset (no bold on a tie or when one arm is missing)."
+    "dataset (no bold on a tie or when one arm is missing). k-NN rows: the k-NN probe on the same "
+    "features (FINETUNE: its encoder's, before its head), the better arm marked among them."
 )
 
 
@@ -139,9 +141,10 @@ def run_is_done(run_dir) -> bool:
         return False
 
 
-def find_runs(runs_dir, stages=ARMS, warn=print_warning):
+def find_runs(runs_dir, stages=ARMS, warn=print_warning, few_shot=False):
     """Finished runs below runs_dir (any depth) whose stage is in `stages`, one dict per run.json: the
-    one place where eval.py and run_all.sh learn which runs exist.
+    one place where eval.py and run_all.sh learn which runs exist. Few-shot runs (--shots K) are
+    another experiment: only with few_shot=True (`eval.py curves --shots`), and then only they.
 
     Each dict: dir, stage, method (the stage; a probe's: "pairtune" or "frozen"), dataset, backbone
     (label, random init flagged), seed, fold, run (the decoded run.json), results (results_file: None
@@ -150,7 +153,7 @@ def find_runs(runs_dir, stages=ARMS, warn=print_warning):
     results before a side probe's, then the first in path order, so which is kept does not depend on
     the file system.
     """
-    found_runs = []
+    found_runs, other_experiment = [], 0
     for path in sorted(Path(runs_dir).rglob("run.json")):
         try:
             run = read_run_json(path.parent)
@@ -163,21 +166,28 @@ def find_runs(runs_dir, stages=ARMS, warn=print_warning):
             warn(f"skipping {path.parent}: the run has not finished")
             continue
         args = run.get("args") or {}
+        if (args.get("shots") is not None) != few_shot:
+            other_experiment += 1
+            continue
         found_runs.append({
             "dir": path.parent, "stage": run["stage"], "method": run.get("method", run["stage"]),
             "dataset": run.get("dataset"),
             "backbone": str(run.get("backbone")) + (RANDOM_INIT_SUFFIX if run.get("backbone_random_init") else ""),
-            "seed": args.get("seed"), "fold": args.get("fold"), "run": run,
+            "seed": args.get("seed"), "fold": args.get("fold"), "shots": args.get("shots"), "run": run,
             "results": results_file(path.parent, run),
         })
+    if other_experiment and not few_shot:
+        warn(f"left out {other_experiment} few-shot run folder(s) under {runs_dir} (--shots): "
+             "see `python eval.py curves --shots`")
     kept, seen = set(), {}  # kept: id() of the runs kept; seen: run identity -> the file (or folder) kept
     side_probe = lambda found: found["stage"] == "probe" and not is_runs_own_probe(found["dir"])
     for found in sorted(found_runs, key=side_probe):  # stable: path order otherwise
-        key = tuple(found[field] for field in ("stage", "method", "dataset", "backbone", "seed", "fold"))
+        key = tuple(found[field] for field in ("stage", "method", "dataset", "backbone", "seed", "fold", "shots"))
         where = found["results"] or found["dir"]
         if key in seen:
             warn(f"duplicate run ({key[0]}: method={key[1]}, dataset={key[2]}, backbone={key[3]}, seed={key[4]}, "
-                 f"fold={key[5]}) in {seen[key]} and {where}; keeping {seen[key]}")
+                 f"fold={key[5]}{'' if key[6] is None else f', shots={key[6]}'}) in {seen[key]} and {where}; "
+                 f"keeping {seen[key]}")
             continue
         seen[key] = where
         kept.add(id(found))
@@ -254,6 +264,11 @@ def parse_result(data):
     if not isinstance(random_init, bool):
         return None, f"backbone_random_init must be true or false, got {random_init!r}"
 
+    knn_test_acc = data.get("knn_test_acc")  # the k-NN probe's (knn.py); absent in older runs
+    if knn_test_acc is not None and (not isinstance(knn_test_acc, (int, float)) or isinstance(knn_test_acc, bool)
+                                     or not 0.0 <= knn_test_acc <= 1.0):
+        return None, f"knn_test_acc must be a fraction in [0, 1], got {knn_test_acc!r}"
+
     result = {
         "method": method,
         "dataset": data["dataset"],
@@ -263,6 +278,7 @@ def parse_result(data):
         "fold": fold,
         "test_acc": float(test_acc),
         "valid_acc": data.get("valid_acc"),
+        "knn_test_acc": None if knn_test_acc is None else float(knn_test_acc),
     }
     return result, None
 
@@ -394,6 +410,33 @@ def summarise(results):
     return {"datasets": datasets, "backbones": backbones}
 
 
+PROBES = ("linear", "knn", "both")
+KNN_SUFFIX = " k-NN"  # a method's row of k-NN probe accuracies, in --probe knn / both tables
+
+
+def summarise_probe(results, probe="linear"):
+    """summarise() of the linear probe's accuracy (FineTune: its own linear head), of the k-NN probe's
+    (`knn_test_acc`; runs without one are left out), or both: each method's k-NN row after its linear
+    row, the better arm marked within each probe."""
+    nearest = [{**r, "test_acc": r["knn_test_acc"]} for r in results if r.get("knn_test_acc") is not None]
+    if probe == "linear":
+        return summarise(results)
+    renamed = lambda summary: {label: {method + KNN_SUFFIX: cells for method, cells in methods.items()}
+                               for label, methods in summary["backbones"].items()}
+    if probe == "knn":
+        summary = summarise(nearest)
+        return {"datasets": summary["datasets"], "backbones": renamed(summary)}
+    linear, knn_rows = summarise(results), renamed(summarise(nearest)) if nearest else {}
+    backbones = {}
+    for label, methods in linear["backbones"].items():
+        backbones[label] = {}
+        for method, cells in methods.items():
+            backbones[label][method] = cells
+            if method + KNN_SUFFIX in knn_rows.get(label, {}):
+                backbones[label][method + KNN_SUFFIX] = knn_rows[label][method + KNN_SUFFIX]
+    return {"datasets": linear["datasets"], "backbones": backbones}
+
+
 def _mark_best(methods, dataset):
     """Flag the better of the compared arms for one (backbone, dataset)."""
     cells = [methods.get(m, {}).get(dataset) for m in ARMS]
@@ -439,7 +482,8 @@ def format_table(summary):
                    for cells in methods.values() for cell in cells.values()} - {()}
     for label, methods in summary["backbones"].items():
         for method, cells in methods.items():
-            row = [_md_escape(label), method.upper()]
+            name = method[:-len(KNN_SUFFIX)].upper() + KNN_SUFFIX if method.endswith(KNN_SUFFIX) else method.upper()
+            row = [_md_escape(label), name]
             for dataset in datasets:
                 cell = cells.get(dataset)
                 text = format_cell(cell)
@@ -1096,6 +1140,95 @@ def plot_curves(entry, path, title):
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------------
+# Few-shot learning curves: test accuracy against K train clips per class (--shots K)
+# ----------------------------------------------------------------------------------------------
+
+SHOT_SERIES = (  # (method, results.json field, label): the linear and the k-NN probe of each method
+    ("finetune", "test_acc", "FINETUNE"), ("finetune", "knn_test_acc", "FINETUNE + k-NN probe"),
+    ("pairtune", "test_acc", "PAIRTUNE + linear probe"), ("pairtune", "knn_test_acc", "PAIRTUNE + k-NN probe"),
+    ("frozen", "test_acc", "FROZEN + linear probe"), ("frozen", "knn_test_acc", "FROZEN + k-NN probe"))
+SHOT_CSV_COLUMNS = ("dataset", "backbone", "series", "shots", "n", "mean_pct", "std_pct", "seeds")
+
+
+def shot_curves(runs_dir, warn=print_warning):
+    """{(dataset, backbone): {series label: {K: cell_stats + seeds}}} of every finished few-shot run
+    (finetune.py, or probe.py of a PairTune run or a frozen encoder) below runs_dir, over seeds (or folds)."""
+    points = {}
+    for found in find_runs(runs_dir, ("finetune", "probe"), warn, few_shot=True):
+        if found["results"] is None:
+            continue
+        results = json.loads(Path(found["results"]).read_text(encoding="utf-8"))
+        for method, field, label in SHOT_SERIES:
+            if found["method"] == method and results.get(field) is not None:
+                repeat = found["seed"] if found["fold"] is None else f"fold-{found['fold']}"
+                series = points.setdefault((found["dataset"], found["backbone"]), {}).setdefault(label, {})
+                series.setdefault(int(found["shots"]), []).append((repeat, results[field]))
+    curves = {}
+    for key in sorted(points):
+        curves[key] = {}
+        for _, _, label in SHOT_SERIES:  # in SHOT_SERIES order, so figures and files are stable
+            if label in points[key]:
+                curves[key][label] = {
+                    shots: {**cell_stats([acc for _, acc in sorted(runs, key=str)]),
+                            "seeds": [repeat for repeat, _ in sorted(runs, key=str)]}
+                    for shots, runs in sorted(points[key][label].items())}
+    return curves
+
+
+def plot_shot_curves(series, path, title):
+    """Accuracy against shots per class (log x), a mean line and a ± std band per series."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = {"FINETUNE": "tab:orange", "PAIRTUNE": "tab:blue", "FROZEN": "tab:gray"}
+    for label, points in series.items():
+        shots = np.array(sorted(points))
+        mean = np.array([points[k]["mean"] for k in shots])
+        std = np.array([points[k]["std"] or 0.0 for k in shots])
+        colour = colours[label.split()[0]]
+        style = "--" if "k-NN" in label else "-"
+        ax.plot(shots, mean, style, marker="o", markersize=3, color=colour,
+                label=f"{label} (n={max(points[k]['n'] for k in shots)})")
+        ax.fill_between(shots, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
+    ax.set_xscale("log", base=2)
+    all_shots = sorted({k for points in series.values() for k in points})
+    ax.set_xticks(all_shots, [str(k) for k in all_shots])
+    ax.set_xlabel("train clips per class (K)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_shot_curves(curves, out: Path) -> list[Path]:
+    """shots-<dataset>-<backbone>.png per group (without matplotlib: none, with a note) and shots.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "shots.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SHOT_CSV_COLUMNS)
+        writer.writeheader()
+        for (dataset, backbone), series in curves.items():
+            for label, points in series.items():
+                for shots, cell in points.items():
+                    writer.writerow({"dataset": dataset, "backbone": backbone, "series": label, "shots": shots,
+                                     "n": cell["n"], "mean_pct": cell["mean"],
+                                     "std_pct": "" if cell["std"] is None else cell["std"],
+                                     "seeds": " ".join(map(str, cell["seeds"]))})
+    figures = []
+    try:
+        pyplot()
+    except MissingPackage as error:
+        print(f"note: no few-shot figure: {error}", file=sys.stderr)
+        return figures
+    for key, series in curves.items():
+        path = out / f"shots-{group_stem(key)}.png"
+        plot_shot_curves(series, path, f"Test accuracy against shots per class: {group_name(key)}")
+        figures.append(path)
+    return figures
+
+
 def group_name(key):
     """'esc50 · wav2vec2': how a (dataset, backbone) group is titled and keyed in JSON files."""
     return f"{key[0]} · {key[1]}"
@@ -1229,6 +1362,15 @@ def cmd_umap(args):
 
 
 def cmd_curves(args):
+    if args.shots:  # few-shot learning curves instead of Figure 2
+        curves = shot_curves(args.runs_dir)
+        if not curves:
+            print(f"error: no finished few-shot (--shots) runs under {args.runs_dir}", file=sys.stderr)
+            return 1
+        for path in write_shot_curves(curves, Path(args.out)):
+            print(f"wrote {path}")
+        print(f"wrote {Path(args.out) / 'shots.csv'}")
+        return 0
     try:
         pyplot()
     except MissingPackage as error:
@@ -1268,6 +1410,14 @@ def cmd_report(args):
         write_csv(summary, out / "table.csv")
         write_json(summary, out / "table.json")
         md += ["## Table 2: test accuracy", "", table, "Also as [CSV](table.csv) and [JSON](table.json).", ""]
+        if any(r.get("knn_test_acc") is not None for r in results):
+            both = summarise_probe(results, "both")
+            table = format_table(both)
+            (out / "table-knn.md").write_text(table, encoding="utf-8")
+            write_csv(both, out / "table-knn.csv")
+            write_json(both, out / "table-knn.json")
+            md += ["## Table 2 with the k-NN probe beside the linear one", "", table,
+                   "Also as [CSV](table-knn.csv) and [JSON](table-knn.json).", ""]
     else:
         md += ["## Table 2: test accuracy", "", "No results.json found.", ""]
     missing = out / "missing.txt"  # run_all.sh's grid, less what finished
@@ -1277,6 +1427,12 @@ def cmd_report(args):
         md += [f"**Missing: {len(runs)} run(s)** of the grid did not finish (failed, still running or not "
                "started; their job.log says why), so the cells above hold fewer repeats or none:", "",
                *[f"- `{run}`" for run in runs], ""]
+    few_shot = shot_curves(runs_dir, warn=lambda _: None)  # run_all.sh with SHOTS
+    if few_shot:
+        pictures = write_shot_curves(few_shot, out)
+        md += ["## Few-shot learning curves: test accuracy against train clips per class", "",
+               *[f"![{path.stem}]({path.name})" for path in pictures],
+               "", "Numbers (mean ± std over seeds, n per point): [shots.csv](shots.csv).", ""]
 
     try:
         pyplot()
@@ -1659,7 +1815,10 @@ def cmd_table(args):
         print(f"error: no usable results.json files found under {runs_dir}", file=sys.stderr)
         return 1
 
-    summary = summarise(results)
+    summary = summarise_probe(results, args.probe)
+    if not summary["backbones"]:
+        print(f"error: no run under {runs_dir} has a k-NN probe result (knn_test_acc)", file=sys.stderr)
+        return 1
     table = format_table(summary)
     print(table, end="")
 
@@ -1710,6 +1869,8 @@ def build_parser():
         default=None,
         help="directory for table.md/.csv/.json, or a .md file path (default: RUNS_DIR/table.md)",
     )
+    table.add_argument("--probe", choices=PROBES, default="linear",
+                       help="which probe's test accuracy: the linear one (FineTune: its head), the k-NN one, or both")
     table.set_defaults(func=cmd_table)
 
     for name, text in (("isotropy", "anisotropy: mean cosine similarity over pairs of distinct test clips"),
@@ -1751,6 +1912,9 @@ def build_parser():
                                     help="Figure 2: valid accuracy per epoch, FINETUNE vs PAIRTUNE, mean ± std")
     curves.add_argument("runs_dir", metavar="RUNS_DIR", help="directory searched recursively for run folders")
     curves.add_argument("--out", required=True, metavar="DIR", help="folder for curves-*.png and curves.json")
+    curves.add_argument("--shots", action="store_true",
+                        help="few-shot learning curves instead: test accuracy against --shots K per method and "
+                             "probe, mean ± std over seeds (shots-*.png, shots.csv)")
     curves.set_defaults(func=cmd_curves)
 
     plan = subcommands.add_parser(

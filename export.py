@@ -30,12 +30,16 @@ difference and the share of equal predictions go into the card and audioconfit.j
 """
 import argparse
 import copy
+import os
+import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 import transformers
+import yaml  # a dependency of transformers
 
 import backbone
 import data
@@ -46,6 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a finished finetune run, pairtune run with its probe, or probe folder")
     p.add_argument("--out", required=True, help="the folder to write (a transformers model folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files")
     p.add_argument("--check-clips", type=int, default=16,
                    help="valid clips on which the exported model is compared with the run's pipeline (0: none)")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv, for the check")
@@ -107,23 +112,29 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
         except data.DataError:
             print(f"note: the check is skipped: {about['manifest']} is not there (give --data-root)")
             return None
-    splits, classes = data.load_splits(str(source), None, about["fold"], about["args"]["head"].get("skip_bad", False))
-    clips = splits["valid"][:n_clips]
+    # only the clips checked are decoded (not every file of the dataset, as the scripts' check does)
+    splits, classes = data.load_splits(str(source), None, about["fold"], check_files=False)
     encoder, head, max_seconds = trained["encoder"], trained["head"], trained["max_seconds"]
     extractor = transformers.AutoFeatureExtractor.from_pretrained(out)
     models = {"transformers": transformers.AutoModelForAudioClassification.from_pretrained(out).eval()}
     if encoder.whisper:
         models["masked"] = backbone.MaskedWhisperClassifier.from_pretrained(out).eval()
     limit = int(max_seconds * encoder.sample_rate)
-    ours, theirs = [], {name: [] for name in models}
-    for clip in clips:
-        wave = data.load_audio(clip.path, encoder.sample_rate)[:limit]
+    ours, theirs, checked = [], {name: [] for name in models}, 0
+    for clip in splits["valid"]:
+        if checked == n_clips:
+            break
+        try:
+            wave = data.load_audio(clip.path, encoder.sample_rate)[:limit]
+        except data.DataError:  # an unusable file (one a --skip-bad run left out): the next one
+            continue
+        checked += 1
         ours.append(head(encoder(encoder.preprocess([wave])))[0])
         inputs = extractor(wave, sampling_rate=extractor.sampling_rate, return_tensors="pt")
         for name, model in models.items():
             theirs[name].append(model(**inputs).logits[0])
     ours = torch.stack(ours)
-    check = {"clips": len(clips), "split": "valid"}
+    check = {"clips": checked, "split": "valid"}
     for name, logits in theirs.items():
         logits = torch.stack(logits)
         check[name] = {"max_abs_logit_difference": float((ours - logits).abs().max()),
@@ -152,16 +163,52 @@ def command_of(script: str, args: dict) -> str:
     return shlex.join(words)
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_base_model(about: dict) -> str | None:
+    """The Hub id the encoder started from, for the card's base_model: an alias's, or a hub id given as
+    --backbone; none for a random control or a local folder (named in the card's text instead)."""
+    given = about["args"]["model"].get("backbone") or about["args"]["head"].get("ckpt") or ""
+    given = backbone.ALIASES.get(given, given)
+    if about["backbone_random_init"] or not HUB_ID.fullmatch(given) or given.startswith((".", "/")):
+        return None
+    return None if Path(given).exists() else given
+
+
+USE_TRANSFORMERS = """```python
+import soundfile, transformers
+classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_REPO")
+wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
+classify({"raw": wave.mean(1), "sampling_rate": rate}, top_k=3)  # an array; a file path needs ffmpeg
+```"""
+USE_MASKED_WHISPER = """**Load it with `MaskedWhisperClassifier`**, in AudioConFit's `backbone.py` (a subclass of
+transformers' class, the same files, no remote code), which pools as the run did:
+
+```python
+import soundfile, transformers
+from backbone import MaskedWhisperClassifier
+model = MaskedWhisperClassifier.from_pretrained("THIS_FOLDER_OR_REPO")
+extractor = transformers.AutoFeatureExtractor.from_pretrained("THIS_FOLDER_OR_REPO")
+classify = transformers.pipeline("audio-classification", model=model, feature_extractor=extractor)
+wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
+classify({"raw": wave.mean(1), "sampling_rate": rate}, top_k=3)  # an array; a file path needs ffmpeg
+```
+
+(transformers logs that the class is not supported for audio-classification, and runs it.)
+`python predict.py THIS_FOLDER files...` computes the same. **Loaded with transformers alone
+(`pipeline(model=THIS_FOLDER)`), its predictions are not the run's**: see below."""
+
+
 def model_card(trained: dict, check: dict | None) -> str:
     about, classes = trained["about"], trained["classes"]
     given = about["args"]["model"].get("backbone") or about["args"]["head"].get("ckpt") or about["backbone"]
-    base = backbone.ALIASES.get(given, given)
-    # The Hub's base_model is a hub id: not for a random control, nor for a local folder (named in the body).
-    hub_base = None if about["backbone_random_init"] or Path(base).exists() or base == backbone.TINY else base
+    base, hub_base = backbone.ALIASES.get(given, given), hub_base_model(about)
+    encoder_kind = "randomly initialised" if about["backbone_random_init"] else "pre-trained"
     method = {"pairtune": "AudioConFit: PairTune (supervised contrastive fine-tuning on hard-mined pairs), "
                           "then a linear probe on the frozen tuned encoder",
               "finetune": "FineTune: end-to-end cross-entropy, encoder and linear head",
-              "frozen": "a linear probe on the frozen pre-trained encoder"}[about["method"]]
+              "frozen": f"a linear probe on the frozen {encoder_kind} encoder"}[about["method"]]
     repeat = f"fold {about['fold']}" if about["fold"] is not None else f"seed {about['seed']}"
     clips = about["clips"]
     if about["method"] == "pairtune":
@@ -180,18 +227,14 @@ def model_card(trained: dict, check: dict | None) -> str:
         "transformers' `WhisperForAudioClassification` pads every input to 30 s and averages over all "
         "1500 frames, padding included, where AudioConFit averages over the clip's own frames: loaded "
         "with transformers alone, this folder computes other features than the ones its classifier "
-        "was trained on, and its predictions differ (the check below). `MaskedWhisperClassifier` in "
-        "AudioConFit's `backbone.py` (a subclass, the same files, no remote code) pools as the run did:\n\n"
-        "```python\nfrom backbone import MaskedWhisperClassifier\n"
-        "model = MaskedWhisperClassifier.from_pretrained(\"THIS_FOLDER\")\n"
-        "extractor = transformers.AutoFeatureExtractor.from_pretrained(\"THIS_FOLDER\")\n"
-        "classify = transformers.pipeline(\"audio-classification\", model=model, feature_extractor=extractor)\n"
-        "```\n\n(transformers logs that the class is not supported for audio-classification, and runs it.) "
-        "`python predict.py THIS_FOLDER files...` computes the same."
+        "was trained on, and its predictions differ (the check below). `MaskedWhisperClassifier` "
+        "(above) reads the feature extractor's attention mask and averages over the clip's frames."
         if whisper else
         "On a clip no longer than the chunk length, transformers computes what the run computed "
         "(the check below). A longer clip is cut into near-equal chunks by AudioConFit's evaluation and "
-        "`predict.py`, which average the chunks' features; transformers takes it whole.")
+        "`predict.py`, which average the chunks' features; transformers takes it whole. A clip shorter "
+        "than the encoder's receptive field (400 samples for wav2vec2-base) is zero-padded to it by "
+        "AudioConFit; transformers cannot encode it.")
     if check is None:
         check_text = "not run (--check-clips 0, or the run's dataset was not found)."
     else:
@@ -202,19 +245,20 @@ def model_card(trained: dict, check: dict | None) -> str:
                 check_text += (f"\n- `{CHECKED[name]}`: largest logit difference "
                                f"{check[name]['max_abs_logit_difference']:.2e}, same prediction on "
                                f"{100 * check[name]['same_prediction']:.1f}% of them")
-    front = [
-        "---", "library_name: transformers", "pipeline_tag: audio-classification",
-        f"base_model: {hub_base}" if hub_base else "base_model: null",
-        f"datasets:\n- {about['dataset']}", "metrics:\n- accuracy",
-        "tags:\n- audio-classification\n- audioconfit\n- supervised-contrastive-learning",
-        "model-index:", f"- name: {about['dataset']}-{about['method']}", "  results:",
-        "  - task:\n      type: audio-classification", f"    dataset:\n      name: {about['dataset']}",
-        f"      type: {about['dataset']}",
-        f"    metrics:\n    - type: accuracy\n      value: {about['test_acc']}\n      name: test accuracy", "---", ""]
+    tags = ["audio-classification", "audioconfit"] + (
+        ["supervised-contrastive-learning"] if about["method"] == "pairtune" else [])
+    front = {"library_name": "transformers", "pipeline_tag": "audio-classification", "base_model": hub_base,
+             "metrics": ["accuracy"], "tags": tags,
+             "model-index": [{"name": f"{about['dataset']}-{about['method']}", "results": [{
+                 "task": {"type": "audio-classification"},
+                 "dataset": {"name": about["dataset"], "type": about["dataset"]},
+                 "metrics": [{"type": "accuracy", "value": about["test_acc"], "name": "test accuracy"}]}]}]}
     random_note = " (RANDOMLY INITIALISED: a control, not a pre-trained model)" if about["backbone_random_init"] else ""
+    local = (" (a local folder)" if hub_base is None and not about["backbone_random_init"] and base != backbone.TINY
+             else "")
     body = f"""# {about['dataset']} classifier: {about['method']} of {Path(base).name}
 
-- **Base model:** `{base}`{' (a local folder)' if Path(base).exists() else ''}{random_note}
+- **Base model:** `{base}`{local}{random_note}
 - **Dataset:** {about['dataset']}, {repeat}; {clips.get('train', 0)} train, {clips.get('valid', 0)} valid,
   {clips.get('test', 0)} test clips; {len(classes)} classes: {', '.join(classes)}
 - **Method:** {method}.
@@ -225,12 +269,7 @@ def model_card(trained: dict, check: dict | None) -> str:
 
 ## Use
 
-```python
-import soundfile, transformers
-classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_REPO")
-wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
-classify({{"raw": wave.mean(1), "sampling_rate": rate}}, top_k=3)  # an array; a file path needs ffmpeg
-```
+{USE_MASKED_WHISPER if whisper else USE_TRANSFORMERS}
 
 ## Where transformers computes something else
 
@@ -245,42 +284,69 @@ Check at export: {check_text}
 python export.py RUN --out THIS_FOLDER
 ```
 
-Runs: {', '.join(f'{k} `{v}`' for k, v in about['runs'].items())}.
+Runs (paths on the machine that made them): {', '.join(f'{k} `{v}`' for k, v in about['runs'].items())}.
 """
-    return "\n".join(front) + body
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body
 
 
 # ----------------------------------------------------------------------------------------------
 # Export
 # ----------------------------------------------------------------------------------------------
 
+def check_out_folder(out: Path, run: Path, overwrite: bool):
+    """Refuse an --out that would mix the export with other files: a non-empty folder that is not an
+    earlier export (unless --overwrite), or a folder in or above a run (its run.json, its encoder/)."""
+    resolved, run = out.resolve(), run.resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / "run.json").is_file():
+            sys.exit(f"error: --out {out} is inside the run folder {folder}; export elsewhere")
+    if resolved in run.parents:
+        sys.exit(f"error: --out {out} holds the run {run}; export elsewhere")
+    if out.is_dir() and any(out.iterdir()) and not (out / runs.EXPORT_INFO).is_file() and not overwrite:
+        sys.exit(f"error: --out {out} is a folder with other files in it; give an empty or new folder "
+                 "(or --overwrite to replace it)")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    out = Path(args.out)
-    trained = runs.load_trained(args.run)
-    if (Path(args.run) / runs.EXPORT_INFO).is_file():
-        sys.exit(f"error: {args.run} is an export already")
-    model = to_transformers(trained)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    out, run_dir = Path(args.out), Path(args.run)
+    if (run_dir / runs.EXPORT_INFO).is_file():
+        sys.exit(f"error: {run_dir} is an export already (push it with --push-to-hub from its run, or upload "
+                 "the folder with huggingface_hub)")
+    check_out_folder(out, run_dir, args.overwrite)
+    trained = runs.load_trained(run_dir)
+    # Written whole into DIR.partial, moved to DIR only once it has passed its check: a kill, a failed
+    # check or a missing file never leaves a folder that loads but is not the run's classifier.
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    to_transformers(trained).save_pretrained(partial)
     extractor = copy.deepcopy(trained["encoder"].extractor)
     if trained["encoder"].whisper:  # for MaskedWhisperClassifier (the parent class ignores the mask)
         extractor.return_attention_mask = True
-    extractor.save_pretrained(out)
-    check = compare_on_valid(trained, out, args.check_clips, args.data_root)
+    extractor.save_pretrained(partial)
+    check = compare_on_valid(trained, partial, args.check_clips, args.data_root)
     info = {"about": trained["about"], "max_seconds": trained["max_seconds"],
-            "eval_batch_size": trained["eval_batch_size"], "classes": trained["classes"], "export_check": check,
+            "eval_batch_size": trained["eval_batch_size"], "precision": trained["precision"],
+            "classes": trained["classes"], "export_check": check,
             "pooling": WHISPER_POOLING if trained["encoder"].whisper else "the mean over the clip's frames, as the run"}
-    runs.write_json(out / runs.EXPORT_INFO, info)
-    runs.write_text(out / "README.md", model_card(trained, check))
+    runs.write_json(partial / runs.EXPORT_INFO, info)
+    runs.write_text(partial / "README.md", model_card(trained, check))
     for name, result in (check or {}).items():
         if isinstance(result, dict):
             print(f"check, {CHECKED[name]}, on {check['clips']} valid clips: largest logit difference "
                   f"{result['max_abs_logit_difference']:.2e}, same prediction {100 * result['same_prediction']:.1f}%")
+    # The model that must agree: transformers' own class, or for Whisper the masked one.
+    agreeing = (check or {}).get("masked" if trained["encoder"].whisper else "transformers")
+    if agreeing and (agreeing["max_abs_logit_difference"] > 1e-4 or agreeing["same_prediction"] < 1):
+        sys.exit(f"error: the exported model does not compute what the run computes (above); it is left in "
+                 f"{partial} for a look, not in {out}")
     if trained["encoder"].whisper:
         print("note: transformers' WhisperForAudioClassification pools over its 30-s padding, which the run's "
               "classifier was not trained on; load the folder with backbone.MaskedWhisperClassifier (see the card)")
-    print(f"exported {args.run} -> {out} ({trained['about']['method']}, test/acc {trained['about']['test_acc']:.4f})")
+    shutil.rmtree(out, ignore_errors=True)  # empty, or an earlier export (check_out_folder)
+    os.replace(partial, out)
+    print(f"exported {run_dir} -> {out} ({trained['about']['method']}, test/acc {trained['about']['test_acc']:.4f})")
     if args.push_to_hub:
         push_to_hub(out, args.push_to_hub, args.private)
 
@@ -298,5 +364,5 @@ def push_to_hub(folder: Path, repo: str, private: bool):
 if __name__ == "__main__":
     try:
         main()
-    except (data.DataError, FileNotFoundError, ValueError) as error:
+    except (data.DataError, OSError, ValueError, RuntimeError) as error:
         sys.exit(f"error: {error}")

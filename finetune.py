@@ -14,8 +14,10 @@ processes; --micro-batch M accumulates gradients over M clips at a time (the sam
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (epoch,
 train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), results.json
-(test_acc at the best-valid epoch, valid_acc, selected_epoch, confusion), encoder/ and head.pt of
-the best-valid epoch, features/<dataset>[-fold<k>]/test.pt (its pooled test features, for eval.py),
+(test_acc at the best-valid epoch, valid_acc, selected_epoch, confusion; and knn_test_acc,
+knn_valid_acc, knn_k: the k-NN probe of knn.py on the encoder's pooled features, before the head),
+encoder/ and head.pt of the best-valid epoch, features/<dataset>[-fold<k>]/{train,valid,test}.pt
+(its pooled features, for the k-NN probe and eval.py),
 checkpoint.pt and best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 import backbone
 import data
+import knn
 import ddp
 import runs
 
@@ -40,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
     p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="few-shot: keep K train clips per class (drawn with --shot-seed; valid and test untouched)")
+    p.add_argument("--shot-seed", type=int, default=None, help="the draw of --shots (default: --seed)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unusable audio (unreadable, empty, cut short, NaN/inf) with a warning, not stop")
     p.add_argument("--backbone", default="wav2vec2",
@@ -65,6 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-cache-mb", type=float, default=1024,
                    help="memory for keeping valid's decoded inputs between epochs, so its clips are decoded once "
                         "(same features); over it, or 0, they are decoded every epoch")
+    p.add_argument("--knn-ks", default=",".join(map(str, knn.K_GRID)),
+                   help="comma-separated k of the k-NN probe on the encoder's features, chosen on valid")
+    p.add_argument("--knn-temperature", type=float, default=knn.TEMPERATURE,
+                   help="k-NN votes are weighted exp(cosine similarity / T)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
     p.add_argument("--keep-checkpoint", action="store_true",
@@ -158,6 +168,9 @@ def main(argv=None):
 
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
+    shots = None
+    if args.shots is not None:  # the same K clips per class for every method with this K and seed
+        splits, shots = data.keep_shots(splits, args.shots, args.seed if args.shot_seed is None else args.shot_seed)
     print(f"data: {data.dataset_name(args.dataset)}: " + ", ".join(f"{s} {len(c)}" for s, c in splits.items())
           + f" clips, {len(classes)} classes")
 
@@ -189,6 +202,7 @@ def main(argv=None):
 
     run = runs.new_run("finetune", args, data.dataset_name(args.dataset),
                        data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
+    run["shots"] = shots  # None, or K, its seed and the classes short of K
 
     # ---------------- resuming ----------------
     modules = {"encoder": encoder.model, "head": head}
@@ -232,17 +246,26 @@ def main(argv=None):
     encoder.model.load_state_dict(state["encoder"])
     head.load_state_dict(state["head"])
     # The test features stay in features/ for eval.py's analyses (anisotropy, UMAP), so it needs no re-encoding.
+    feature_dir = runs.feature_dir(out, run["dataset"], args.fold)
     test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test",
-                                             cache_dir=runs.feature_dir(out, run["dataset"], args.fold))
+                                             cache_dir=feature_dir)
+    # The k-NN probe on the encoder's pooled features (before the head), as probe.py scores the other
+    # methods: k chosen on valid, test (already encoded) read once.
+    features = runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device,
+                                    ("train", "valid", "test"), args.eval_batch_size, args.num_workers,
+                                    precision=args.precision)
+    nearest = knn.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
+                              args.knn_temperature)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
     encoder.save(out / "encoder")
     torch.save(head.state_dict(), out / "head.pt")
     results = {"method": "finetune", "dataset": run["dataset"], "backbone": encoder.name,
                "backbone_random_init": encoder.random_init, "seed": args.seed, "fold": args.fold,
+               "shots": args.shots,
                "test_acc": round(test_acc, 6), "valid_acc": round(best["valid_acc"], 6),
                "selected_epoch": best["epoch"],
-               "epochs": args.epochs, "classes": classes, "confusion": confusion.tolist()}
+               "epochs": args.epochs, "classes": classes, "confusion": confusion.tolist(), **nearest}
     runs.write_json(out / "results.json", results)
     run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"],
                selected_by="valid_acc in log.jsonl: the classifier's accuracy on valid",
@@ -252,7 +275,7 @@ def main(argv=None):
         runs.remove_checkpoints(out)
     ddp.stop()
     print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
-          f"wrote {out / 'results.json'}")
+          f"k-NN test/acc {nearest['knn_test_acc']:.4f} (k {nearest['knn_k']}); wrote {out / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
     p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="few-shot: keep K train clips per class (drawn with --shot-seed; valid and test untouched)")
+    p.add_argument("--shot-seed", type=int, default=None, help="the draw of --shots (default: --seed)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unusable audio (unreadable, empty, cut short, NaN/inf) with a warning, not stop")
     p.add_argument("--backbone", default="wav2vec2",
@@ -304,6 +307,9 @@ def main(argv=None):
 
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
+    shots = None
+    if args.shots is not None:  # the same K clips per class for every method with this K and seed
+        splits, shots = data.keep_shots(splits, args.shots, args.seed if args.shot_seed is None else args.shot_seed)
     print(f"data: {data.dataset_name(args.dataset)}: " + ", ".join(f"{s} {len(c)}" for s, c in splits.items())
           + f" clips, {len(classes)} classes")
 
@@ -322,6 +328,14 @@ def main(argv=None):
           f"{args.precision}" + (f", {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
     ddp.seed_this_rank(args.seed)
 
+    if args.shots is not None and args.shots < args.clips_per_class:
+        # Said, not hidden: the sampler repeats a class's clips to fill its K places in a batch, so
+        # some positives are two random crops of one clip; a clip no longer than the crop is the same
+        # audio twice (no dropout in some encoders: the same embedding), so such pairs teach nothing
+        # and the loss then comes from the negatives.
+        print(f"note: --shots {args.shots} < --clips-per-class {args.clips_per_class}: a batch repeats a class's "
+              f"clips, so positives include two random --max-seconds {args.max_seconds:g} crops of one clip "
+              "(identical audio where the clip is no longer than the crop)", file=sys.stderr)
     train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
     loader_generator = torch.Generator().manual_seed(args.seed)
     class_index = {c: i for i, c in enumerate(classes)}
@@ -341,6 +355,7 @@ def main(argv=None):
 
     run = runs.new_run("pairtune", args, data.dataset_name(args.dataset),
                        data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
+    run["shots"] = shots  # None, or K, its seed and the classes short of K
 
     # ---------------- resuming ----------------
     selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}

@@ -8,7 +8,8 @@ frozen encoder's probe, or a folder written by export.py. Files and folders (sea
 for audio files) are classified exactly as evaluation scores a clip: decoded with soundfile, mono,
 resampled to the encoder's rate, cut into near-equal chunks of the run's chunk length when longer,
 the chunks' pooled features averaged, then the classifier. Clips are batched by length as in
-evaluation (--batch-size, default the run's), so a run's own test files get the run's test scores.
+evaluation (--batch-size, default the run's) and at the run's precision, so a run's own test files
+get the run's test scores (on the device type it was tested on: bf16 on a GPU is not fp32 on a CPU).
 
 Prints, per file, the top classes with their probabilities (--json: one JSON object a line). A file
 that cannot be used (missing, unreadable, empty, NaN samples) is reported by name and skipped; the
@@ -32,12 +33,21 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="RUN_OR_EXPORT", help="a finished run folder, or an export.py folder")
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files, or folders searched for them")
-    p.add_argument("--top-k", type=int, default=3, help="classes shown per file")
+    p.add_argument("--top-k", type=positive, default=3, help="classes shown per file")
     p.add_argument("--json", action="store_true", help="one JSON object a line instead of text")
     p.add_argument("--batch-size", type=int, default=None, help="clips per batch (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cuda, cpu")
+    p.add_argument("--precision", choices=backbone.PRECISIONS, default=None,
+                   help="default: the run's (FineTune's --precision; auto for probes: bf16 on CUDA, else fp32)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding")
     return p.parse_args(argv)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def audio_files(inputs: list[str]) -> list[str]:
@@ -69,13 +79,13 @@ def main(argv=None):
             unusable.append((path, check.problem))
             print(f"error: {path}: {check.problem}; skipped", file=sys.stderr)
         else:  # the label is unknown: any class will do, it is not read
-            usable.append(data.Clip(str(Path(path).resolve()), classes[0], "test", where=f"input {index + 1}"))
+            usable.append(data.Clip(path, classes[0], "test", where=f"input {index + 1}"))  # printed as given
 
     # ---------------- features as evaluation computes them, then the classifier ----------------
     if usable:
         features, _ = backbone.extract_features(encoder, usable, classes, trained["max_seconds"], device,
                                                 args.batch_size or trained["eval_batch_size"], args.num_workers,
-                                                desc="predicting")
+                                                desc="predicting", precision=args.precision or trained["precision"])
         with torch.no_grad():
             probabilities = head(features.to(device)).float().softmax(1).cpu()
         top = probabilities.topk(min(args.top_k, len(classes)), dim=1)
@@ -94,5 +104,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (data.DataError, FileNotFoundError, ValueError) as error:
+    except (data.DataError, OSError, ValueError, RuntimeError) as error:
         sys.exit(f"error: {error}")

@@ -8,11 +8,13 @@ Each split is encoded once (whole clips, chunked, as in the other stages) and th
 in CKPT/features/ for a run's own probe (OUT/features/ for a frozen backbone, or for a probe with
 another --dataset, --fold or --max-seconds than its run, which must then be given its own --out).
 A grid over learning rates and batch sizes is trained on the cached train features; the
-configuration and epoch are chosen on valid accuracy (ties: lower valid loss, then grid order);
-test is read once, with the chosen classifier.
+configuration and epoch are chosen on valid accuracy (ties: lower valid loss, then grid order).
+Beside it, the k-NN probe (knn.py) on the same features, its k chosen on valid. Test is read once,
+with the chosen classifiers.
 
 Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ otherwise): test_acc,
-valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix; and
+valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix, and the
+k-NN probe's knn_test_acc, knn_valid_acc, knn_k (its grid in knn_grid); and
 OUT/run.json (stage "probe": arguments as used, provenance, the run probed), marked finished after.
 """
 import argparse
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 import backbone
 import data
+import knn
 import runs
 
 
@@ -40,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--fold", type=int, default=None, help="overrides the run's fold")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unusable audio files with a warning (on for a run that was made with it)")
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="few-shot: K train clips per class (default: the run's); valid and test untouched")
+    p.add_argument("--shot-seed", type=int, default=None, help="the draw of --shots (default: the run's, else --seed)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="evaluation chunk length (default: the run's, else 10)")
     p.add_argument("--random-init", action="store_true",
@@ -48,6 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--lrs", default="1e-4,1e-3,1e-2", help="comma-separated Adam learning rates of the grid")
     p.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes of the grid")
     p.add_argument("--epochs", type=int, default=100, help="epochs per grid point (on cached features: cheap)")
+    p.add_argument("--knn-ks", default=",".join(map(str, knn.K_GRID)),
+                   help="comma-separated k of the k-NN probe's grid, chosen on valid")
+    p.add_argument("--knn-temperature", type=float, default=knn.TEMPERATURE,
+                   help="k-NN votes are weighted exp(cosine similarity / T)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the run's, else 0)")
     p.add_argument("--device", default="auto", help="device for encoding: auto, cuda, cpu")
     p.add_argument("--num-workers", type=int, default=None,
@@ -108,16 +118,21 @@ def main(argv=None):
         fold = args.fold if args.fold is not None else run_args.get("fold")
         max_seconds = args.max_seconds or run_args["max_seconds"]
         seed = args.seed if args.seed is not None else run_args["seed"]
-        # The run's clips, no fewer: a run that skipped unusable files is probed without them too.
+        # The run's clips, no fewer: a run that skipped unusable files is probed without them too, and
+        # a few-shot run's probe trains on the same K clips per class.
         skip_bad = args.skip_bad or run_args.get("skip_bad", False)
+        shots = args.shots if args.shots is not None else run_args.get("shots")
+        run_shot_seed = run_args.get("shot_seed") if run_args.get("shot_seed") is not None else run_args["seed"]
+        shot_seed = args.shot_seed if args.shot_seed is not None else run_shot_seed
         # The probe with the run's own data and chunk length is the run's stage 2: RUN/probe/, with its
         # features in RUN/features/, where eval.py reads the run's test features. Any other probe is a
         # side experiment: it must be given its own --out, and keeps its features there.
         run_settings = (args.dataset is None and fold == run_args.get("fold")
-                        and encoder.chunk_seconds(max_seconds) == encoder.chunk_seconds(run_args["max_seconds"]))
+                        and encoder.chunk_seconds(max_seconds) == encoder.chunk_seconds(run_args["max_seconds"])
+                        and shots == run_args.get("shots") and (shots is None or shot_seed == run_shot_seed))
         if not run_settings and (not args.out or Path(args.out).resolve() == (ckpt / "probe").resolve()):
-            sys.exit(f"error: with another --dataset, --fold or --max-seconds than the run's, this probe is not "
-                     f"the run's own stage 2: give it an --out other than {ckpt / 'probe'}")
+            sys.exit(f"error: with another --dataset, --fold, --max-seconds or --shots than the run's, this probe is "
+                     f"not the run's own stage 2: give it an --out other than {ckpt / 'probe'}")
         out = Path(args.out) if args.out else ckpt / "probe"
         feature_root = ckpt if run_settings else out
     else:  # a backbone: the frozen pre-trained (or, with --random-init, untrained) encoder
@@ -128,9 +143,10 @@ def main(argv=None):
         encoder = backbone.load_encoder(args.ckpt, random_init=args.random_init, seed=seed)
         backbone_name, random_init = encoder.name, encoder.random_init
         dataset, data_root, fold, skip_bad = args.dataset, args.data_root, args.fold, args.skip_bad
+        shots, shot_seed = args.shots, args.shot_seed if args.shot_seed is not None else seed
         max_seconds = args.max_seconds or 10.0
         tag = backbone_name.replace("/", "_") + ("-random" if random_init else "")
-        fold_tag = "" if fold is None else f"-fold{fold}"
+        fold_tag = ("" if fold is None else f"-fold{fold}") + ("" if shots is None else f"-shots{shots}")
         default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
         out = Path(args.out) if args.out else default_out
         feature_root = out
@@ -140,13 +156,19 @@ def main(argv=None):
 
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(dataset, data_root, fold, skip_bad)
+    shot_info = None
+    if shots is not None:
+        splits, shot_info = data.keep_shots(splits, shots, shot_seed)
     dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
     cache_dir = runs.feature_dir(feature_root, dataset_label, fold)
     # The probe is a run of its own (eval.py finds runs by run.json), unfinished until results.json is written.
     probe_run = runs.new_run("probe", args, dataset_label, data.resolve_dataset(dataset, data_root), encoder,
                              splits, classes)
+    # The arguments as used; a local --ckpt folder as an absolute path (export.py loads it from anywhere).
+    ckpt_used = str(Path(args.ckpt).resolve()) if Path(args.ckpt).is_dir() else args.ckpt
     probe_run.update(args={**vars(args), "seed": seed, "fold": fold, "max_seconds": max_seconds,
-                           "skip_bad": skip_bad},  # as used
+                           "skip_bad": skip_bad, "shots": shots, "shot_seed": shot_seed, "ckpt": ckpt_used},
+                     shots=shot_info,
                      method=method, backbone=backbone_name, backbone_random_init=random_init,
                      probe_of=str(ckpt.resolve()) if run else None)
     runs.write_json(out / "run.json", probe_run)
@@ -188,20 +210,24 @@ def main(argv=None):
     with torch.no_grad():
         predictions = head(standardise(test_x)).argmax(1)
     test_acc = (predictions == test_y).float().mean().item()
+    # The k-NN probe on the same features (L2-normalised): k chosen on valid, then test read once.
+    nearest = knn.knn_results({"train": (train_x, train_y), "valid": (valid_x, valid_y), "test": (test_x, test_y)},
+                              len(classes), [int(k) for k in args.knn_ks.split(",")], args.knn_temperature)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
     torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
     results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
-               "backbone_random_init": random_init, "seed": seed, "fold": fold,
+               "backbone_random_init": random_init, "seed": seed, "fold": fold, "shots": shots,
                "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
                "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"], "grid": grid,
                "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
-               "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2)}
+               "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2), **nearest}
     runs.write_json(out / "results.json", results)
     runs.write_json(out / "run.json", {**probe_run, "finished": True})
     print(f"{method} probe of {backbone_name}{' (RANDOM INIT)' if random_init else ''} on {dataset_label}: "
           f"test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, lr {chosen['lr']:g}, "
-          f"batch {chosen['batch_size']}); wrote {out / 'results.json'}")
+          f"batch {chosen['batch_size']}); k-NN test/acc {nearest['knn_test_acc']:.4f} (valid/acc "
+          f"{nearest['knn_valid_acc']:.4f}, k {nearest['knn_k']}); wrote {out / 'results.json'}")
 
 
 if __name__ == "__main__":

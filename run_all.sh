@@ -15,7 +15,8 @@
 # (datasets run over FOLDS instead of SEEDS; default esc50), RUNS (output root, default runs),
 # CONFIT_DATA (data root, default data), PYTHON, EXTRA_ARGS (passed to pairtune.py and finetune.py),
 # BATCH_SIZES (e.g. "32 64 128": the paper's batch-size search, below), SEARCH_RUNS (its runs,
-# default RUNS-search). Relative paths are relative to this script's folder, where it runs.
+# default RUNS-search), SHOTS (e.g. "1 2 4 8 16": few-shot learning curves, below), PROBE_ARGS (passed
+# to the frozen encoder's probes of SHOTS). Relative paths are relative to this script's folder, where it runs.
 # Needs Linux (flock, /proc) and bash 4.2 or newer.
 #
 # A job is one finetune run, or one pairtune run and its probe. Jobs are numbered in a stable order
@@ -24,6 +25,11 @@
 # leaves job.log and job.rc in its folder and the grid goes on. A lock file in the run folder (host,
 # process id, Slurm job id) keeps two runners (a retry, two array tasks) off the same job at once; the
 # lock of a runner that is gone (its process on this host, or its Slurm job) is taken over.
+#
+# Few-shot curves (SHOTS set): every job runs once per K in SHOTS with --shots K (K train clips per class,
+# drawn with the seed; valid and test whole), into RUNS/<dataset>/<backbone>/<method>/shots-K/<repeat>/,
+# and a third arm, the frozen pre-trained encoder's probe, runs beside the two; `python eval.py curves
+# --shots RUNS` draws accuracy against K.
 #
 # Batch-size search (BATCH_SIZES set): first each arm runs at each batch size on the first seed or
 # fold, into SEARCH_RUNS/<dataset>/<backbone>/<arm>/batch-B/ (not RUNS, so they are not counted as
@@ -50,7 +56,7 @@ if [[ $MODE == sequential && -n ${SLURM_ARRAY_TASK_ID:-} ]]; then MODE=job JOB=$
 if [[ $MODE == job || $MODE == parallel_worker ]] && [[ ! $JOB =~ ^[0-9]+$ ]]; then
   echo "error: --job needs a job number (0, 1, ...)" >&2; exit 2
 fi
-[[ -n $JOB ]] && JOB=$(( 10#$JOB ))  # 010 is job 10, not octal
+[[ $MODE == job || $MODE == parallel_worker ]] && JOB=$(( 10#$JOB ))  # 010 is job 10, not octal
 if [[ $MODE == parallel && ! $PARALLEL =~ ^[1-9][0-9]*$ ]]; then
   echo "error: --parallel needs a number of jobs at once (1, 2, ...)" >&2; exit 2
 fi
@@ -81,6 +87,8 @@ fi
 FOLDS=${FOLDS:-"1 2 3 4 5"}
 FOLD_DATASETS=${FOLD_DATASETS:-esc50}
 BATCH_SIZES=${BATCH_SIZES:-}
+SHOTS=${SHOTS:-}
+PROBE_ARGS=${PROBE_ARGS:-}
 RUNS=${RUNS%/}  # runs/ would put runs/-search inside RUNS, where the table would count its runs
 SEARCH_RUNS=${SEARCH_RUNS:-$RUNS-search}
 SEARCH_RUNS=${SEARCH_RUNS%/}
@@ -95,7 +103,9 @@ add_job() {  # run folder, description, command (one line of shell, runnable as 
 arm_command() {  # arm, run folder, arguments...: the arm's scripts as one line of shell
   local arm=$1 out=$2; shift 2
   local args; args=$(printf ' %q' "$@" --out "$out" --resume)
-  if [[ $arm == finetune ]]; then
+  if [[ $arm == frozen ]]; then  # probe.py takes no training arguments: its own (PROBE_ARGS), no --resume
+    echo "$(printf %q "$PYTHON") probe.py$(printf ' %q' "$@" --out "$out")"
+  elif [[ $arm == finetune ]]; then
     echo "$(printf %q "$PYTHON") finetune.py$args"
   else
     echo "$(printf %q "$PYTHON") pairtune.py$args && $(printf %q "$PYTHON") probe.py --ckpt $(printf %q "$out")"
@@ -112,32 +122,43 @@ split_args() {  # repeat -> the scripts' arguments for it
 
 for pass in search grid; do
   [[ $pass == search && -z $BATCH_SIZES ]] && continue
+  shot_list=${SHOTS:-all} arms="finetune pairtune"
+  if [[ $pass == search ]]; then shot_list=all  # the search runs on whole train sets
+  elif [[ -n $SHOTS ]]; then arms+=" frozen"; fi
   for dataset in $DATASETS; do
     mapfile -t repeats < <(repeats_of "$dataset")
     for backbone in $BACKBONES; do
       name="${backbone//\//_}"
-      for repeat in "${repeats[@]}"; do
-        # shellcheck disable=SC2086  # EXTRA_ARGS and split_args are word lists
-        common=(--dataset "$dataset" --backbone "$backbone" --epochs "$EPOCHS" $(split_args "$repeat") $EXTRA_ARGS)
-        for arm in finetune pairtune; do
-          if [[ $pass == search ]]; then  # the first seed or fold only, at every batch size
-            [[ $repeat != "${repeats[0]}" ]] && continue
-            for batch in $BATCH_SIZES; do
-              out="$SEARCH_RUNS/$dataset/$name/$arm/batch-$batch/$repeat"
-              add_job "$out" "search $arm $dataset $backbone $repeat batch $batch" \
-                "$(arm_command "$arm" "$out" "${common[@]}" --batch-size "$batch")"
-            done
-          elif [[ -n $BATCH_SIZES ]]; then  # the batch size the search chose, read when the job starts
-            out="$RUNS/$dataset/$name/$arm/$repeat"
-            chooser="$(printf %q "$PYTHON") eval.py best-batch"
-            chooser+=" $(printf %q "$SEARCH_RUNS/$dataset/$name/$arm") $BATCH_SIZES"
-            command=$(arm_command "$arm" "$out" "${common[@]}" --batch-size @BATCH@)
-            add_job "$out" "$arm $dataset $backbone $repeat (searched batch size)" \
-              "batch=\$($chooser) && ${command//@BATCH@/\"\$batch\"}"
-          else
-            out="$RUNS/$dataset/$name/$arm/$repeat"
-            add_job "$out" "$arm $dataset $backbone $repeat" "$(arm_command "$arm" "$out" "${common[@]}")"
-          fi
+      for shots in $shot_list; do
+        shot_dir= shot_args=()
+        [[ $shots != all ]] && shot_dir=shots-$shots/ shot_args=(--shots "$shots")
+        for repeat in "${repeats[@]}"; do
+          # shellcheck disable=SC2086  # EXTRA_ARGS and split_args are word lists
+          common=(--dataset "$dataset" --backbone "$backbone" --epochs "$EPOCHS" $(split_args "$repeat") $EXTRA_ARGS
+                  ${shot_args[@]+"${shot_args[@]}"})
+          for arm in $arms; do
+            out="$RUNS/$dataset/$name/$arm/$shot_dir$repeat"
+            if [[ $arm == frozen ]]; then  # the pre-trained encoder, frozen, probed on the same K clips
+              # shellcheck disable=SC2086  # PROBE_ARGS and split_args are word lists
+              add_job "$out" "frozen probe $dataset $backbone $shot_dir$repeat" "$(arm_command frozen "$out" \
+                --ckpt "$backbone" --dataset "$dataset" $(split_args "$repeat") "${shot_args[@]}" $PROBE_ARGS)"
+            elif [[ $pass == search ]]; then  # the first seed or fold only, at every batch size
+              [[ $repeat != "${repeats[0]}" ]] && continue
+              for batch in $BATCH_SIZES; do
+                out="$SEARCH_RUNS/$dataset/$name/$arm/batch-$batch/$repeat"
+                add_job "$out" "search $arm $dataset $backbone $repeat batch $batch" \
+                  "$(arm_command "$arm" "$out" "${common[@]}" --batch-size "$batch")"
+              done
+            elif [[ -n $BATCH_SIZES ]]; then  # the batch size the search chose, read when the job starts
+              chooser="$(printf %q "$PYTHON") eval.py best-batch"
+              chooser+=" $(printf %q "$SEARCH_RUNS/$dataset/$name/$arm") $BATCH_SIZES"
+              command=$(arm_command "$arm" "$out" "${common[@]}" --batch-size @BATCH@)
+              add_job "$out" "$arm $dataset $backbone $shot_dir$repeat (searched batch size)" \
+                "batch=\$($chooser) && ${command//@BATCH@/\"\$batch\"}"
+            else
+              add_job "$out" "$arm $dataset $backbone $shot_dir$repeat" "$(arm_command "$arm" "$out" "${common[@]}")"
+            fi
+          done
         done
       done
     done
@@ -154,14 +175,15 @@ done_of_all() { (( N_JOBS )) && "$PYTHON" eval.py done --print "${JOB_OUT[@]}"; 
 # ---------------- one job: skip if done, lock its folder, log, keep the exit status ----------------
 alive() {  # process id -> 0 if it runs (a zombie, killed but not yet reaped, does not)
   local state=
-  kill -0 "$1" 2>/dev/null || return 1
+  kill -0 "$1" 2>/dev/null || [[ -e /proc/$1 ]] || return 1  # /proc: another user's process (kill: EPERM)
   [[ -r /proc/$1/stat ]] && read -r _ _ state _ < "/proc/$1/stat"
   [[ $state != Z ]]
 }
 slurm_job_gone() {  # Slurm job id -> 0 if Slurm says it no longer runs or waits (a node lost, scancel -9)
   local listed
   command -v squeue > /dev/null || return 1
-  if listed=$(squeue -h -j "$1" -o %i 2>&1); then [[ -z $listed ]]
+  # %A: each task's own job id (-j of an array's first task lists all its tasks); an exact line
+  if listed=$(squeue -h --jobs="$1" -o %A 2>&1); then ! grep -qx -- "$1" <<< "$listed"
   else [[ $listed == *"Invalid job id"* ]]; fi  # a job finished long ago; any other error: not known
 }
 stale_because() {  # a lock's host, process id and Slurm job id -> why its runner is gone (nothing if not)
@@ -169,23 +191,26 @@ stale_because() {  # a lock's host, process id and Slurm job id -> why its runne
   elif [[ -n $3 ]] && slurm_job_gone "$3"; then echo "Slurm job $3 of process $2 on $1 is gone"; fi
 }
 take_lock() {  # run folder -> 0 if this process now holds its lock
-  local lock=$1/.lock me held host pid slurm_job why taken=1
+  local lock=$1/.lock me held host pid slurm_job why taken=1 mutex
   me="$(hostname) $$${SLURM_JOB_ID:+ $SLURM_JOB_ID}"
   if (set -o noclobber; echo "$me" > "$lock") 2>/dev/null; then return 0; fi
   held=$(cat "$lock" 2>/dev/null)
   read -r host pid slurm_job <<< "$held"
   why=$(stale_because "$host" "$pid" "$slurm_job")
-  # One taker at a time (mkdir is atomic), and the lock is removed only if it still names the runner
-  # found gone: a new lock can only appear after that removal, so two takers never both win.
-  find "$lock.takeover" -maxdepth 0 -mmin +1 -exec rmdir {} + 2>/dev/null  # left by a taker killed in it
-  if [[ -n $why ]] && mkdir "$lock.takeover" 2>/dev/null; then
-    if [[ $(cat "$lock" 2>/dev/null) == "$held" ]]; then
-      rm -f "$lock"
-      echo "== took over the stale lock of $1 ($why)"
+  # One taker at a time (a flock on .lock.takeover, let go by the kernel if its holder dies), and the
+  # lock is removed only if it still names the runner found gone: a new lock can only appear after
+  # that removal, so two takers never both win. (Without flock on the file system: no takeover.)
+  if [[ -n $why ]] && exec {mutex}>> "$lock.takeover" 2>/dev/null; then
+    if flock -w 30 "$mutex"; then
+      if [[ $(cat "$lock" 2>/dev/null) == "$held" ]]; then
+        rm -f "$lock"
+        echo "== took over the stale lock of $1 ($why)"
+      fi
+      (set -o noclobber; echo "$me" > "$lock") 2>/dev/null && taken=0
     fi
-    (set -o noclobber; echo "$me" > "$lock") 2>/dev/null && taken=0
-    rmdir "$lock.takeover"
+    exec {mutex}>&-
     (( taken == 0 )) && return 0
+    held=$(cat "$lock" 2>/dev/null); read -r host pid slurm_job <<< "$held"; why=  # who won, for the message
   fi
   echo "== $1 is locked by process ${pid:-?} on ${host:-?}${slurm_job:+ (Slurm job $slurm_job)}$(
     [[ $host != "$(hostname)" && -z $why ]] && echo " (another machine: delete $lock if that runner is gone)")"
@@ -198,17 +223,19 @@ run_job() {  # job number -> the job's exit status (0 if done or skipped)
   if is_done "$out"; then echo "== job $i: skip $out (results exist)"; return 0; fi
   mkdir -p "$out"
   take_lock "$out" || { LOCKED_ELSEWHERE=1; return 0; }  # another runner has it: not ours, not a failure
-  if is_done "$out"; then rm -f "$out/.lock"; return 0; fi  # finished by another runner just before the lock
   # Let go of the lock however this ends; scancel and Slurm's time limit send SIGTERM first.
   trap 'rm -f "$out/.lock"' EXIT
   trap 'rm -f "$out/.lock"; exit 130' INT
   trap 'rm -f "$out/.lock"; exit 143' TERM
+  if is_done "$out"; then  # finished by another runner just before the lock
+    rm -f "$out/.lock"; trap - EXIT INT TERM; return 0
+  fi
   echo "== job $i: ${JOB_ABOUT[$i]} -> $out"
   rm -f "$out/job.rc"
   if [[ -n ${SLOT_FD:-} ]]; then  # not inherited: a process the job leaves behind must not hold the GPU slot
-    bash -c "$command" {SLOT_FD}>&- > "$out/job.log" 2>&1
+    bash -c "$command" {SLOT_FD}>&- {ALIVE_FD}>&- > "$out/job.log" 2>&1
   elif [[ $MODE == parallel_worker ]]; then  # the display shows progress; the job's output goes to its log
-    bash -c "$command" > "$out/job.log" 2>&1
+    bash -c "$command" {ALIVE_FD}>&- > "$out/job.log" 2>&1
   else
     bash -c "$command" 2>&1 | tee "$out/job.log"
   fi
@@ -246,8 +273,11 @@ finish() {
   # Table 2 on stdout; Table 3, confusion and Figures 2-3 into $RUNS/report/ (report.md links them).
   # Figures need matplotlib (skipped with a note without it); Figure 3 uses umap-learn where installed,
   # else t-SNE or PCA, and says which.
+  if (( ${GRID_NOT_RUN:-0} )); then
+    echo "== $GRID_NOT_RUN job(s) not run: no free GPU slot (a process outside the grid held one)"
+  fi
   [[ -d $RUNS ]] && "$PYTHON" eval.py report "$RUNS"
-  (( failed == 0 ))
+  (( failed == 0 && ${GRID_NOT_RUN:-0} == 0 ))
 }
 
 # ---------------- --parallel K: K jobs at once, xargs the engine, one GPU (or CPU share) each ----------------
@@ -273,11 +303,17 @@ run_parallel() {
     echo " on CPU, $OMP_NUM_THREADS thread(s) each"); each job's output goes to job.log in its run folder"
   # The display in the background; xargs in the foreground, where Ctrl-C reaches it, its workers and
   # their jobs (a background job of a script ignores SIGINT). The display ignores it: it is stopped here.
-  ( while :; do show_progress "$state" "$started"; sleep 2; done ) &
-  local display=$!
-  trap 'kill "$display" 2>/dev/null; rm -rf "$state"' EXIT
-  trap 'kill "$display" 2>/dev/null; echo; echo "== interrupted: bash run_all.sh goes on from here"; exit 130' INT
-  trap 'kill "$display" 2>/dev/null; exit 143' TERM
+  # On Ctrl-C or SIGTERM (signal the process group: bash holds a trap while xargs runs), xargs ends at
+  # once; the runner waits for its workers (each holds a shared flock on GRID_STATE/workers) to let go
+  # of their locks, so a rerun right after finds them free. Globals: the EXIT trap also runs at the top.
+  GRID_DISPLAY=
+  trap 'kill $GRID_DISPLAY 2>/dev/null; rm -rf "$GRID_STATE"' EXIT
+  trap 'kill $GRID_DISPLAY 2>/dev/null; flock -w 120 "$GRID_STATE/workers" true
+        echo; echo "== interrupted: bash run_all.sh goes on from here"; exit 130' INT
+  trap 'kill $GRID_DISPLAY 2>/dev/null; flock -w 120 "$GRID_STATE/workers" true; exit 143' TERM
+  ( trap '' INT; trap 'kill $nap 2>/dev/null; exit 0' TERM  # its sleep ends with it, letting go of stdout
+    while :; do show_progress "$state" "$started"; sleep 2 & nap=$!; wait $nap; done ) &
+  GRID_DISPLAY=$!
   # The search's jobs first: the grid's jobs read the batch size it chose.
   for range in "0 $(( SEARCH_JOBS - 1 ))" "$SEARCH_JOBS $(( N_JOBS - 1 ))"; do
     read -r first last <<< "$range"
@@ -288,8 +324,9 @@ run_parallel() {
     local rc=$?  # 123: some job failed, which finish reports from job.rc; anything else is xargs's own
     if (( rc != 0 && rc != 123 )); then echo "error: xargs exited with status $rc" >&2; return 1; fi
   done
-  kill "$display"; wait "$display" 2>/dev/null
+  kill "$GRID_DISPLAY"; wait "$GRID_DISPLAY" 2>/dev/null
   show_progress "$state" "$started"; [[ -t 1 ]] && echo
+  GRID_NOT_RUN=$(find "$state" -name '*.noslot' | wc -l)  # jobs that found no GPU slot: failures for finish
   rm -rf "$state"; trap - EXIT INT TERM
 }
 
@@ -304,7 +341,10 @@ show_progress() {  # state folder, start time: one line, rewritten in place on a
     if [[ ! -e $1/$job.reported ]]; then
       touch "$1/$job.reported"
       [[ -t 1 ]] && printf '\r%-100s\r' ""
-      echo "== job $job FAILED (exit status $(cat "${JOB_OUT[$job]}/job.rc" 2>/dev/null)): ${JOB_OUT[$job]}/job.log"
+      if [[ -e $1/$job.noslot ]]; then echo "== job $job NOT RUN (no free GPU slot): ${JOB_OUT[$job]}"
+      else
+        echo "== job $job FAILED (exit status $(cat "${JOB_OUT[$job]}/job.rc" 2>/dev/null)): ${JOB_OUT[$job]}/job.log"
+      fi
     fi
   done
   if (( ran + failed > 0 && left + running > 0 )); then  # from the jobs that ran: skipped ones took no time
@@ -319,6 +359,7 @@ minutes() { if (( $1 < 120 )); then echo "$1 s"; else echo "$(( ($1 + 30) / 60 )
 
 parallel_worker() {  # one job under --parallel: a free GPU slot, then the job; its state for the display
   local i=$1 gpus slot
+  exec {ALIVE_FD}> "$GRID_STATE/workers"; flock -s "$ALIVE_FD"  # while it runs (for an interrupted runner)
   if [[ -n $GRID_GPUS ]]; then
     read -r -a gpus <<< "$GRID_GPUS"
     for (( slot = 0; slot < GRID_SLOTS; slot++ )); do  # at most K jobs run, so one of K slots is free
@@ -328,7 +369,7 @@ parallel_worker() {  # one job under --parallel: a free GPU slot, then the job; 
     done
     if [[ -z $SLOT_FD ]]; then  # never silently all GPUs: something outside the grid holds the slots
       echo "error: job $i not run: no free GPU slot in $GRID_STATE (a process outside the grid holds one)" >&2
-      touch "$GRID_STATE/$i.failed"; return 1
+      touch "$GRID_STATE/$i.noslot" "$GRID_STATE/$i.failed"; return 1
     fi
   fi
   if is_done "${JOB_OUT[$i]}"; then touch "$GRID_STATE/$i.skipped"; return 0; fi

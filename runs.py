@@ -120,7 +120,7 @@ def new_run(stage: str, args, dataset: str, manifest: Path, encoder: AudioEncode
     return {"stage": stage, "args": vars(args), "dataset": dataset, "manifest": str(Path(manifest).resolve()),
             "backbone": encoder.name, "backbone_random_init": encoder.random_init,
             "classes": classes, "clips": {s: len(c) for s, c in splits.items()},
-            "versions": package_versions(), "git": git_revision(), "finished": False}
+            "versions": package_versions(), "git": git_revision(), "frontend": FRONTEND_VERSION, "finished": False}
 
 
 def finished_epochs(out: Path) -> int:
@@ -404,8 +404,9 @@ def read_finished(folder: Path, results: bool = True) -> dict:
 def load_trained(path) -> dict:
     """A finished classifier: a finetune run, a pairtune run with its probe (or that probe's folder),
     a frozen encoder's probe, or an export.py folder. Returns encoder (AudioEncoder), head (pooled
-    features -> logits), classes, max_seconds (the chunk length evaluation used), eval_batch_size
-    and about (method, dataset, backbone, seed, fold, results, the runs it came from)."""
+    features -> logits), classes, max_seconds (the chunk length evaluation used), precision and
+    eval_batch_size (how it encoded), and about (method, dataset, backbone, seed, fold, results, the
+    runs it came from)."""
     from backbone import load_encoder
     path = Path(path)
     if (path / EXPORT_INFO).is_file():
@@ -423,17 +424,24 @@ def load_trained(path) -> dict:
         run = read_finished(path)
         encoder = load_encoder(str(path / "encoder"))
         linear = torch.nn.Linear(encoder.hidden_size, len(run["classes"]))
-        linear.load_state_dict(torch.load(path / "head.pt", weights_only=True))
-        head, runs_used, model_run = linear, {"finetune": str(path.resolve())}, run
+        # map_location: a head saved on a GPU loads on a machine without one
+        linear.load_state_dict(torch.load(path / "head.pt", map_location="cpu", weights_only=True))
+        head, runs_used, model_run, model_dir = linear, {"finetune": str(path.resolve())}, run, path
     elif stage == "probe":
         run = read_finished(path)
-        saved = torch.load(path / "head.pt", weights_only=True)
+        saved = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
         if run["method"] == "pairtune":
-            model_run = json.loads((Path(run["probe_of"]) / "run.json").read_text())
-            encoder = load_encoder(str(Path(run["probe_of"]) / "encoder"))
-            runs_used = {"pairtune": run["probe_of"], "probe": str(path.resolve())}
+            # A run's own probe is RUN/probe/: the run beside it, wherever the run was copied or moved to
+            # (probe_of is where it was probed); a side probe's run is found by probe_of.
+            own = path.resolve().name == "probe" and (path.resolve().parent / "run.json").is_file()
+            model_dir = path.resolve().parent if own else Path(run["probe_of"])
+            if not (model_dir / "run.json").is_file():
+                raise FileNotFoundError(f"{path}: the pairtune run it probed, {model_dir}, is not there")
+            model_run = json.loads((model_dir / "run.json").read_text())
+            encoder = load_encoder(str(model_dir / "encoder"))
+            runs_used = {"pairtune": str(model_dir), "probe": str(path.resolve())}
         else:  # a frozen backbone (pre-trained, or --random-init with its seed)
-            model_run = run
+            model_run, model_dir = run, path
             encoder = load_encoder(run["args"]["ckpt"], random_init=run["backbone_random_init"],
                                    seed=run["args"]["seed"])
             runs_used = {"probe": str(path.resolve())}
@@ -442,6 +450,11 @@ def load_trained(path) -> dict:
         head = ProbeHead(linear, saved["mean"], saved["std"])
     else:
         raise ValueError(f"{path}: a {stage} run holds no classifier (finetune, pairtune + probe, or probe)")
+    check_weights(encoder, model_dir, path, run)
+    if encoder.whisper and model_run.get("frontend") != FRONTEND_VERSION:
+        print(f"warning: {model_dir} was trained before the Whisper front end of version {FRONTEND_VERSION} "
+              "(zeros past each clip, ceil(samples / hop) frames): its clips' features now differ a little from "
+              "the ones its classifier was trained on", file=sys.stderr)
     results = json.loads((path / "results.json").read_text())
     about = {"method": run.get("method", stage), "dataset": run["dataset"], "backbone": run["backbone"],
              "backbone_random_init": run["backbone_random_init"], "seed": run["args"]["seed"],
@@ -450,9 +463,23 @@ def load_trained(path) -> dict:
              "args": {"model": model_run["args"], "head": run["args"]}, "stage": model_run["stage"],
              "selected_epoch": model_run.get("selected_epoch"), "selected_by": model_run.get("selected_by"),
              "results": {k: v for k, v in results.items() if k != "confusion"}}
+    # How the run encoded its test clips: FineTune at its --precision, probe.py at "auto" (bf16 on CUDA).
+    precision = run["args"].get("precision", "auto") if stage == "finetune" else "auto"
     return {"encoder": encoder.eval(), "head": head.eval(), "classes": run["classes"],
-            "max_seconds": encoder.chunk_seconds(run["args"]["max_seconds"]),
+            "max_seconds": encoder.chunk_seconds(run["args"]["max_seconds"]), "precision": precision,
             "eval_batch_size": run["args"].get("eval_batch_size", 16), "about": about}
+
+
+def check_weights(encoder: AudioEncoder, model_dir: Path, classifier_dir: Path, run: dict):
+    """Refuse an encoder other than the one the classifier was made with (a run folder changed after
+    its probe, another revision of a hub model): its weights' SHA-1 against the run's cached test
+    features, where they are cached."""
+    cache = feature_dir(classifier_dir if run["stage"] == "probe" and run["method"] == "frozen" else model_dir,
+                        run["dataset"], run["args"].get("fold")) / "test.pt"
+    saved = load_cache(cache)
+    if saved and saved.get("key", {}).get("encoder") not in (None, weights_fingerprint(encoder)):
+        raise ValueError(f"{classifier_dir}: the encoder found ({model_dir}) is not the one its classifier was "
+                         f"made with (its weights differ from those that encoded {cache})")
 
 
 def load_export(path: Path) -> dict:
@@ -469,4 +496,5 @@ def load_export(path: Path) -> dict:
     head = torch.nn.Sequential(model.projector, model.classifier)
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return {"encoder": encoder.eval(), "head": head.eval(), "classes": classes, "max_seconds": info["max_seconds"],
-            "eval_batch_size": info["eval_batch_size"], "about": info["about"]}
+            "precision": info.get("precision", "auto"), "eval_batch_size": info["eval_batch_size"],
+            "about": info["about"]}

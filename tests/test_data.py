@@ -372,3 +372,36 @@ def test_fsdd_official_split(fsdd_root, tmp_path):
     prepare.prepare_fsdd(fsdd_root, tmp_path / "speaker", "speaker")
     speakers = data.read_manifest(tmp_path / "speaker" / "manifest.csv")
     assert len({c.label for c in speakers}) == 6 and Counter(c.split for c in speakers)["test"] == 300
+
+
+# ----------------------------------------------------------------------------------------------
+# Few-shot: keep_shots
+# ----------------------------------------------------------------------------------------------
+
+def few_shot_splits():
+    clip = lambda label, i, split: data.Clip(f"/x/{label}{i}.wav", label, split)
+    train = [clip(label, i, "train") for label, n in (("a", 10), ("b", 6), ("c", 2)) for i in range(n)]
+    return {"train": train, "valid": [clip("a", 99, "valid")], "test": [clip("b", 98, "test")]}
+
+
+def test_keep_shots_keeps_k_train_clips_per_class_the_same_for_the_same_seed(capsys):
+    splits = few_shot_splits()
+    kept, info = data.keep_shots(splits, 4, seed=0)
+    assert Counter(c.label for c in kept["train"]) == {"a": 4, "b": 4, "c": 2}  # c has only 2: keeps them
+    assert info == {"shots": 4, "shot_seed": 0, "short_classes": {"c": 2}}
+    assert "1 class(es) have fewer train clips" in capsys.readouterr().err
+    assert kept["valid"] is splits["valid"] and kept["test"] is splits["test"]  # untouched
+    assert [c.path for c in kept["train"]] == [c.path for c in splits["train"] if c in kept["train"]]  # in order
+    assert data.keep_shots(splits, 4, seed=0)[0]["train"] == kept["train"]  # every method: the same clips
+    assert data.keep_shots(splits, 4, seed=1)[0]["train"] != kept["train"]
+    # nested: the K = 2 clips are among the K = 4 ones, so a curve adds clips rather than redrawing them
+    assert set(data.keep_shots(splits, 2, seed=0)[0]["train"]) <= set(kept["train"])
+    # the draw is uniform over a class's clips: every "a" clip is drawn about 4 in 10 seeds
+    counts = Counter(c.path for seed in range(2000) for c in data.keep_shots(splits, 4, seed)[0]["train"]
+                     if c.label == "a")
+    assert len(counts) == 10 and all(abs(n / 2000 - 0.4) < 0.05 for n in counts.values())
+
+
+def test_keep_shots_refuses_zero():
+    with pytest.raises(data.DataError, match="--shots must be at least 1"):
+        data.keep_shots(few_shot_splits(), 0, seed=0)

@@ -580,3 +580,35 @@ def test_the_report_names_the_runs_the_grid_is_missing(tmp_path, capsys):
     (tmp_path / "report" / "missing.txt").unlink()
     assert ev.main(["report", str(tmp_path), "--device", "cpu"]) == 0
     assert "Missing" not in (tmp_path / "report" / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# The k-NN probe beside the linear one: --probe linear | knn | both
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_table_shows_the_knn_probe_alone_or_under_each_linear_row(tmp_path, capsys):
+    for seed, (linear, nearest) in enumerate([(0.70, 0.60), (0.90, 0.70)]):
+        write_run(tmp_path, f"ft/s{seed}", seed=seed, test_acc=linear, knn_test_acc=nearest)
+        write_run(tmp_path, f"pt/s{seed}", method="pairtune", seed=seed, test_acc=0.75, knn_test_acc=0.80)
+    write_run(tmp_path, "frozen/s0", method="frozen", test_acc=0.5)  # an older run: no k-NN result
+    _, out, _ = run_table(tmp_path, capsys, "--probe", "both")
+    table = parse_markdown(out)
+    assert list(table) == [("wav2vec2", "FINETUNE"), ("wav2vec2", "FINETUNE k-NN"), ("wav2vec2", "PAIRTUNE"),
+                           ("wav2vec2", "PAIRTUNE k-NN"), ("wav2vec2", "FROZEN")]
+    assert table[("wav2vec2", "FINETUNE")]["gtzan"] == "**80.00 ± 14.14 (n=2)**"  # linear: FineTune better
+    assert table[("wav2vec2", "FINETUNE k-NN")]["gtzan"] == "65.00 ± 7.07 (n=2)"
+    assert table[("wav2vec2", "PAIRTUNE k-NN")]["gtzan"] == "**80.00 ± 0.00 (n=2)**"  # k-NN: PairTune better
+    _, out, _ = run_table(tmp_path, capsys, "--probe", "knn")
+    assert list(parse_markdown(out)) == [("wav2vec2", "FINETUNE k-NN"), ("wav2vec2", "PAIRTUNE k-NN")]
+    _, out, _ = run_table(tmp_path, capsys)  # the default: the linear probe, as before
+    assert list(parse_markdown(out)) == [("wav2vec2", "FINETUNE"), ("wav2vec2", "PAIRTUNE"), ("wav2vec2", "FROZEN")]
+
+
+def test_a_knn_table_of_runs_without_knn_results_is_an_error_and_a_bad_value_is_skipped(tmp_path, capsys):
+    write_run(tmp_path, "ft/s0", test_acc=0.8)
+    code, _, err = run_table(tmp_path, capsys, "--probe", "knn")
+    assert code == 1 and "no run under" in err and "k-NN" in err
+    write_run(tmp_path, "ft/s1", seed=1, test_acc=0.8, knn_test_acc=81.0)  # a percentage by mistake
+    code, out, err = run_table(tmp_path, capsys)
+    assert "knn_test_acc must be a fraction" in err and "(n=1)" in out

@@ -102,8 +102,9 @@ def test_the_model_card_states_the_results_the_selection_and_the_commands(demo_r
     front, body = card_of(demo_runs / "export-pairtune")
     assert front["pipeline_tag"] == "audio-classification" and front["library_name"] == "transformers"
     assert front["base_model"] is None  # the tiny backbone is random: no base model to name
-    assert front["datasets"] == [run["dataset"]]
+    assert front["model-index"][0]["results"][0]["dataset"]["name"] == run["dataset"]
     assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == results["test_acc"]
+    assert "supervised-contrastive-learning" in front["tags"]
     assert f"test {results['test_acc']:.4f} (n={run['clips']['test']} clips)" in body
     assert f"valid {results['valid_acc']:.4f}" in body and f"(n={run['clips']['valid']})" in body
     assert "seed 0" in body and "RANDOMLY INITIALISED" in body
@@ -112,6 +113,20 @@ def test_the_model_card_states_the_results_the_selection_and_the_commands(demo_r
     assert "python pairtune.py --dataset" in body and "python probe.py --ckpt" in body
     front, body = card_of(demo_runs / "export-finetune")
     assert "FineTune: end-to-end cross-entropy" in body and "probe's learning rate" not in body
+    assert "supervised-contrastive-learning" not in front["tags"]
+    _, body = card_of(demo_runs / "export-frozen")
+    assert "a linear probe on the frozen randomly initialised encoder" in body
+
+
+def test_the_card_names_a_hub_base_model_only_for_a_hub_id():
+    import export
+    about = lambda backbone, random_init=False: {"args": {"model": {"backbone": backbone}, "head": {}},
+                                                 "backbone_random_init": random_init}
+    assert export.hub_base_model(about("wav2vec2")) == "facebook/wav2vec2-base"  # an alias
+    assert export.hub_base_model(about("openai/whisper-tiny.en")) == "openai/whisper-tiny.en"
+    assert export.hub_base_model(about("wav2vec2", random_init=True)) is None
+    for local in ("../shared/models/whisper-tiny.en-encoder", "/abs/models/x", "tiny", "models"):
+        assert export.hub_base_model(about(local)) is None, local
 
 
 def test_a_wav2vec2_base_like_model_without_attention_mask_exports_too(demo_manifest, tmp_path):
@@ -137,6 +152,45 @@ def test_a_wav2vec2_base_like_model_without_attention_mask_exports_too(demo_mani
     with torch.no_grad():
         theirs = torch.cat([model(**x).logits for x in inputs])
     assert torch.allclose(theirs, our_logits(tmp_path / "run", "finetune", waves), atol=1e-4)
+
+
+def test_a_copied_run_exports_its_own_encoder_and_a_changed_encoder_is_refused(demo_runs, tmp_path):
+    import shutil
+    copy = tmp_path / "copied"
+    shutil.copytree(demo_runs / "pairtune", copy)
+    run_script("export.py", copy, "--out", tmp_path / "from-copy")
+    exported = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path / "from-copy")
+    own = transformers.AutoModel.from_pretrained(copy / "encoder")
+    assert all(torch.equal(a, b) for a, b in zip(exported.base_model.state_dict().values(), own.state_dict().values()))
+    # the copy's encoder replaced by another run's: its classifier was not made with it
+    shutil.rmtree(copy / "encoder")
+    shutil.copytree(demo_runs / "finetune" / "encoder", copy / "encoder")
+    refused = run_script("export.py", copy, "--out", tmp_path / "other", check=False)
+    assert refused.returncode == 1 and "is not the one its classifier was made with" in refused.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_the_export_folder_must_be_new_empty_or_an_earlier_export(demo_runs, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    refused = run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "busy", check=False)
+    assert refused.returncode == 1 and "with other files in it" in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+    refused = run_script("export.py", demo_runs / "finetune", "--out", demo_runs / "finetune" / "x", check=False)
+    assert refused.returncode == 1 and "inside the run folder" in refused.stderr
+    run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "again", "--check-clips", 0)
+    run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "again", "--check-clips", 0)  # replaced
+    refused = run_script("export.py", tmp_path / "again", "--out", tmp_path / "twice", check=False)
+    assert refused.returncode == 1 and "is an export already" in refused.stderr
+
+
+def test_an_export_that_does_not_compute_what_the_run_computes_is_not_written(demo_runs, tmp_path, monkeypatch):
+    import export
+    true_affine = export.affine_of
+    monkeypatch.setattr(export, "affine_of", lambda head: (lambda w, b, c: (w, b + 1.0, c))(*true_affine(head)))
+    with pytest.raises(SystemExit, match="does not compute what the run computes"):
+        export.main([str(demo_runs / "pairtune"), "--out", str(tmp_path / "wrong")])
+    assert not (tmp_path / "wrong").exists() and (tmp_path / "wrong.partial" / "config.json").exists()
 
 
 def test_an_unfinished_run_is_refused_by_name(demo_runs, tmp_path):
@@ -185,10 +239,10 @@ def predicted(stdout):
 
 def test_predict_on_a_folder_gives_the_reported_test_accuracy_from_a_run_and_from_its_export(demo_runs, demo_manifest):
     with open(demo_manifest) as f:
-        truth = {str((demo_manifest.parent / r["path"]).resolve()): r["label"] for r in csv.DictReader(f)
+        truth = {str(demo_manifest.parent / r["path"]): r["label"] for r in csv.DictReader(f)
                  if r["split"] == "test"}
-    for name, results in (("pairtune", "pairtune/probe/results.json"), ("finetune", "finetune/results.json")):
-        reported = json.loads((demo_runs / results).read_text())["test_acc"]
+    for name, results_file in (("pairtune", "pairtune/probe/results.json"), ("finetune", "finetune/results.json")):
+        reported = json.loads((demo_runs / results_file).read_text())["test_acc"]
         outputs = []
         for model in (demo_runs / name, demo_runs / f"export-{name}"):
             out = predicted(run_script("predict.py", model, demo_manifest.parent / "audio" / "test", "--json",
@@ -196,6 +250,13 @@ def test_predict_on_a_folder_gives_the_reported_test_accuracy_from_a_run_and_fro
             assert set(out) == set(truth) and all(len(p["top"]) == 2 for p in out.values())
             accuracy = np.mean([out[f]["top"][0]["label"] == truth[f] for f in truth])
             assert accuracy == pytest.approx(reported, abs=1e-6), (name, model)
+            # per file, not only in sum: the confusion matrix of predict.py's labels is the run's
+            results = json.loads((demo_runs / results_file).read_text())
+            classes = results["classes"]
+            confusion = np.zeros((len(classes), len(classes)), dtype=int)
+            for f in truth:
+                confusion[classes.index(truth[f]), classes.index(out[f]["top"][0]["label"])] += 1
+            assert confusion.tolist() == results["confusion"], (name, model)
             outputs.append(out)
         # the run folder and its export: the same classes, the same probabilities (the export's
         # projector is the standardisation as a matrix: rounding apart)
@@ -276,6 +337,11 @@ def test_whisper_export_reproduces_the_probe_through_the_pipeline_and_predict(fs
           f"pipeline with MaskedWhisperClassifier {accuracy['masked']:.4f}, with transformers' "
           f"WhisperForAudioClassification {accuracy['transformers']:.4f}", file=sys.stderr)
     assert accuracy["masked"] == pytest.approx(reported, abs=1e-6)
+    # only what the feature extractor gives by default (30 s), not a batch padded to its longest clip
+    masked = backbone.MaskedWhisperClassifier.from_pretrained(root / "export")
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(root / "export")
+    with pytest.raises(ValueError, match="takes 3000 mel frames"):
+        masked(**extractor(waves[:2], sampling_rate=16_000, padding="longest", return_tensors="pt"))
     info = json.loads((root / "export/audioconfit.json").read_text())
     assert info["export_check"]["masked"]["max_abs_logit_difference"] < 1e-4
     assert info["export_check"]["transformers"]["same_prediction"] < 0.5  # stated, not hidden

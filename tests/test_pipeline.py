@@ -24,6 +24,23 @@ def check_results(results, method, test_size):
     assert confusion.sum() == test_size  # every test clip scored exactly once
     assert results["test_acc"] == pytest.approx(confusion.diag().sum().item() / test_size)
     assert results["method"] == method and 0 <= results["valid_acc"] <= 1
+    assert results["knn_k"] in (1, 5, 10, 20) and 0 <= results["knn_test_acc"] <= 1  # the k-NN probe beside it
+
+
+def check_knn_from_cached_features(results, cache):
+    """The k-NN probe's numbers in results.json, recomputed from the cached features by the test's
+    own brute-force k-NN: k chosen on valid (ties: the smaller), then test."""
+    from test_knn import brute_force_knn
+    loaded = {split: torch.load(cache / f"{split}.pt", weights_only=False) for split in ("train", "valid", "test")}
+    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = (
+        (loaded[s]["features"].double(), loaded[s]["labels"]) for s in ("train", "valid", "test"))
+    n_classes = len(results["classes"])
+    accuracy = lambda x, y, k: sum(p == t for p, t in zip(brute_force_knn(train_x, train_y, x, k, n_classes, 0.07),
+                                                          y.tolist())) / len(y)
+    by_k = {k: accuracy(valid_x, valid_y, k) for k in (1, 5, 10, 20)}
+    k = max(by_k, key=lambda key: (by_k[key], -key))
+    assert results["knn_k"] == k and results["knn_valid_acc"] == pytest.approx(by_k[k], abs=1e-6)
+    assert results["knn_test_acc"] == pytest.approx(accuracy(test_x, test_y, k), abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +89,7 @@ def test_probe_of_a_pairtune_run(pairtune_run, demo_manifest):
     assert (cache / "train.pt").stat().st_mtime_ns == stamp
     again = json.loads((pairtune_run / "probe2" / "results.json").read_text())
     assert again["test_acc"] == results["test_acc"]
+    check_knn_from_cached_features(results, cache)
 
 
 def test_finetune_selects_the_best_valid_epoch(demo_manifest, tmp_path):
@@ -89,6 +107,8 @@ def test_finetune_selects_the_best_valid_epoch(demo_manifest, tmp_path):
     assert run["selected_valid_acc"] == pytest.approx(best["valid_acc"], abs=1e-6)
     assert {line["valid_metric"] for line in log} == {"classifier"}
     assert transformers.AutoModel.from_pretrained(out / "encoder") is not None
+    # its k-NN probe: on the best-valid encoder's pooled features (cached for it), before the head
+    check_knn_from_cached_features(results, out / "features" / demo_manifest.parent.name)
     # The whole table from these runs.
     table = run_script("eval.py", "table", tmp_path).stdout
     assert "| tiny (random init) | FINETUNE |" in table and "(n=1)" in table

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,9 @@ RECORDER = textwrap.dedent("""\
     # are not recorded. FAKE_FAIL: a job whose folder contains it exits 3. FAKE_VALID: "finetune/batch-16=0.6
     # ...": the valid accuracy of runs whose folder contains "/finetune/batch-16/" (else 0.5). FAKE_SLEEP:
     # seconds a training script takes. STARTS: a file that gets "start OUT" and "end OUT" lines. FAKE_LINGER:
-    # seconds a process the script starts outlives it (as a stray worker can).
+    # seconds a process the script starts outlives it (as a stray worker can). FAKE_SLOW_STOP: seconds the
+    # script takes to stop on SIGINT (a checkpoint written). FAKE_HOLD_SLOT: the script leaves a process
+    # holding GPU slot 0 of --parallel (something outside the grid's control).
     if [[ $1 == eval.py && $2 =~ ^(done|best-batch|plan)$ ]]; then exec "$REAL_PYTHON" "$@"; fi
     echo "$* @gpu=${CUDA_VISIBLE_DEVICES:-none} @threads=${OMP_NUM_THREADS:-none}" >> "$CALL_LOG"
     script=$1; shift
@@ -33,15 +36,17 @@ RECORDER = textwrap.dedent("""\
     done
     note() {  # start or end of a training script, when, on which GPU
       [[ -n ${STARTS:-} && -n $out$ckpt ]] || return 0
-      echo "$1 $script $out$ckpt $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$STARTS"
+      echo "$1 $script ${out:-$ckpt} $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$STARTS"
     }
     note start
     [[ -n ${FAKE_LINGER:-} ]] && (sleep "$FAKE_LINGER" < /dev/null > /dev/null 2>&1 &)
+    [[ -n ${FAKE_SLOW_STOP:-} ]] && trap 'sleep "$FAKE_SLOW_STOP"; exit 130' INT
+    [[ -n ${FAKE_HOLD_SLOT:-} ]] && (flock "$GRID_STATE/slot-0" sleep 20 < /dev/null > /dev/null 2>&1 &) && sleep 0.5
     sleep "${FAKE_SLEEP:-0}"
-    if [[ -n ${FAKE_FAIL:-} && "$out$ckpt/" == *"$FAKE_FAIL"* ]]; then echo "boom in $out$ckpt" >&2; exit 3; fi
+    if [[ -n ${FAKE_FAIL:-} && "${out:-$ckpt}/" == *"$FAKE_FAIL"* ]]; then echo "boom in ${out:-$ckpt}" >&2; exit 3; fi
     valid() {
       local pair; for pair in ${FAKE_VALID:-}; do
-        [[ "$out$ckpt/" == *"/${pair%=*}/"* ]] && { echo "${pair#*=}"; return; }
+        [[ "${out:-$ckpt}/" == *"/${pair%=*}/"* ]] && { echo "${pair#*=}"; return; }
       done
       echo 0.5
     }
@@ -49,8 +54,9 @@ RECORDER = textwrap.dedent("""\
     case $script in
       finetune.py) finished "$out" finetune && echo "{\\"valid_acc\\": $(valid)}" > "$out/results.json";;
       pairtune.py) finished "$out" pairtune;;
-      probe.py) mkdir -p "$ckpt/probe" && echo "{\\"valid_acc\\": $(valid)}" > "$ckpt/probe/results.json" &&
-                finished "$ckpt/probe" probe;;
+      probe.py) where=${out:-$ckpt/probe}  # a frozen encoder's probe has its own --out
+                mkdir -p "$where" && echo "{\\"valid_acc\\": $(valid)}" > "$where/results.json" &&
+                finished "$where" probe;;
     esac
     note end
     exit 0
@@ -378,19 +384,22 @@ def group_is_gone(pgid, seconds):
 
 
 def test_ctrl_c_stops_a_parallel_grid_its_jobs_and_its_display(tmp_path):
-    starts = tmp_path / "starts.log"
-    env = environment(tmp_path, **GRID, FAKE_SLEEP="30", STARTS=str(starts))
-    runner = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--parallel", "2"], env=env, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    starts, output = tmp_path / "starts.log", tmp_path / "runner.out"
+    # Each job takes 1.5 s to stop (a checkpoint written): the runner must wait for them to let go
+    # of their locks before it returns, so that a rerun right after finds the jobs free.
+    env = environment(tmp_path, **GRID, FAKE_SLEEP="30", FAKE_SLOW_STOP="1.5", STARTS=str(starts))
+    with open(output, "w") as out:
+        runner = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--parallel", "2"], env=env,
+                                  start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline and len(lines_of(starts)) < 2:
         time.sleep(0.05)
     assert len(lines_of(starts)) == 2
     os.killpg(runner.pid, signal.SIGINT)  # what the terminal sends the foreground group on Ctrl-C
-    stdout, _ = runner.communicate(timeout=30)  # returns once no process holds its stdout: all gone
-    assert runner.returncode == 130 and "interrupted" in stdout, stdout
+    assert runner.wait(timeout=30) == 130
+    assert not list((tmp_path / "runs").rglob(".lock")), "the runner returned before its jobs let go of their locks"
+    assert "interrupted" in output.read_text()
     assert group_is_gone(runner.pid, 10), "a job or the display still runs after Ctrl-C"
-    assert not list((tmp_path / "runs").rglob(".lock"))  # every job let go of its lock
 
 
 def test_a_process_left_behind_by_a_job_does_not_keep_its_gpu_slot(tmp_path):
@@ -421,15 +430,42 @@ def test_no_free_gpu_slot_fails_the_job_loudly(tmp_path):
     assert (state / "0.failed").exists() and not (tmp_path / "calls.log").exists()
 
 
-@pytest.mark.parametrize("squeue_says", ["", "slurm_load_jobs error: Invalid job id specified"])
+def squeue_stand_in(bin_dir, body):
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "squeue").write_text("#!/usr/bin/env bash\n" + body)
+    (bin_dir / "squeue").chmod(0o755)
+
+
+@pytest.mark.parametrize("squeue", ["missing", "controller down", "listed"])
+def test_a_slurm_lock_is_kept_when_slurm_cannot_say_its_job_is_gone(tmp_path, squeue):
+    bin_dir = tmp_path / "bin"
+    if squeue == "controller down":
+        squeue_stand_in(bin_dir, "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1\n")
+    elif squeue == "listed":  # 778 runs (among others)
+        squeue_stand_in(bin_dir, "printf '777\\n778\\n779\\n'\n")
+    else:
+        bin_dir.mkdir()
+    folder = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
+    folder.mkdir(parents=True)
+    (folder / ".lock").write_text("node-778 4321 778\n")
+    # PATH without the host's own squeue, if it has one
+    path = ":".join([str(bin_dir), *(d for d in no_gpu_here(tmp_path).split(":") if not (Path(d) / "squeue").exists())])
+    calls, stdout = run_all(tmp_path, "--job", "0", **dict(GRID, DATASETS="gtzan", SEEDS="0"), PATH=path)
+    assert calls == [] and "is locked by process 4321 on node-778 (Slurm job 778)" in stdout
+    assert (folder / ".lock").read_text() == "node-778 4321 778\n"
+
+
+@pytest.mark.parametrize("squeue_says", ["", "slurm_load_jobs error: Invalid job id specified", "other tasks"])
 def test_the_lock_of_a_slurm_job_that_is_gone_is_taken_over(tmp_path, squeue_says):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    # "other tasks": 778 is its array's first task, whose id lists the array's running tasks, not itself
+    gone = {"": "exit 0", "other tasks": "printf '779\\n780\\n'"}.get(squeue_says, f"echo '{squeue_says}' >&2; exit 1")
     (bin_dir / "squeue").write_text(textwrap.dedent(f"""\
         #!/usr/bin/env bash
         # A stand-in squeue: job 777 runs; any other job is gone ({squeue_says or "listed as nothing"}).
-        [[ $* == *"-j 777"* ]] && echo 777 && exit 0
-        {"echo '" + squeue_says + "' >&2; exit 1" if squeue_says else "exit 0"}
+        [[ $* == *"--jobs=777"* ]] && echo 777 && exit 0
+        {gone}
         """))
     (bin_dir / "squeue").chmod(0o755)
     grid = dict(GRID, DATASETS="gtzan", SEEDS="0", PATH=f"{bin_dir}:{no_gpu_here(tmp_path)}")
@@ -459,7 +495,7 @@ def test_many_runners_on_one_stale_lock_run_its_job_once(tmp_path):
     calls = [line for line in (tmp_path / "calls.log").read_text().splitlines() if line.startswith("finetune.py")]
     assert len(calls) == 1, outputs
     assert sum("took over the stale lock" in out for out in outputs) == 1
-    assert not (folder / ".lock").exists() and not (folder / ".lock.takeover").exists()
+    assert not (folder / ".lock").exists()
 
 
 def test_a_failure_is_said_once_by_the_display_or_at_the_end(tmp_path):
@@ -468,3 +504,38 @@ def test_a_failure_is_said_once_by_the_display_or_at_the_end(tmp_path):
     failed = [line for line in stdout.splitlines() if " FAILED (exit status 3)" in line]
     assert len(failed) == 2, stdout  # the two datasets' batch-16 finetune search jobs
     assert len({line.split()[2] for line in failed}) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# SHOTS: the few-shot grid
+# ----------------------------------------------------------------------------------------------
+
+def test_shots_run_every_arm_and_the_frozen_probe_once_per_k_in_their_own_folders(tmp_path):
+    grid = dict(GRID, DATASETS="gtzan esc50", SEEDS="0 1", FOLDS="1", SHOTS="1 4", EXTRA_ARGS="--lr 1e-3",
+                PROBE_ARGS="--epochs 5")
+    assert run_all(tmp_path, "--count", **grid)[1] == "18\n"  # (2 seeds + 1 fold) x 2 K x 3 arms
+    calls, _ = run_all(tmp_path, **grid)
+    runs = tmp_path / "runs"
+    finetune = [c for c in calls if c[0] == "finetune.py"]
+    assert sorted(flag(c, "--out") for c in finetune) == sorted(
+        str(runs / d / "tiny/finetune" / f"shots-{k}" / r)
+        for d, repeats in (("gtzan", ("seed-0", "seed-1")), ("esc50", ("fold-1",))) for k in (1, 4) for r in repeats)
+    assert all(flag(c, "--shots") == flag(c, "--out").split("shots-")[1].split("/")[0] for c in finetune)
+    frozen = [c for c in calls if c[0] == "probe.py" and "/frozen/" in (flag(c, "--out") or "")]
+    assert len(frozen) == 6 and {flag(c, "--ckpt") for c in frozen} == {"tiny"}
+    for call in frozen:  # the probe gets PROBE_ARGS, not the training scripts' EXTRA_ARGS, and no --resume
+        assert flag(call, "--epochs") == "5" and "--lr" not in call and "--resume" not in call
+        assert flag(call, "--shots") in ("1", "4") and flag(call, "--dataset") in ("gtzan", "esc50")
+    assert {flag(c, "--fold") for c in frozen if flag(c, "--dataset") == "esc50"} == {"1"}
+    pairtune_probes = [c for c in calls if c[0] == "probe.py" and flag(c, "--ckpt") != "tiny"]
+    assert len(pairtune_probes) == 6 and all("/shots-" in flag(c, "--ckpt") for c in pairtune_probes)
+    calls, stdout = run_all(tmp_path, **grid)  # all done: nothing runs again
+    assert [c[0] for c in calls] == ["eval.py"] and stdout.count(": skip") == 18
+
+
+def test_jobs_that_find_no_free_gpu_slot_fail_the_grid(tmp_path):
+    # The first job leaves a process holding GPU slot 0 of --parallel 1: every later job finds no slot.
+    calls, stdout = run_all(tmp_path, "--parallel", "1", expect=1, **dict(GRID, DATASETS="gtzan", SEEDS="0 1"),
+                            CUDA_VISIBLE_DEVICES="3", FAKE_HOLD_SLOT="1")
+    assert [c[0] for c in calls if c[0] != "eval.py"] == ["finetune.py"]  # job 0 only
+    assert "== job 1 NOT RUN (no free GPU slot)" in stdout and "== 3 job(s) not run: no free GPU slot" in stdout
