@@ -1130,8 +1130,13 @@ def plot_curves(entry, path, title):
                 label=f"{arm.upper()} ({curve['metric']}; n={max(curve['n'])})")
         ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("valid accuracy (%)")
+    save_line_figure(plt, fig, ax, path, "epoch", "valid accuracy (%)", title)
+
+
+def save_line_figure(plt, fig, ax, path, xlabel, ylabel, title):
+    """The labels, grid and legend of Figure 2 and the few-shot curves, then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -1193,14 +1198,7 @@ def plot_shot_curves(series, path, title):
     ax.set_xscale("log", base=2)
     all_shots = sorted({k for points in series.values() for k in points})
     ax.set_xticks(all_shots, [str(k) for k in all_shots])
-    ax.set_xlabel("train clips per class (K)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_line_figure(plt, fig, ax, path, "train clips per class (K)", "test accuracy (%)", title)
 
 
 def write_shot_curves(curves, out: Path) -> list[Path]:
@@ -1419,7 +1417,8 @@ def cmd_report(args):
             md += ["## Table 2 with the k-NN probe beside the linear one", "", table,
                    "Also as [CSV](table-knn.csv) and [JSON](table-knn.json).", ""]
     else:
-        md += ["## Table 2: test accuracy", "", "No results.json found.", ""]
+        md += ["## Table 2: test accuracy", "", "No results.json of full-data runs found"
+               + (" (few-shot runs: below)." if shot_curves(runs_dir, warn=lambda _: None) else "."), ""]
     missing = out / "missing.txt"  # run_all.sh's grid, less what finished
     if missing.is_file() and missing.read_text(encoding="utf-8").split():
         runs = missing.read_text(encoding="utf-8").split("\n")

@@ -187,7 +187,8 @@ slurm_job_gone() {  # Slurm job id -> 0 if Slurm says it no longer runs or waits
   else [[ $listed == *"Invalid job id"* ]]; fi  # a job finished long ago; any other error: not known
 }
 stale_because() {  # a lock's host, process id and Slurm job id -> why its runner is gone (nothing if not)
-  if [[ $1 == "$(hostname)" && -n $2 ]] && ! alive "$2"; then echo "process $2 on $1 is gone"
+  if [[ $1 == "$(hostname)" && -n $2 ]]; then  # on its own host the process says it all
+    alive "$2" || echo "process $2 on $1 is gone"
   elif [[ -n $3 ]] && slurm_job_gone "$3"; then echo "Slurm job $3 of process $2 on $1 is gone"; fi
 }
 take_lock() {  # run folder -> 0 if this process now holds its lock

@@ -455,6 +455,16 @@ def test_a_slurm_lock_is_kept_when_slurm_cannot_say_its_job_is_gone(tmp_path, sq
     assert (folder / ".lock").read_text() == "node-778 4321 778\n"
 
 
+def test_a_live_process_on_this_host_keeps_its_lock_whatever_squeue_says(tmp_path):
+    squeue_stand_in(tmp_path / "bin", "exit 0\n")  # lists nothing: every job gone
+    folder = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
+    folder.mkdir(parents=True)
+    (folder / ".lock").write_text(f"{socket.gethostname()} {os.getpid()} 778\n")
+    calls, stdout = run_all(tmp_path, "--job", "0", **dict(GRID, DATASETS="gtzan", SEEDS="0"),
+                            PATH=f"{tmp_path / 'bin'}:{no_gpu_here(tmp_path)}")
+    assert calls == [] and f"is locked by process {os.getpid()}" in stdout
+
+
 @pytest.mark.parametrize("squeue_says", ["", "slurm_load_jobs error: Invalid job id specified", "other tasks"])
 def test_the_lock_of_a_slurm_job_that_is_gone_is_taken_over(tmp_path, squeue_says):
     bin_dir = tmp_path / "bin"
