@@ -247,13 +247,15 @@ def main(argv=None):
     head.load_state_dict(state["head"])
     # The test features stay in features/ for eval.py's analyses (anisotropy, UMAP), so it needs no re-encoding.
     feature_dir = runs.feature_dir(out, run["dataset"], args.fold)
+    # The k-NN probe on the encoder's pooled features (before the head), as probe.py scores the other
+    # methods: train and valid encoded first, so test is still read last, once, for both classifiers.
+    features = runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device,
+                                    ("train", "valid"), args.eval_batch_size, args.num_workers,
+                                    precision=args.precision)
     test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test",
                                              cache_dir=feature_dir)
-    # The k-NN probe on the encoder's pooled features (before the head), as probe.py scores the other
-    # methods: k chosen on valid, test (already encoded) read once.
-    features = runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device,
-                                    ("train", "valid", "test"), args.eval_batch_size, args.num_workers,
-                                    precision=args.precision)
+    features.update(runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device, ("test",),
+                                         args.eval_batch_size, args.num_workers, precision=args.precision))  # cached
     nearest = knn.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
                               args.knn_temperature)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)

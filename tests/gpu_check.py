@@ -10,7 +10,8 @@ The checks, each row a status (ok, FAILED: why, skipped: why) and what was measu
      float32 (to 1e-5 relative) and from bf16 inputs (2e-2); and no recompile when the batch size
      or the number of classes changes (Dynamo's graph count, as tests/test_fused_loss.py counts it)
   2. bench.py --device cuda --sizes 4096,8192, its table copied into the report
-  3. pairtune.py -> probe.py and finetune.py, 1 epoch on the demo data, --precision bf16, with a
+  3. pairtune.py -> probe.py and finetune.py (-> predict.py over its test files on the device, which
+     must give the run's test accuracy), 1 epoch on the demo data, --precision bf16, with a
      wav2vec2-base-sized encoder (Wav2Vec2Config() defaults, ~95M parameters) with RANDOM weights,
      built here and saved to a folder (no download): clips/s and peak memory from log.jsonl, test
      accuracy from results.json (chance level: the weights are random; the numbers that matter
@@ -289,7 +290,8 @@ def smoke_manifest(manifest: Path) -> Path:
 
 # The rows' titles, the same whatever runs (a report without CUDA lists them all as skipped)
 FUSED_TITLES = [f"fused loss = eager, mining {m}" for m in MINING_MODES] + ["fused loss: one graph for all batch sizes"]
-PIPELINE_TITLES = ["pairtune.py, 1 epoch", "probe.py of that run", "finetune.py, 1 epoch"]
+PIPELINE_TITLES = ["pairtune.py, 1 epoch", "probe.py of that run", "finetune.py, 1 epoch",
+                   "predict.py of that run, its test files"]
 DDP_TITLES = ["torchrun pairtune.py", "torchrun finetune.py", "DDP: one process group (NCCL; gloo on CPU)"]
 MEMORY_VARIANTS = ("plain", "--grad-checkpointing", "--micro-batch")
 
@@ -490,9 +492,30 @@ def task_pairtune_probe(setup: Setup) -> list[Row]:
 
 def task_finetune(setup: Setup) -> list[Row]:
     out = setup.work / "pipeline" / "finetune"
-    return [run_row(setup, PIPELINE_TITLES[2], "pipeline-finetune",
-                    setup.train("finetune.py", out, "--batch-size", setup.sizes.batch), out, out / "results.json",
-                    shown=f"--batch-size {setup.sizes.batch}")]
+    finetune = run_row(setup, PIPELINE_TITLES[2], "pipeline-finetune",
+                       setup.train("finetune.py", out, "--batch-size", setup.sizes.batch), out, out / "results.json",
+                       shown=f"--batch-size {setup.sizes.batch}")
+    if finetune.status != "ok":
+        return [finetune, Row(PIPELINE_TITLES[3], status="skipped: finetune.py failed")]
+    return [finetune, predict_row(setup, out)]
+
+
+def predict_row(setup: Setup, run: Path) -> Row:
+    """predict.py on the device over the run's test files: at the run's precision (bf16) and batching
+    it must give the run's own test accuracy."""
+    with open(setup.manifest, newline="") as f:
+        truth = {str(setup.manifest.parent / row["path"]): row["label"] for row in csv.DictReader(f)
+                 if row["split"] == "test"}
+    result = setup.run("pipeline-predict", setup.python("predict.py", run, *truth, "--json", "--device", setup.device))
+    row = Row(PIPELINE_TITLES[3], seconds=result.seconds, details="--json")
+    if result.problem():
+        return row.fail([result.problem()])
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    row.test_acc = sum(line["top"][0]["label"] == truth[line["file"]] for line in lines) / max(1, len(truth))
+    reported = json.loads((run / "results.json").read_text())["test_acc"]
+    if len(lines) == len(truth) and abs(row.test_acc - reported) < 1e-6:
+        return row
+    return row.fail([f"{len(lines)} of {len(truth)} files, accuracy {row.test_acc:.4f}, the run's {reported:.4f}"])
 
 
 def task_ddp(setup: Setup) -> list[Row]:

@@ -45,7 +45,7 @@ def test_without_cuda_it_skips_at_once_and_reports_every_row_skipped(tmp_path):
     assert seconds < 30, f"took {seconds:.0f} s"
     assert result.stdout.count("\n") == 1 and "skipped: no CUDA" in result.stdout
     rows = table((tmp_path / "gpu_check.md").read_text())
-    assert [row["check"] for row in rows] == ALL_TITLES and len(rows) == 19
+    assert [row["check"] for row in rows] == ALL_TITLES and len(rows) == 20
     assert {row["status"] for row in rows} == {"skipped: no CUDA"}
     assert not (tmp_path / "logs").exists()  # nothing ran
 
@@ -65,6 +65,9 @@ def test_smoke_on_cpu_runs_every_check_and_every_row_is_ok(tmp_path):
         assert float(rows[title]["clips/s"]) > 0 and rows[title]["peak MiB"] == "-", title
     for title in ("probe.py of that run", "finetune.py, 1 epoch", "torchrun finetune.py"):
         assert 0 <= float(rows[title]["test acc"]) <= 1, title
+    # predict.py over the finetune run's test files gives its test accuracy (the row fails otherwise)
+    predicted = rows["predict.py of that run, its test files"]["test acc"]
+    assert predicted == rows["finetune.py, 1 epoch"]["test acc"]
     assert "gloo: both arms over 2 processes" in rows["DDP: one process group (NCCL; gloo on CPU)"]["details"]
     assert "0 more at B = 37, 96, 20" in rows["fused loss: one graph for all batch sizes"]["details"]
     assert "x plain's clips/s" in rows["memory: finetune.py --micro-batch"]["details"]

@@ -244,7 +244,8 @@ def test_valid_metric_decodes_its_clips_once_and_selects_as_before(arm, demo_man
     splits, _ = data.load_splits(str(demo_manifest))
     metric_clips = len(splits["valid"]) + (len(pairtune.centroid_subset(splits["train"], 32)) if arm == "pairtune"
                                            else 0)
-    read_once = 0 if arm == "pairtune" else len(splits["test"])  # FineTune's test, at the end
+    # FineTune's final encoder, at the end: train and valid for its k-NN probe, then test
+    read_once = 0 if arm == "pairtune" else len(splits["train"]) + len(splits["valid"]) + len(splits["test"])
     assert runs_made["1024"][:2] == runs_made["0"][:2]
     assert runs_made["1024"][2] == metric_clips + read_once
     assert runs_made["0"][2] == 3 * metric_clips + read_once
