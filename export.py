@@ -5,7 +5,7 @@
     python export.py RUN --out DIR --push-to-hub user/name                             # and upload it
 
 RUN is a finished finetune run, a pairtune run with its probe (or the probe's own folder), or a
-frozen encoder's probe. DIR then loads with transformers alone:
+frozen encoder's probe. DIR then loads with transformers alone (Whisper: see below):
 
     model = transformers.AutoModelForAudioClassification.from_pretrained(DIR)
     classify = transformers.pipeline("audio-classification", model=DIR)
@@ -18,15 +18,19 @@ becomes the projector (weight diag(1/std), bias -mean/std) and the probe's linea
 classifier; FineTune's head is the classifier after an identity projector.
 
 What transformers computes differs from our pipeline in two places, and the card says so:
-- Whisper: its classifier pads every input to 30 s and averages over the padding; our encoder runs
-  the clip unpadded. Same weights, other features: the export measures the difference on valid clips
-  (below), and predict.py on DIR computes what the run computed.
+- Whisper: WhisperForAudioClassification pads every input to 30 s and averages over the padding;
+  our encoder averages over the clip's own frames. Same weights, other features (on FSDD: chance
+  level), so a Whisper export is loaded with backbone.MaskedWhisperClassifier, which pools as the
+  run did (the export turns on the feature extractor's attention mask for it); predict.py on DIR
+  computes the same.
 - Clips longer than the run's chunk length: we average the chunks' features, transformers takes the
   whole clip at once (wav2vec2 family) or its first 30 s (Whisper).
 
-Before it writes the card, the export reloads DIR with transformers and compares it with the run's
-own pipeline on up to --check-clips valid clips (cut to the chunk length): the largest logit
-difference and the share of equal predictions go into the card and audioconfit.json.
+The folder is written as DIR.partial and reloaded with transformers, which is compared with the
+run's own pipeline on up to --check-clips valid clips (cut to the chunk length, one at a time as
+the pipeline feeds them): the largest logit difference and the share of equal predictions go into
+the card and audioconfit.json. Only if the model that must agree (transformers' class; for Whisper
+the masked one) does, DIR.partial becomes DIR; else the script exits 1.
 """
 import argparse
 import copy
@@ -39,7 +43,7 @@ from pathlib import Path
 
 import torch
 import transformers
-import yaml  # a dependency of transformers
+from huggingface_hub import EvalResult, ModelCardData  # a dependency of transformers
 
 import backbone
 import data
@@ -113,7 +117,7 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
             print(f"note: the check is skipped: {about['manifest']} is not there (give --data-root)")
             return None
     # only the clips checked are decoded (not every file of the dataset, as the scripts' check does)
-    splits, classes = data.load_splits(str(source), None, about["fold"], check_files=False)
+    splits, _ = data.load_splits(str(source), None, about["fold"], check_files=False)
     encoder, head, max_seconds = trained["encoder"], trained["head"], trained["max_seconds"]
     extractor = transformers.AutoFeatureExtractor.from_pretrained(out)
     models = {"transformers": transformers.AutoModelForAudioClassification.from_pretrained(out).eval()}
@@ -133,6 +137,9 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
         inputs = extractor(wave, sampling_rate=extractor.sampling_rate, return_tensors="pt")
         for name, model in models.items():
             theirs[name].append(model(**inputs).logits[0])
+    if not checked:
+        print("note: the check is skipped: no usable valid clip")
+        return None
     ours = torch.stack(ours)
     check = {"clips": checked, "split": "valid"}
     for name, logits in theirs.items():
@@ -247,12 +254,12 @@ def model_card(trained: dict, check: dict | None) -> str:
                                f"{100 * check[name]['same_prediction']:.1f}% of them")
     tags = ["audio-classification", "audioconfit"] + (
         ["supervised-contrastive-learning"] if about["method"] == "pairtune" else [])
-    front = {"library_name": "transformers", "pipeline_tag": "audio-classification", "base_model": hub_base,
-             "metrics": ["accuracy"], "tags": tags,
-             "model-index": [{"name": f"{about['dataset']}-{about['method']}", "results": [{
-                 "task": {"type": "audio-classification"},
-                 "dataset": {"name": about["dataset"], "type": about["dataset"]},
-                 "metrics": [{"type": "accuracy", "value": about["test_acc"], "name": "test accuracy"}]}]}]}
+    # The Hub's card metadata (model-index included) through huggingface_hub's own class
+    front = ModelCardData(library_name="transformers", pipeline_tag="audio-classification", base_model=hub_base,
+                          metrics=["accuracy"], tags=tags, model_name=f"{about['dataset']}-{about['method']}",
+                          eval_results=[EvalResult(task_type="audio-classification", dataset_type=about["dataset"],
+                                                   dataset_name=about["dataset"], metric_type="accuracy",
+                                                   metric_value=about["test_acc"], metric_name="test accuracy")])
     random_note = " (RANDOMLY INITIALISED: a control, not a pre-trained model)" if about["backbone_random_init"] else ""
     local = (" (a local folder)" if hub_base is None and not about["backbone_random_init"] and base != backbone.TINY
              else "")
@@ -286,7 +293,7 @@ python export.py RUN --out THIS_FOLDER
 
 Runs (paths on the machine that made them): {', '.join(f'{k} `{v}`' for k, v in about['runs'].items())}.
 """
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body
+    return f"---\n{front.to_yaml()}\n---\n{body}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -309,9 +309,8 @@ run_parallel() {
   # of their locks, so a rerun right after finds them free. Globals: the EXIT trap also runs at the top.
   GRID_DISPLAY=
   trap 'kill $GRID_DISPLAY 2>/dev/null; rm -rf "$GRID_STATE"' EXIT
-  trap 'kill $GRID_DISPLAY 2>/dev/null; flock -w 120 "$GRID_STATE/workers" true
-        echo; echo "== interrupted: bash run_all.sh goes on from here"; exit 130' INT
-  trap 'kill $GRID_DISPLAY 2>/dev/null; flock -w 120 "$GRID_STATE/workers" true; exit 143' TERM
+  trap 'stop_parallel 130' INT
+  trap 'stop_parallel 143' TERM
   ( trap '' INT; trap 'kill $nap 2>/dev/null; exit 0' TERM  # its sleep ends with it, letting go of stdout
     while :; do show_progress "$state" "$started"; sleep 2 & nap=$!; wait $nap; done ) &
   GRID_DISPLAY=$!
@@ -329,6 +328,13 @@ run_parallel() {
   show_progress "$state" "$started"; [[ -t 1 ]] && echo
   GRID_NOT_RUN=$(find "$state" -name '*.noslot' | wc -l)  # jobs that found no GPU slot: failures for finish
   rm -rf "$state"; trap - EXIT INT TERM
+}
+
+stop_parallel() {  # exit status: Ctrl-C or SIGTERM under --parallel; the EXIT trap then cleans up
+  kill $GRID_DISPLAY 2>/dev/null
+  flock -w 120 "$GRID_STATE/workers" true  # until every worker has let go of its job's lock
+  (( $1 == 130 )) && echo && echo "== interrupted: bash run_all.sh goes on from here"
+  exit "$1"
 }
 
 show_progress() {  # state folder, start time: one line, rewritten in place on a terminal

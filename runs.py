@@ -8,7 +8,10 @@ after each kind of write, and at random moments).
     RUN/log.jsonl          one line per epoch (train loss, the valid metric it selects by)
     RUN/checkpoint.pt      weights, optimiser, history, best-valid so far, random states
     RUN/best-e<epoch>.pt   the best-valid weights so far
-    RUN/features/...       cached pooled features (probe.py, finetune.py's test pass, eval.py)
+    RUN/features/...       cached pooled features (probe.py, finetune.py's last pass, eval.py)
+
+load_trained reads a finished run (or an export.py folder) back as encoder + classifier, for
+export.py and predict.py.
 
 PairTune and FineTune keep their best-valid epoch by the same rule, `keep_if_best`, so the fairness
 of the comparison rests on this one implementation. Each stage script keeps its own forward pass,
@@ -28,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
 import ddp
-from backbone import AudioEncoder, extract_features
+from backbone import AudioEncoder, extract_features, load_encoder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,7 +401,8 @@ def read_finished(folder: Path, results: bool = True) -> dict:
     """A folder's run.json, if the run is finished (and, with results, has written results.json)."""
     run = json.loads((Path(folder) / "run.json").read_text())
     if not run.get("finished") or (results and not (Path(folder) / "results.json").is_file()):
-        raise ValueError(f"{folder}: the {run.get('stage')} run is not finished; finish it with --resume")
+        raise ValueError(f"{folder}: the {run.get('stage')} run is not finished (rerun its command; the training "
+                         "scripts continue with --resume)")
     return run
 
 
@@ -407,7 +412,6 @@ def load_trained(path) -> dict:
     features -> logits), classes, max_seconds (the chunk length evaluation used), precision and
     eval_batch_size (how it encoded), and about (method, dataset, backbone, seed, fold, results, the
     runs it came from)."""
-    from backbone import load_encoder
     path = Path(path)
     if (path / EXPORT_INFO).is_file():
         return load_export(path)
@@ -485,8 +489,6 @@ def check_weights(encoder: AudioEncoder, model_dir: Path, classifier_dir: Path, 
 def load_export(path: Path) -> dict:
     """An export.py folder, read back as our own pipeline computes it: the encoder's masked mean pool
     (AudioEncoder), then the model's projector and classifier (mean pooling commutes with them)."""
-    import transformers
-    from backbone import AudioEncoder
     info = json.loads((path / EXPORT_INFO).read_text())
     model = transformers.AutoModelForAudioClassification.from_pretrained(path)
     extractor = transformers.AutoFeatureExtractor.from_pretrained(path)
