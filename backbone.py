@@ -22,6 +22,7 @@ import transformers
 from tqdm.auto import tqdm
 
 import data
+import outdir
 
 ALIASES = {
     "wav2vec2": "facebook/wav2vec2-base",
@@ -82,7 +83,14 @@ def load_encoder(backbone: str, random_init: bool = False, seed: int = 0) -> "Au
             torch.manual_seed(seed)
             model = model_class.from_config(config) if not whisper else model_class(config)
     else:
-        model, info = model_class.from_pretrained(source, output_loading_info=True)
+        try:
+            model, info = model_class.from_pretrained(source, output_loading_info=True)
+        except Exception as error:  # a truncated or foreign weights file in a folder: say which, not a traceback
+            if not Path(source).is_dir():
+                raise
+            raise outdir.Refused(f"the weights in {source} cannot be loaded ({type(error).__name__}: "
+                                 f"{str(error)[:160]}); if this is a run's encoder/, train the run again "
+                                 "(--overwrite)") from None
         # A checkpoint that does not match the architecture loads with random weights and only a
         # log line; refuse instead, unless the missing weights are heads we never use.
         missing = [k for k in info["missing_keys"]

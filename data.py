@@ -369,6 +369,9 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
                         "(every class has a single train clip or group, or no group can go without leaving "
                         "a class with no train clip). Add valid rows.")
     classes = sorted({c.label for c in splits["train"]})
+    if len(classes) < 2:  # one class: every prediction is right, and a table would say 100%
+        raise DataError(f"{manifest}: train has {len(classes)} class ({', '.join(classes)}): classification needs "
+                        "at least two.")
     known = set(classes)
     for split in ("valid", "test"):
         unknown = [c for c in splits[split] if c.label not in known]

@@ -35,6 +35,7 @@ import backbone
 import data
 import knn
 import ddp
+import outdir
 import runs
 
 
@@ -51,11 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--backbone", default="wav2vec2",
                    help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
     p.add_argument("--out", default="out-finetune", help="output folder")
-    p.add_argument("--epochs", type=int, default=40, help="passes over the training set (paper: 40)")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per batch")
-    p.add_argument("--max-seconds", type=float, default=10.0,
+    p.add_argument("--epochs", type=runs.positive_int, default=40, help="passes over the training set (paper: 40)")
+    p.add_argument("--batch-size", type=runs.positive_int, default=32, help="clips per batch")
+    p.add_argument("--max-seconds", type=runs.positive_float, default=10.0,
                    help="training crop length; evaluation averages features over chunks of this length")
-    p.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
+    p.add_argument("--lr", type=runs.positive_float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and crops")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
     p.add_argument("--precision", choices=backbone.PRECISIONS, default="auto",
@@ -67,7 +68,8 @@ def parse_args(argv=None):
                         "with the memory of a micro-batch")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
-    p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
+    p.add_argument("--eval-batch-size", type=runs.positive_int, default=16,
+                   help="clips per batch when encoding for evaluation")
     p.add_argument("--eval-cache-mb", type=float, default=1024,
                    help="memory for keeping valid's decoded inputs between epochs, so its clips are decoded once "
                         "(same features); over it, or 0, they are decoded every epoch")
@@ -76,7 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--knn-temperature", type=float, default=knn.TEMPERATURE,
                    help="k-NN votes are weighted exp(cosine similarity / T)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
+                   help="continue the run in --out from its checkpoint.pt (a finished run is left as it is)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the finetune run in --out (only the files a run writes are removed)")
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint.pt (weights + optimiser) and best-e<epoch>.pt after a finished run")
     return p.parse_args(argv)
@@ -95,6 +99,7 @@ def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None, 
         features, labels = runs.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
                                                 device, (desc,), args.eval_batch_size, args.num_workers,
                                                 precision=args.precision)[desc]
+    runs.check_finite(features, f"the encoder's features of {desc}", f"training diverged; lower --lr (now {args.lr:g})")
     head_was_training = head.training
     head.eval()
     predictions = head(features.to(device)).argmax(1).cpu()
@@ -136,8 +141,8 @@ def train_one_epoch(classifier, loader, optimizer, args, device, epoch):
                 # whatever the shares' sizes.
                 loss = F.cross_entropy(logits, labels[part], reduction="sum") / (batch_clips / ddp.world_size())
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or "
-                                             "check the data")
+                    raise outdir.Refused(f"non-finite loss at epoch {epoch}: training diverged; lower --lr (now "
+                                         f"{args.lr:g}) or check the data")
                 loss.backward()
             batch_loss += loss.detach()
         optimizer.step()
@@ -152,7 +157,14 @@ def main(argv=None):
     if args.micro_batch is not None and args.micro_batch < 1:
         sys.exit(f"error: --micro-batch must be at least 1 (got {args.micro_batch})")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The output folder before anything else (outdir.py): new, empty, or this kind of run asked to be
+    # continued (--resume) or replaced (--overwrite); then held by its lock while the run writes there.
+    runs.prepare_run_folder(out, "finetune", args)
+    with runs.output_lock(out):
+        train(args, out)
+
+
+def train(args, out: Path):
     device = ddp.start(runs.resolve_device(args.device))  # this process's device; under torchrun, joins the group
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
@@ -221,6 +233,8 @@ def main(argv=None):
     for epoch in range(start_epoch, args.epochs + 1):
         started = runs.start_epoch_clock(device)
         train_loss, clips = train_one_epoch(classifier, loader, optimizer, args, device, epoch)
+        runs.check_finite(classifier, f"the weights after epoch {epoch}",
+                          f"training diverged; lower --lr (now {args.lr:g})")
         throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
         # Once, on rank 0, then shared: every process selects the same epoch.
         valid_started = time.time()
@@ -281,7 +295,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    runs.stop_on_sigterm()
     try:
         main()
-    except data.DataError as error:
+    except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(runs.interrupted("finetune.py", parse_args().out, sys.argv[1:]))

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 import backbone
 import data
 import ddp
+import outdir
 import runs
 from losses import fused_supcon_loss, supcon_loss
 
@@ -55,15 +56,17 @@ def parse_args(argv=None):
     p.add_argument("--backbone", default="wav2vec2",
                    help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
     p.add_argument("--out", default="out", help="output folder")
-    p.add_argument("--epochs", type=int, default=40, help="passes over the training set (paper: 40)")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per batch = classes per batch x --clips-per-class")
-    p.add_argument("--clips-per-class", type=int, default=4,
+    p.add_argument("--epochs", type=runs.positive_int, default=40, help="passes over the training set (paper: 40)")
+    p.add_argument("--batch-size", type=runs.positive_int, default=32,
+                   help="clips per batch = classes per batch x --clips-per-class (at least two classes)")
+    p.add_argument("--clips-per-class", type=runs.positive_int, default=4,
                    help="K clips of each class in a batch (>= 2, so anchors have positives)")
-    p.add_argument("--max-seconds", type=float, default=10.0,
+    p.add_argument("--max-seconds", type=runs.positive_float, default=10.0,
                    help="training crop length; evaluation averages features over chunks of this length")
-    p.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
-    p.add_argument("--temperature", type=float, default=0.1, help="SupCon temperature tau (paper: 0.1)")
-    p.add_argument("--projection-dim", type=int, default=256, help="size p of the projection head (paper: 256)")
+    p.add_argument("--lr", type=runs.positive_float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
+    p.add_argument("--temperature", type=runs.positive_float, default=0.1, help="SupCon temperature tau (paper: 0.1)")
+    p.add_argument("--projection-dim", type=runs.positive_int, default=256,
+                   help="size p of the projection head (paper: 256)")
     p.add_argument("--mining", choices=["ms", "batch-hard", "none"], default="ms",
                    help="hard-pair mining: multi-similarity (default), hardest pair per anchor, or all pairs")
     p.add_argument("--epsilon", type=float, default=0.1, help="margin of multi-similarity mining")
@@ -89,17 +92,28 @@ def parse_args(argv=None):
                         "batch (gradient caching): the memory of a micro-batch, one more forward pass")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
-    p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding for evaluation")
+    p.add_argument("--eval-batch-size", type=runs.positive_int, default=16,
+                   help="clips per batch when encoding for evaluation")
     p.add_argument("--eval-cache-mb", type=float, default=1024,
                    help="memory for keeping the valid metric's decoded inputs between epochs, so its clips are "
                         "decoded once (same features); over it, or 0, they are decoded every epoch")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --out/checkpoint.pt (a finished run in --out is left as it is)")
+                   help="continue the run in --out from its checkpoint.pt (a finished run is left as it is)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the pairtune run in --out (only the files a run writes are removed)")
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint.pt (weights + optimiser) and best-e<epoch>.pt after a finished run")
     p.add_argument("--only-best", action="store_true",
                    help="save only encoder/ (the best-valid epoch), not also encoder-last/ (the last epoch)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.clips_per_class < 2:
+        p.error(f"--clips-per-class must be at least 2, so that anchors have positives (got {args.clips_per_class})")
+    if args.batch_size < 2 * args.clips_per_class:  # one class a batch: no negatives, a loss of 0 all run long
+        p.error(f"--batch-size {args.batch_size} holds fewer than two classes of --clips-per-class "
+                f"{args.clips_per_class}: give at least {2 * args.clips_per_class}")
+    if args.micro_batch is not None and args.micro_batch < 1:
+        p.error(f"--micro-batch must be at least 1 (got {args.micro_batch})")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,6 +153,7 @@ def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device, dec
                                                  batches=decoded["train subset"], **kwargs)
     valid_x, valid_y = backbone.extract_features(encoder, valid_clips, classes, desc="valid",
                                                  batches=decoded["valid"], **kwargs)
+    runs.check_finite(torch.cat([train_x, valid_x]), "the valid metric's features", f"lower --lr (now {args.lr:g})")
     train_x, valid_x = F.normalize(train_x, dim=1), F.normalize(valid_x, dim=1)
     if args.select_by == "centroid":
         predictions = centroid_predictions(train_x, train_y, valid_x, len(classes))
@@ -212,11 +227,12 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch):
         labels = ddp.gather(labels.to(device))  # the global batch's labels, in rank order
 
         def batch_loss(z):  # SupCon over every process's z: the global batch, as one process would see it
-            loss = loss_fn(ddp.gather_with_grad(z), labels, temperature=args.temperature, mining=args.mining,
-                           epsilon=args.epsilon)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}: lower --lr or check "
-                                         "the data")
+            z = ddp.gather_with_grad(z)
+            loss = loss_fn(z, labels, temperature=args.temperature, mining=args.mining, epsilon=args.epsilon)
+            # z too: multi-similarity mining never mines a NaN similarity, so NaN embeddings give a finite loss.
+            if not (torch.isfinite(loss) & torch.isfinite(z).all()):
+                raise outdir.Refused(f"non-finite {'loss' if torch.isfinite(z).all() else 'embeddings'} at epoch "
+                                     f"{epoch}: training diverged; lower --lr (now {args.lr:g}) or check the data")
             return loss
 
         optimizer.zero_grad(set_to_none=True)
@@ -286,10 +302,15 @@ def check_fused_loss(args, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.micro_batch is not None and args.micro_batch < 1:
-        sys.exit(f"error: --micro-batch must be at least 1 (got {args.micro_batch})")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The output folder before anything else (outdir.py): new, empty, or this kind of run asked to be
+    # continued (--resume) or replaced (--overwrite); then held by its lock while the run writes there.
+    runs.prepare_run_folder(out, "pairtune", args)
+    with runs.output_lock(out):
+        train(args, out)
+
+
+def train(args, out: Path):
     device = ddp.start(runs.resolve_device(args.device))  # this process's device; under torchrun, joins the group
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
@@ -373,6 +394,8 @@ def main(argv=None):
         started = runs.start_epoch_clock(device)
         sampler.set_epoch(epoch)
         train_loss, clips = train_one_epoch(embedder, loader, optimizer, args, device, epoch)
+        runs.check_finite(embedder, f"the weights after epoch {epoch}",
+                          f"training diverged; lower --lr (now {args.lr:g})")
         throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
         # Once, on rank 0, then shared: every process selects the same epoch.
         valid_started = time.time()
@@ -412,7 +435,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    runs.stop_on_sigterm()
     try:
         main()
-    except data.DataError as error:
+    except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(runs.interrupted("pairtune.py", parse_args().out, sys.argv[1:]))

@@ -18,7 +18,7 @@ k-NN probe's knn_test_acc, knn_valid_acc, knn_k (its grid in knn_grid); and
 OUT/run.json (stage "probe": arguments as used, provenance, the run probed), marked finished after.
 """
 import argparse
-import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import backbone
 import data
 import knn
+import outdir
 import runs
 
 
@@ -46,14 +47,15 @@ def parse_args(argv=None):
     p.add_argument("--shots", type=int, default=None, metavar="K",
                    help="few-shot: K train clips per class (default: the run's); valid and test untouched")
     p.add_argument("--shot-seed", type=int, default=None, help="the draw of --shots (default: the run's, else --seed)")
-    p.add_argument("--max-seconds", type=float, default=None,
+    p.add_argument("--max-seconds", type=runs.positive_float, default=None,
                    help="evaluation chunk length (default: the run's, else 10)")
     p.add_argument("--random-init", action="store_true",
                    help="probe the backbone's architecture with random weights (a control)")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--lrs", default="1e-4,1e-3,1e-2", help="comma-separated Adam learning rates of the grid")
     p.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes of the grid")
-    p.add_argument("--epochs", type=int, default=100, help="epochs per grid point (on cached features: cheap)")
+    p.add_argument("--epochs", type=runs.positive_int, default=100,
+                   help="epochs per grid point (on cached features: cheap)")
     p.add_argument("--knn-ks", default=",".join(map(str, knn.K_GRID)),
                    help="comma-separated k of the k-NN probe's grid, chosen on valid")
     p.add_argument("--knn-temperature", type=float, default=knn.TEMPERATURE,
@@ -62,7 +64,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="device for encoding: auto, cuda, cpu")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
-    p.add_argument("--eval-batch-size", type=int, default=16, help="clips per batch when encoding")
+    p.add_argument("--eval-batch-size", type=runs.positive_int, default=16, help="clips per batch when encoding")
+    p.add_argument("--resume", action="store_true",
+                   help="a finished probe in --out is left as it is; an unfinished one starts again (no checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace the probe in --out (only a probe's own files)")
     return p.parse_args(argv)
 
 
@@ -105,7 +110,7 @@ def main(argv=None):
     # ---------------- what to probe ----------------
     run = None
     if run_file.exists():  # a PairTune run
-        run = json.loads(run_file.read_text())
+        run = outdir.read_run_json(ckpt)
         if not run.get("finished"):
             sys.exit(f"error: {ckpt} is an unfinished run (no final encoder); finish it with pairtune.py --resume")
         if run.get("stage") != "pairtune":
@@ -113,6 +118,7 @@ def main(argv=None):
         run_args = run["args"]
         method, backbone_name, random_init = "pairtune", run["backbone"], run["backbone_random_init"]
         encoder = backbone.load_encoder(str(ckpt / "encoder"))
+        runs.check_finite(encoder.model, f"the encoder of {ckpt}", "the run diverged: train it again with a lower --lr")
         dataset = args.dataset or run["manifest"]
         data_root = args.data_root or run_args.get("data_root")
         fold = args.fold if args.fold is not None else run_args.get("fold")
@@ -150,88 +156,106 @@ def main(argv=None):
         default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
         out = Path(args.out) if args.out else default_out
         feature_root = out
-    encoder = encoder.to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    max_seconds = encoder.chunk_seconds(max_seconds)
+    # The output folder (outdir.py): new, empty, or a probe asked to be redone; held by its lock from here.
+    if runs.prepare_run_folder(out, "probe", args) == "finished":
+        print(f"{out} holds a finished probe; nothing to do (--overwrite probes again)")
+        return
+    with runs.output_lock(out):
+        encoder = encoder.to(device)
+        max_seconds = encoder.chunk_seconds(max_seconds)
 
-    # ---------------- preparing data ----------------
-    splits, classes = data.load_splits(dataset, data_root, fold, skip_bad)
-    shot_info = None
-    if shots is not None:
-        splits, shot_info = data.keep_shots(splits, shots, shot_seed)
-    dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
-    cache_dir = runs.feature_dir(feature_root, dataset_label, fold)
-    # The probe is a run of its own (eval.py finds runs by run.json), unfinished until results.json is written.
-    probe_run = runs.new_run("probe", args, dataset_label, data.resolve_dataset(dataset, data_root), encoder,
-                             splits, classes)
-    # The arguments as used; a local --ckpt folder as an absolute path (export.py loads it from anywhere).
-    ckpt_used = str(Path(args.ckpt).resolve()) if Path(args.ckpt).is_dir() else args.ckpt
-    probe_run.update(args={**vars(args), "seed": seed, "fold": fold, "max_seconds": max_seconds,
-                           "skip_bad": skip_bad, "shots": shots, "shot_seed": shot_seed, "ckpt": ckpt_used},
-                     shots=shot_info,
-                     method=method, backbone=backbone_name, backbone_random_init=random_init,
-                     probe_of=str(ckpt.resolve()) if run else None)
-    runs.write_json(out / "run.json", probe_run)
-    # test is encoded only once the classifier is chosen: nothing before that can look at it
-    features = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("train", "valid"),
-                                        args.eval_batch_size, args.num_workers)
-    (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
-    # Standardise with train statistics: an affine map the linear layer could absorb, so the model
-    # class is unchanged, but one lr grid then suits every backbone's feature scale.
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    standardise = lambda x: (x - mean) / std
+        # ---------------- preparing data ----------------
+        splits, classes = data.load_splits(dataset, data_root, fold, skip_bad)
+        shot_info = None
+        if shots is not None:
+            splits, shot_info = data.keep_shots(splits, shots, shot_seed)
+        dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
+        cache_dir = runs.feature_dir(feature_root, dataset_label, fold)
+        # The probe is a run of its own (eval.py finds runs by run.json), unfinished until results.json is written.
+        probe_run = runs.new_run("probe", args, dataset_label, data.resolve_dataset(dataset, data_root), encoder,
+                                 splits, classes)
+        # The arguments as used; a local --ckpt folder as an absolute path (export.py loads it from anywhere).
+        ckpt_used = str(Path(args.ckpt).resolve()) if Path(args.ckpt).is_dir() else args.ckpt
+        probe_run.update(args={**vars(args), "seed": seed, "fold": fold, "max_seconds": max_seconds,
+                               "skip_bad": skip_bad, "shots": shots, "shot_seed": shot_seed, "ckpt": ckpt_used},
+                         shots=shot_info,
+                         method=method, backbone=backbone_name, backbone_random_init=random_init,
+                         probe_of=str(ckpt.resolve()) if run else None)
+        runs.write_json(out / "run.json", probe_run)
+        # test is encoded only once the classifier is chosen: nothing before that can look at it
+        features = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("train", "valid"),
+                                            args.eval_batch_size, args.num_workers)
+        (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
+        runs.check_finite(torch.cat([train_x, valid_x]), f"the features of {backbone_name} on train and valid",
+                          "its weights are not usable (a diverged run: train it again with a lower --lr)")
+        # Standardise with train statistics: an affine map the linear layer could absorb, so the model
+        # class is unchanged, but one lr grid then suits every backbone's feature scale.
+        mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+        standardise = lambda x: (x - mean) / std
 
-    # ---------------- grid search on valid ----------------
-    grid, best = [], None
-    lrs = [float(v) for v in args.lrs.split(",")]
-    batch_sizes = [int(v) for v in args.batch_sizes.split(",")]
-    started = time.time()
-    for lr in lrs:
-        for batch_size in batch_sizes:
-            state, valid_acc, valid_loss, epoch = train_linear(
-                standardise(train_x), train_y, standardise(valid_x), valid_y, len(classes), lr, batch_size,
-                args.epochs, seed)
-            point = {"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
-                     "valid_loss": round(valid_loss, 6), "selected_epoch": epoch}
-            grid.append(point)
-            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  "
-                  f"epoch {epoch}", flush=True)
-            # Compare the recorded (rounded) numbers, so results.json always agrees with its own grid.
-            rank = lambda p: (p["valid_acc"], -p["valid_loss"])
-            if best is None or rank(point) > rank(best[1]):
-                best = (state, point)
+        # ---------------- grid search on valid ----------------
+        grid, best = [], None
+        lrs = [float(v) for v in args.lrs.split(",")]
+        batch_sizes = [int(v) for v in args.batch_sizes.split(",")]
+        started = time.time()
+        for lr in lrs:
+            for batch_size in batch_sizes:
+                state, valid_acc, valid_loss, epoch = train_linear(
+                    standardise(train_x), train_y, standardise(valid_x), valid_y, len(classes), lr, batch_size,
+                    args.epochs, seed)
+                if not math.isfinite(valid_loss):  # this lr diverged: recorded, never selected
+                    grid.append({"lr": lr, "batch_size": batch_size, "diverged": True})
+                    print(f"lr {lr:g}  batch {batch_size}  diverged (non-finite valid loss): not selectable")
+                    continue
+                point = {"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
+                         "valid_loss": round(valid_loss, 6), "selected_epoch": epoch}
+                grid.append(point)
+                print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  "
+                      f"epoch {epoch}", flush=True)
+                # Compare the recorded (rounded) numbers, so results.json always agrees with its own grid.
+                rank = lambda p: (p["valid_acc"], -p["valid_loss"])
+                if best is None or rank(point) > rank(best[1]):
+                    best = (state, point)
 
-    # ---------------- testing the chosen classifier, once ----------------
-    state, chosen = best
-    head = nn.Linear(train_x.shape[1], len(classes))
-    head.load_state_dict(state)
-    test_x, test_y = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("test",),
-                                             args.eval_batch_size, args.num_workers)["test"]
-    with torch.no_grad():
-        predictions = head(standardise(test_x)).argmax(1)
-    test_acc = (predictions == test_y).float().mean().item()
-    # The k-NN probe on the same features (L2-normalised): k chosen on valid, then test read once.
-    nearest = knn.knn_results({"train": (train_x, train_y), "valid": (valid_x, valid_y), "test": (test_x, test_y)},
-                              len(classes), [int(k) for k in args.knn_ks.split(",")], args.knn_temperature)
-    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
-    confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
-    torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
-    results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
-               "backbone_random_init": random_init, "seed": seed, "fold": fold, "shots": shots,
-               "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
-               "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"], "grid": grid,
-               "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
-               "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2), **nearest}
-    runs.write_json(out / "results.json", results)
-    runs.write_json(out / "run.json", {**probe_run, "finished": True})
-    print(f"{method} probe of {backbone_name}{' (RANDOM INIT)' if random_init else ''} on {dataset_label}: "
-          f"test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, lr {chosen['lr']:g}, "
-          f"batch {chosen['batch_size']}); k-NN test/acc {nearest['knn_test_acc']:.4f} (valid/acc "
-          f"{nearest['knn_valid_acc']:.4f}, k {nearest['knn_k']}); wrote {out / 'results.json'}")
+        if best is None:
+            raise outdir.Refused(f"every point of the probe's grid diverged (lrs {args.lrs}): give smaller --lrs")
+
+        # ---------------- testing the chosen classifier, once ----------------
+        state, chosen = best
+        head = nn.Linear(train_x.shape[1], len(classes))
+        head.load_state_dict(state)
+        test_x, test_y = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("test",),
+                                                 args.eval_batch_size, args.num_workers)["test"]
+        runs.check_finite(test_x, f"the features of {backbone_name} on test", "its weights are not usable")
+        with torch.no_grad():
+            predictions = head(standardise(test_x)).argmax(1)
+        test_acc = (predictions == test_y).float().mean().item()
+        # The k-NN probe on the same features (L2-normalised): k chosen on valid, then test read once.
+        nearest = knn.knn_results({"train": (train_x, train_y), "valid": (valid_x, valid_y), "test": (test_x, test_y)},
+                                  len(classes), [int(k) for k in args.knn_ks.split(",")], args.knn_temperature)
+        confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+        confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
+        torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
+        results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
+                   "backbone_random_init": random_init, "seed": seed, "fold": fold, "shots": shots,
+                   "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
+                   "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"], "grid": grid,
+                   "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
+                   "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2), **nearest}
+        runs.write_json(out / "results.json", results)
+        runs.write_json(out / "run.json", {**probe_run, "finished": True})
+        print(f"{method} probe of {backbone_name}{' (RANDOM INIT)' if random_init else ''} on {dataset_label}: "
+              f"test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, lr {chosen['lr']:g}, "
+              f"batch {chosen['batch_size']}); k-NN test/acc {nearest['knn_test_acc']:.4f} (valid/acc "
+              f"{nearest['knn_valid_acc']:.4f}, k {nearest['knn_k']}); wrote {out / 'results.json'}")
 
 
 if __name__ == "__main__":
+    runs.stop_on_sigterm()
     try:
         main()
-    except data.DataError as error:
+    except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:  # a probe keeps no checkpoint: it starts again
+        sys.exit(f"interrupted: the probe in {parse_args().out or 'its --out'} is unfinished; run the same command "
+                 "with --resume to start it again")

@@ -21,10 +21,15 @@ Under torchrun every rank calls resume, log_epoch, keep_if_best, save_checkpoint
 functions in the same order; only rank 0 writes or removes files, and the checkpoint holds every
 rank's random states (a run started on N processes resumes on N).
 """
+import argparse
+import contextlib
 import json
+import math
 import os
 import random
+import shlex
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +39,7 @@ import torch
 import transformers
 
 import ddp
+import outdir
 from backbone import AudioEncoder, extract_features, load_encoder
 
 
@@ -57,6 +63,94 @@ def write_text(path, text: str):
 
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def load_plain(path, recover: str, map_location="cpu"):
+    """A file this project wrote with torch.save, read back as tensors and plain data only
+    (weights_only=True: nothing in it can run code, whoever made it). A file that is truncated, not
+    ours, or holds anything else stops with one line naming it and `recover` (what to do)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise outdir.Refused(f"{path} is missing; {recover}") from None
+    except Exception as error:  # torch raises several types; its advice (weights_only=False) must not reach users
+        kind = "holds more than tensors and plain data" if "weights_only" in str(error) else "cannot be read"
+        raise outdir.Refused(f"{path} {kind} ({type(error).__name__}): it is not a whole file written by this "
+                             f"project, and is not loaded; {recover}") from None
+
+
+def check_finite(tensors, what: str, lever: str = ""):
+    """Stop when any of `tensors` (a tensor, a state dict or a module) holds NaN or inf: such a model
+    passes no later stage. `what` says where; `lever` what to change."""
+    if isinstance(tensors, torch.nn.Module):
+        tensors = tensors.state_dict()
+    items = tensors.items() if isinstance(tensors, dict) else [("", tensors)]
+    for name, tensor in items:
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise outdir.Refused(f"non-finite values (NaN or inf) in {what}{f' ({name})' if name else ''}"
+                                 + (f"; {lever}" if lever else ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments, the output folder, stopping
+# ----------------------------------------------------------------------------------------------
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 epochs or a batch of 0 clips is a mistake, said at once)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a temperature, a length in seconds, a learning rate)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def output_lock(out):
+    """The run folder's lock (outdir.FolderLock) for the life of the run, taken by rank 0 alone under
+    torchrun (RANK from the environment: the process group does not exist yet)."""
+    return outdir.FolderLock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+
+
+def prepare_run_folder(out, stage: str, args) -> str:
+    """check_run_folder's verdict for --out (Refused if the folder is not this run's to write), and
+    with --overwrite the earlier run's files removed (only the names a `stage` run writes). None on
+    the other ranks under torchrun."""
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 decides (and writes) for all
+        return None
+    state = outdir.check_run_folder(out, stage, args.resume, args.overwrite, getattr(args, "epochs", None))
+    if state == "replace":
+        outdir.clear_run(out, stage)
+    return state
+
+
+def stop_on_sigterm():
+    """SIGTERM (kill, scancel, a Slurm time limit) ends a run as Ctrl-C does: through KeyboardInterrupt,
+    so the lock is let go and the user is told where the run stands (interrupted)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def interrupted(script: str, out, argv: list) -> str:
+    """The one line a stage prints when stopped: the last saved epoch and the command that continues."""
+    checkpoint = Path(out) / "checkpoint.pt"
+    epoch = None
+    try:  # mmap: only the epoch is read, not the weights
+        epoch = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:
+        pass
+    argv = [a for a in argv if a not in ("--resume", "--overwrite")]
+    again = shlex.join(["python", script, *argv, "--resume"])
+    if epoch is None:
+        return (f"interrupted before an epoch was saved in {out}; nothing to continue: run it again with "
+                f"{shlex.join(['python', script, *argv, '--overwrite'])}")
+    return f"interrupted: {out} holds epoch {epoch} (checkpoint.pt); continue with: {again}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,15 +193,19 @@ def seed_everything(seed: int):
 
 
 def random_states(loader_generator: torch.Generator) -> dict:
-    """Every random state a training loop draws from, for an exact resume."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every random state a training loop draws from, for an exact resume; plain data and tensors only
+    (numpy's key as a list of ints), so a checkpoint loads with torch.load(weights_only=True)."""
+    name, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [name, key.tolist(), position, has_gauss, cached_gaussian],
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "loader": loader_generator.get_state()}
 
 
 def restore_random_states(states: dict, loader_generator: torch.Generator):
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, key, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(states["torch"])
     if states["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -130,15 +228,14 @@ def new_run(stage: str, args, dataset: str, manifest: Path, encoder: AudioEncode
 def finished_epochs(out: Path) -> int:
     """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone. run.json is
     marked finished only after the results are written, so the flag alone is enough."""
-    run_file = Path(out) / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    run = outdir.read_run_json(out) if (Path(out) / "run.json").exists() else {}
     return run.get("epochs_run", 0) if run.get("finished") else 0
 
 
 def tidy_finished(out: Path):
     """A kill between marking a run finished and removing its checkpoints leaves them behind: removed
     when --resume finds the run finished, as the run would have, unless it was told to keep them."""
-    run = json.loads((Path(out) / "run.json").read_text())
+    run = outdir.read_run_json(out)
     if not run.get("args", {}).get("keep_checkpoint", True):
         remove_checkpoints(out)  # (a run from before --keep-checkpoint existed kept them: left alone)
 
@@ -166,8 +263,8 @@ def best_file(out, epoch: int) -> Path:
 # Flags a resumed run may change: where and how fast it runs, how long, and what it keeps, never
 # its numbers. Every other flag must equal the checkpoint's.
 # --grad-checkpointing and --micro-batch trade memory for time, the step's arithmetic unchanged.
-MAY_CHANGE_ON_RESUME = ("epochs", "device", "num_workers", "eval_batch_size", "resume", "out", "keep_checkpoint",
-                        "only_best", "grad_checkpointing", "micro_batch", "eval_cache_mb")
+MAY_CHANGE_ON_RESUME = ("epochs", "device", "num_workers", "eval_batch_size", "resume", "overwrite", "out",
+                        "keep_checkpoint", "only_best", "grad_checkpointing", "micro_batch", "eval_cache_mb")
 
 
 def save_checkpoint(path, args, modules: dict, optimizer, loader_generator, epoch, history, best):
@@ -206,8 +303,8 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
         return 1, [], {"epoch": 0, "valid_acc": -1.0}
     fresh_start = "start a fresh run (without --resume, or in another --out)"
     # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    if "args" not in state:
+    state = load_plain(checkpoint_path, "start the run again with --overwrite (or give another --out)")
+    if not isinstance(state, dict) or "args" not in state:
         sys.exit(f"error: {checkpoint_path} was written before checkpoints carried their run's arguments, so "
                  f"resuming cannot check that the settings are the same; {fresh_start}")
     differences = settings_differences(state["args"], vars(args))
@@ -263,7 +360,7 @@ def drop_stale_best(out: Path, best: dict):
 
 
 def load_best(out: Path, best: dict, device) -> dict:
-    return torch.load(best_file(out, best["epoch"]), map_location=device, weights_only=True)
+    return load_plain(best_file(out, best["epoch"]), "start the run again with --overwrite", map_location=device)
 
 
 def start_epoch_clock(device) -> float:
@@ -342,10 +439,11 @@ def load_cache(file):
     """A feature cache file's contents, or None when it is missing or unreadable (then re-encoded)."""
     if not Path(file).is_file():
         return None
-    try:
-        saved = torch.load(file, weights_only=False)
-    except Exception as error:  # a truncated or foreign file is only a cache miss
-        print(f"ignoring unreadable feature cache {file}: {error}")
+    try:  # tensors and plain data only: a cache in a shared run folder runs no code
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated, foreign or older file is only a cache miss (not torch's advice)
+        print(f"feature cache {file} is not a whole file of tensors ({type(error).__name__}): not used, encoding "
+              "again")
         return None
     return saved if isinstance(saved, dict) else None
 
@@ -399,7 +497,7 @@ class ProbeHead(torch.nn.Module):
 
 def read_finished(folder: Path, results: bool = True) -> dict:
     """A folder's run.json, if the run is finished (and, with results, has written results.json)."""
-    run = json.loads((Path(folder) / "run.json").read_text())
+    run = outdir.read_run_json(folder)
     if not run.get("finished") or (results and not (Path(folder) / "results.json").is_file()):
         raise ValueError(f"{folder}: the {run.get('stage')} run is not finished (rerun its command; the training "
                          "scripts continue with --resume)")
@@ -418,7 +516,7 @@ def load_trained(path) -> dict:
     run_file = path / "run.json"
     if not run_file.is_file():
         raise FileNotFoundError(f"{path}: neither a run folder (run.json) nor an export ({EXPORT_INFO})")
-    stage = json.loads(run_file.read_text()).get("stage")
+    stage = outdir.read_run_json(path).get("stage")
     if stage == "pairtune":
         read_finished(path, results=False)
         if not (path / "probe" / "run.json").is_file():
@@ -428,12 +526,12 @@ def load_trained(path) -> dict:
         run = read_finished(path)
         encoder = load_encoder(str(path / "encoder"))
         linear = torch.nn.Linear(encoder.hidden_size, len(run["classes"]))
-        # map_location: a head saved on a GPU loads on a machine without one
-        linear.load_state_dict(torch.load(path / "head.pt", map_location="cpu", weights_only=True))
+        # map_location (load_plain's default, CPU): a head saved on a GPU loads on a machine without one
+        linear.load_state_dict(load_plain(path / "head.pt", "train the run again (finetune.py --overwrite)"))
         head, runs_used, model_run, model_dir = linear, {"finetune": str(path.resolve())}, run, path
     elif stage == "probe":
         run = read_finished(path)
-        saved = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
+        saved = load_plain(path / "head.pt", "probe again (probe.py --overwrite)")
         if run["method"] == "pairtune":
             # A run's own probe is RUN/probe/: the run beside it, wherever the run was copied or moved to
             # (probe_of is where it was probed); a side probe's run is found by probe_of.
@@ -441,7 +539,7 @@ def load_trained(path) -> dict:
             model_dir = path.resolve().parent if own else Path(run["probe_of"])
             if not (model_dir / "run.json").is_file():
                 raise FileNotFoundError(f"{path}: the pairtune run it probed, {model_dir}, is not there")
-            model_run = json.loads((model_dir / "run.json").read_text())
+            model_run = outdir.read_run_json(model_dir)
             encoder = load_encoder(str(model_dir / "encoder"))
             runs_used = {"pairtune": str(model_dir), "probe": str(path.resolve())}
         else:  # a frozen backbone (pre-trained, or --random-init with its seed)
@@ -454,12 +552,18 @@ def load_trained(path) -> dict:
         head = ProbeHead(linear, saved["mean"], saved["std"])
     else:
         raise ValueError(f"{path}: a {stage} run holds no classifier (finetune, pairtune + probe, or probe)")
+    check_finite(encoder.model, f"the encoder of {model_dir}", "the run diverged: train it again with a lower --lr")
+    check_finite(head, f"the classifier of {path}", "the run diverged: train it again with a lower --lr")
     check_weights(encoder, model_dir, path, run)
     if encoder.whisper and model_run.get("frontend") != FRONTEND_VERSION:
         print(f"warning: {model_dir} was trained before the Whisper front end of version {FRONTEND_VERSION} "
               "(zeros past each clip, ceil(samples / hop) frames): its clips' features now differ a little from "
               "the ones its classifier was trained on", file=sys.stderr)
-    results = json.loads((path / "results.json").read_text())
+    try:
+        results = json.loads((path / "results.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise outdir.Refused(f"{path / 'results.json'} cannot be read ({type(error).__name__}); run the stage again "
+                             "with --overwrite") from None
     about = {"method": run.get("method", stage), "dataset": run["dataset"], "backbone": run["backbone"],
              "backbone_random_init": run["backbone_random_init"], "seed": run["args"]["seed"],
              "fold": run["args"].get("fold"), "test_acc": results["test_acc"], "valid_acc": results["valid_acc"],
@@ -495,6 +599,7 @@ def load_export(path: Path) -> dict:
     whisper = isinstance(model, transformers.WhisperForAudioClassification)
     encoder = AudioEncoder(model if whisper else model.base_model, extractor, name=info["about"]["backbone"],
                            random_init=info["about"]["backbone_random_init"])
+    check_finite(model, f"the export {path}", "the run it came from diverged: train it again with a lower --lr")
     head = torch.nn.Sequential(model.projector, model.classifier)
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return {"encoder": encoder.eval(), "head": head.eval(), "classes": classes, "max_seconds": info["max_seconds"],

@@ -336,8 +336,10 @@ class Setup:
         return run_command(command, self.logs / f"{name}.txt", self.env)
 
     def train(self, script: str, out: Path, *args) -> list[str]:
+        # --overwrite: a rerun with --keep-work replaces the runs of the last one
         return self.python(script, "--dataset", self.manifest, "--backbone", self.backbone, "--epochs", 1,
-                           "--precision", "bf16", "--device", self.device, "--out", out, *self.sizes.train, *args)
+                           "--precision", "bf16", "--device", self.device, "--out", out, "--overwrite",
+                           *self.sizes.train, *args)
 
 
 def task_data(setup: Setup) -> list[Row]:

@@ -307,12 +307,15 @@ def test_an_epoch_logged_twice_counts_once(tmp_path):
 
 
 def test_a_fresh_run_in_a_reused_folder_removes_the_old_runs_results(demo_manifest, tmp_path):
+    # An earlier pairtune run in the folder (a folder that is not a run is refused: tests/test_safe_files.py),
+    # replaced with --overwrite: its probe and features describe other weights and must go.
     out = tmp_path / "pt"
     (out / "probe").mkdir(parents=True)
     (out / "probe/results.json").write_text('{"method": "pairtune", "test_acc": 0.99}')
     (out / "features/old").mkdir(parents=True)
+    (out / "run.json").write_text('{"stage": "pairtune", "finished": true, "epochs_run": 1}')
     pairtune.main(["--dataset", str(demo_manifest), "--backbone", "tiny", "--epochs", "1", "--max-seconds", "1",
-                   "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out)])
+                   "--loss", "eager", "--device", "cpu", "--num-workers", "0", "--out", str(out), "--overwrite"])
     assert not (out / "probe").exists() and not (out / "features").exists()
 
 
