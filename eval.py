@@ -41,11 +41,14 @@ the results were copied to. Test features come from the runs' feature caches (fi
 probe.py write them), else they are encoded with the run's encoder, which imports torch. Figures
 need matplotlib, and Figure 3 umap-learn (without it: t-SNE if scikit-learn is there, else PCA, and
 the figure says which); nothing else in the project imports them. Each subcommand is a
-``cmd_<name>(args) -> exit code`` function registered in ``build_parser``.
+``cmd_<name>(args) -> exit code`` function registered in ``build_parser``. Every file they write replaces
+only one that eval.py wrote and nobody changed since (outdir.write_owned); otherwise the command writes
+none of its files and exits 1 with ``error: ...``.
 """
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
@@ -55,6 +58,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+import outdir
 
 # Row order inside one backbone.  FINETUNE and PAIRTUNE are the two arms the
 # paper compares, so they always get a row (showing "–" where runs are
@@ -85,6 +90,44 @@ def print_warning(message):
 
 
 # ----------------------------------------------------------------------------------------------
+# Writing: only over eval.py's own files
+# ----------------------------------------------------------------------------------------------
+
+# Reports and tables land beside the user's files (RUNS/report/, RUNS/table.md, --out): a file there that
+# eval.py did not write, or that was edited since, is never replaced (outdir.write_owned), and a command
+# stops with `error: ...` (main) instead.
+SCRIPT = "eval.py"
+
+
+class Outputs:
+    """The files of one command, held in memory until `write`, which checks every one before writing the
+    first: a refusal leaves none of them written, not half a report."""
+
+    def __init__(self):
+        self.files = {}
+
+    def add(self, path, content):
+        self.files[Path(path)] = content
+
+    def check(self, paths=None):
+        for path in self.files if paths is None else paths:
+            outdir.check_owned(path, SCRIPT)
+
+    def write(self):
+        self.check()
+        for path, content in self.files.items():
+            outdir.write_owned(path, content, SCRIPT)
+
+
+def save(path, content, outputs=None):
+    """`content` (str or bytes) into `path`: added to `outputs`, or written now where none is given."""
+    if outputs is None:
+        outdir.write_owned(path, content, SCRIPT)
+    else:
+        outputs.add(path, content)
+
+
+# ----------------------------------------------------------------------------------------------
 # Runs on disk: one folder each, found by its run.json
 # ----------------------------------------------------------------------------------------------
 
@@ -102,17 +145,26 @@ def is_runs_own_probe(probe_dir) -> bool:
     return probe_dir.name == "probe" and (probe_dir.parent / "run.json").is_file()
 
 
+# The fields of run.json that finding and grouping runs read, and their JSON types where present.
+RUN_FIELDS = {"stage": str, "method": str, "dataset": str, "backbone": str, "args": dict}
+
+
 def read_run_json(run_dir):
-    """RUN/run.json decoded; ValueError naming the file where it is missing or not a JSON object."""
+    """RUN/run.json decoded; ValueError naming the file where it is missing, not a JSON object, or gives
+    one of RUN_FIELDS another type: no record the scripts write, and one that would stop a report later."""
     path = Path(run_dir) / "run.json"
     try:
         run = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{run_dir}: not a run folder (no run.json)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:  # "[[[[..." recurses
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(run, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(run).__name__}")
+    for field, kind in RUN_FIELDS.items():
+        if run.get(field) is not None and not isinstance(run[field], kind):
+            raise ValueError(f"{path}: not a run record ({field!r} is {type(run[field]).__name__}, "
+                             f"not {'an object' if kind is dict else 'a string'})")
     return run
 
 
@@ -523,22 +575,21 @@ def table_rows(summary):
     return rows
 
 
-def write_csv(summary, path):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in table_rows(summary):
-            # Empty std for n=1 rather than "None", so spreadsheets read it
-            # as a blank number.
-            row["std_pct"] = "" if row["std_pct"] is None else row["std_pct"]
-            writer.writerow(row)
+def write_csv(summary, path, outputs=None):
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in table_rows(summary):
+        # Empty std for n=1 rather than "None", so spreadsheets read it
+        # as a blank number.
+        row["std_pct"] = "" if row["std_pct"] is None else row["std_pct"]
+        writer.writerow(row)
+    save(path, handle.getvalue(), outputs)
 
 
-def write_json(summary, path):
+def write_json(summary, path, outputs=None):
     payload = {"legend": LEGEND, **summary}
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
+    save(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n", outputs)
 
 
 def output_paths(runs_dir, out):
@@ -626,10 +677,10 @@ def dimension_contribution(features):
 def group_runs(runs):
     """{(dataset, backbone): {"finetune": [runs], "pairtune": [runs]}}, runs ordered by fold, then seed."""
     groups = {}
-    for run in sorted(runs, key=lambda r: (r["dataset"], r["backbone"], _none_first(r["fold"]),
-                                           _none_first(r["seed"]), str(r["dir"]))):
+    for run in sorted(runs, key=lambda r: (str(r["dataset"]), r["backbone"], _none_first(r["fold"]),
+                                           _none_first(r["seed"]), str(r["dir"]))):  # str: a run.json may lack one
         groups.setdefault((run["dataset"], run["backbone"]), {arm: [] for arm in ARMS})[run["method"]].append(run)
-    return dict(sorted(groups.items()))
+    return dict(sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))))
 
 
 def repeat_name(run):
@@ -640,24 +691,50 @@ def repeat_name(run):
     return f"fold-{run['fold']}" + ("" if run["seed"] in (None, 0) else f"-seed-{run['seed']}")
 
 
-def read_log_lines(run_dir):
+def read_log_lines(run_dir, warn=print_warning, needs=()):
+    """The JSON objects of a run's log.jsonl that hold the fields `needs`. A damaged line (cut short, bytes
+    that are not text, not an object, a field missing or not a number) is left out with one warning per
+    file naming its line numbers: one bad log must not stop a report."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise ValueError(f"{path}: missing (every finetune.py or pairtune.py run writes one)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines, damaged = [], []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw.decode("utf-8"))
+            if all(isinstance(line[field], (int, float)) and math.isfinite(line[field]) for field in needs):
+                lines.append(line)
+                continue
+        except (UnicodeDecodeError, ValueError, RecursionError, TypeError, KeyError):  # TypeError: not an object
+            pass
+        damaged.append(number)
+    if damaged:
+        shown = ", ".join(map(str, damaged[:5])) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        warn(f"skipping line{'s' if len(damaged) > 1 else ''} {shown} of {path}: not a JSON object"
+             + (f" with {' and '.join(needs)}" if needs else "") + " (damaged, or cut short by a kill)")
+    return lines
 
 
-def read_log(run_dir):
-    """{epoch: valid_acc} from a run's log.jsonl. An epoch logged twice (a run killed between its log
-    line and its checkpoint, then resumed) keeps its last line: the one the run went on from."""
-    return {int(line["epoch"]): float(line["valid_acc"]) for line in read_log_lines(run_dir)}
+CURVE_FIELDS = ("epoch", "valid_acc")  # what a log line needs to be a point of Figure 2
 
 
-def valid_metric(run_dir, default: str) -> str:
-    """What a run's valid_acc measures, as log.jsonl names it: "classifier" (FineTune's head) or
+def epoch_accuracies(lines):
+    """{epoch: valid_acc} of log lines. An epoch logged twice (a run killed between its log line and its
+    checkpoint, then resumed) keeps its last line: the one the run went on from."""
+    return {int(line["epoch"]): float(line["valid_acc"]) for line in lines}
+
+
+def read_log(run_dir, warn=print_warning):
+    """{epoch: valid_acc} from a run's log.jsonl."""
+    return epoch_accuracies(read_log_lines(run_dir, warn, needs=CURVE_FIELDS))
+
+
+def valid_metric(lines, default: str) -> str:
+    """What a run's valid_acc measures, as its log.jsonl lines name it: "classifier" (FineTune's head) or
     PairTune's --select-by metric on encoder features (centroid, knn, probe); `default` for logs
     written before the field existed."""
-    lines = read_log_lines(run_dir)
     return lines[-1].get("valid_metric", default) if lines else default
 
 
@@ -927,7 +1004,7 @@ def pyplot():
     return plt
 
 
-def plot_confusion(confusion, classes, path, title, max_classes=40):
+def plot_confusion(confusion, classes, path, title, max_classes=40, outputs=None):
     """Heatmap of where each true class's clips went, as fractions of that class.
 
     The diagonal (the correct share) is greyed out and its accuracy put in the row label, so the
@@ -961,8 +1038,16 @@ def plot_confusion(confusion, classes, path, title, max_classes=40):
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class (errors; diagonal grey)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(plt, fig, path, outputs)
+
+
+def save_figure(plt, fig, path, outputs=None):
+    """The figure rendered in memory (its format from the path's suffix, as savefig would choose), then
+    saved like any other output: over eval.py's own files only."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=100)
     plt.close(fig)
+    save(path, buffer.getvalue(), outputs)
 
 
 def project_2d(features, method="auto", seed=0):
@@ -1018,7 +1103,7 @@ def class_colours(count):
     return [palette(i % palette.N) for i in range(count)]
 
 
-def plot_projection(panels, class_names, path, title):
+def plot_projection(panels, class_names, path, title, outputs=None):
     """Side-by-side 2-D scatter plots, one colour per class; panels: [(heading, coords, labels)]."""
     plt = pyplot()
     colours = class_colours(len(class_names))
@@ -1034,12 +1119,11 @@ def plot_projection(panels, class_names, path, title):
     fig.legend(handles, names, loc="lower center", ncol=min(len(class_names), 5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(class_names) - 1) // 5), 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(plt, fig, path, outputs)
 
 
 def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3, method="auto", device="auto",
-                      confusion=None, data_root=None):
+                      confusion=None, data_root=None, outputs=None):
     """Figure 3: the test features of the hardest classes, FINETUNE and PAIRTUNE side by side.
 
     The classes come from `classes` (names), else from the FINETUNE confusion (`confusion`, or the
@@ -1080,9 +1164,9 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
         drawn[arm] = {"run": str(run_dirs[arm]), "method": used,
                       "points": [[float(x), float(y), names[chosen[c]]] for (x, y), c in zip(coords, relabel)]}
     chosen_names = [names[i] for i in chosen]
-    plot_projection(panels, chosen_names, path, "Test features of the hardest classes")
+    plot_projection(panels, chosen_names, path, "Test features of the hardest classes", outputs)
     info = {"classes": chosen_names, "classes_from": source, **drawn}
-    Path(path).with_suffix(".json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    save(Path(path).with_suffix(".json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n", outputs)
     return info
 
 
@@ -1093,19 +1177,24 @@ def curve_data(groups, warn=print_warning):
     for key, arms in groups.items():
         entry = {}
         for arm, runs in arms.items():
-            per_epoch = {}
+            per_epoch, first = {}, None  # first: the first run with a curve, and its log lines
             for run in runs:
                 try:
-                    for epoch, valid_acc in read_log(run["dir"]).items():
-                        per_epoch.setdefault(epoch, []).append(100.0 * valid_acc)
-                except (OSError, ValueError, KeyError) as error:
+                    lines = read_log_lines(run["dir"], warn, needs=CURVE_FIELDS)  # read once: one warning
+                except (OSError, ValueError) as error:
                     warn(f"skipping the curve of {run['dir']}: {error}")
+                    continue
+                for epoch, valid_acc in epoch_accuracies(lines).items():
+                    per_epoch.setdefault(epoch, []).append(100.0 * valid_acc)
+                if lines and first is None:
+                    first = (run, lines)
             if not per_epoch:
                 continue
             epochs = sorted(per_epoch)
             values = [np.array(per_epoch[e]) for e in epochs]
-            name = valid_metric(runs[0]["dir"], "classifier" if arm == "finetune" else
-                                runs[0]["run"]["args"].get("select_by", "centroid"))
+            run, lines = first
+            name = valid_metric(lines, "classifier" if arm == "finetune" else
+                                (run["run"].get("args") or {}).get("select_by", "centroid"))
             metric = ("its classifier's accuracy" if name == "classifier" else
                       f"{name} accuracy of encoder features")
             entry[arm] = {"epochs": epochs, "mean": [float(v.mean()) for v in values],
@@ -1116,7 +1205,7 @@ def curve_data(groups, warn=print_warning):
     return curves
 
 
-def plot_curves(entry, path, title):
+def plot_curves(entry, path, title, outputs=None):
     """Figure 2: valid accuracy per epoch, mean line with a ± std band over runs, one line per arm."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -1130,10 +1219,10 @@ def plot_curves(entry, path, title):
                 label=f"{arm.upper()} ({curve['metric']}; n={max(curve['n'])})")
         ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-    save_line_figure(plt, fig, ax, path, "epoch", "valid accuracy (%)", title)
+    save_line_figure(plt, fig, ax, path, "epoch", "valid accuracy (%)", title, outputs)
 
 
-def save_line_figure(plt, fig, ax, path, xlabel, ylabel, title):
+def save_line_figure(plt, fig, ax, path, xlabel, ylabel, title, outputs=None):
     """The labels, grid and legend of Figure 2 and the few-shot curves, then the PNG."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -1141,8 +1230,7 @@ def save_line_figure(plt, fig, ax, path, xlabel, ylabel, title):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(plt, fig, path, outputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1170,7 +1258,7 @@ def shot_curves(runs_dir, warn=print_warning):
                 series = points.setdefault((found["dataset"], found["backbone"]), {}).setdefault(label, {})
                 series.setdefault(int(found["shots"]), []).append((repeat, results[field]))
     curves = {}
-    for key in sorted(points):
+    for key in sorted(points, key=lambda key: tuple(map(str, key))):  # a dataset may be None: no run.json field
         curves[key] = {}
         for _, _, label in SHOT_SERIES:  # in SHOT_SERIES order, so figures and files are stable
             if label in points[key]:
@@ -1181,7 +1269,7 @@ def shot_curves(runs_dir, warn=print_warning):
     return curves
 
 
-def plot_shot_curves(series, path, title):
+def plot_shot_curves(series, path, title, outputs=None):
     """Accuracy against shots per class (log x), a mean line and a ± std band per series."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -1198,22 +1286,23 @@ def plot_shot_curves(series, path, title):
     ax.set_xscale("log", base=2)
     all_shots = sorted({k for points in series.values() for k in points})
     ax.set_xticks(all_shots, [str(k) for k in all_shots])
-    save_line_figure(plt, fig, ax, path, "train clips per class (K)", "test accuracy (%)", title)
+    save_line_figure(plt, fig, ax, path, "train clips per class (K)", "test accuracy (%)", title, outputs)
 
 
-def write_shot_curves(curves, out: Path) -> list[Path]:
-    """shots-<dataset>-<backbone>.png per group (without matplotlib: none, with a note) and shots.csv."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "shots.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SHOT_CSV_COLUMNS)
-        writer.writeheader()
-        for (dataset, backbone), series in curves.items():
-            for label, points in series.items():
-                for shots, cell in points.items():
-                    writer.writerow({"dataset": dataset, "backbone": backbone, "series": label, "shots": shots,
-                                     "n": cell["n"], "mean_pct": cell["mean"],
-                                     "std_pct": "" if cell["std"] is None else cell["std"],
-                                     "seeds": " ".join(map(str, cell["seeds"]))})
+def write_shot_curves(curves, out: Path, outputs) -> list[Path]:
+    """shots-<dataset>-<backbone>.png per group (without matplotlib: none, with a note) and shots.csv,
+    into `outputs`."""
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=SHOT_CSV_COLUMNS)
+    writer.writeheader()
+    for (dataset, backbone), series in curves.items():
+        for label, points in series.items():
+            for shots, cell in points.items():
+                writer.writerow({"dataset": dataset, "backbone": backbone, "series": label, "shots": shots,
+                                 "n": cell["n"], "mean_pct": cell["mean"],
+                                 "std_pct": "" if cell["std"] is None else cell["std"],
+                                 "seeds": " ".join(map(str, cell["seeds"]))})
+    outputs.add(out / "shots.csv", handle.getvalue())
     figures = []
     try:
         pyplot()
@@ -1222,7 +1311,7 @@ def write_shot_curves(curves, out: Path) -> list[Path]:
         return figures
     for key, series in curves.items():
         path = out / f"shots-{group_stem(key)}.png"
-        plot_shot_curves(series, path, f"Test accuracy against shots per class: {group_name(key)}")
+        plot_shot_curves(series, path, f"Test accuracy against shots per class: {group_name(key)}", outputs)
         figures.append(path)
     return figures
 
@@ -1273,7 +1362,7 @@ def cmd_geometry(args):
             print("| " + " | ".join([name] + [shown(r[f]) for f in ("top1", "top2", "top3", "dims50", "dims80",
                                                                       "dims90", "signed_top1", "signed_top3")]) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        save(args.json, json.dumps(rows, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -1292,7 +1381,7 @@ def cmd_geometry_runs(args):
     print(GEOMETRY_LEGEND)
     if args.json:
         payload = by_name({key: {arm: dict(rows) for arm, rows in arms.items()} for key, arms in geometry.items()})
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        save(args.json, json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -1328,31 +1417,35 @@ def cmd_confusion(args):
     print(describe_confusion(confusion, classes, args.top, pairs, triplets))
     first_run = Path(args.runs[0])
     out = Path(args.out) if args.out else first_run if first_run.is_dir() else first_run.parent
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = Outputs()
+    outputs.check([out / "confusion.json", out / "confusion.png"])
     summary = {"classes": classes, "confusion": confusion.astype(int).tolist(),
                "pairs": [[int(m), classes[a], classes[b]] for m, a, b in pairs],
                "triplets": [[int(m), classes[a], classes[b], classes[c]] for m, a, b, c in triplets]}
-    (out / "confusion.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    outputs.add(out / "confusion.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     try:
-        plot_confusion(confusion, classes, out / "confusion.png", label)
+        plot_confusion(confusion, classes, out / "confusion.png", label, outputs=outputs)
     except MissingPackage as error:
+        outputs.write()  # the numbers, without their figure
         print(f"error: {error}", file=sys.stderr)
         return 1
+    outputs.write()
     print(f"wrote {out / 'confusion.json'}, {out / 'confusion.png'}", file=sys.stderr)
     return 0
 
 
 def cmd_umap(args):
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out, outputs = Path(args.out), Outputs()
+    outputs.check([out, out.with_suffix(".json")])  # before encoding anything, as pyplot()
     try:
         pyplot()  # fail before encoding anything
         info = projection_figure(args.finetune, args.pairtune, out, classes, args.triplets, args.method, args.device,
-                                 data_root=args.data_root)
+                                 data_root=args.data_root, outputs=outputs)
     except (MissingPackage, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    outputs.write()
     print(f"classes: {', '.join(info['classes'])} (from {info['classes_from']})")
     print(f"projection: FINETUNE {info['finetune']['method']}, PAIRTUNE {info['pairtune']['method']}")
     print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
@@ -1365,7 +1458,10 @@ def cmd_curves(args):
         if not curves:
             print(f"error: no finished few-shot (--shots) runs under {args.runs_dir}", file=sys.stderr)
             return 1
-        for path in write_shot_curves(curves, Path(args.out)):
+        outputs = Outputs()
+        figures = write_shot_curves(curves, Path(args.out), outputs)
+        outputs.write()
+        for path in figures:
             print(f"wrote {path}")
         print(f"wrote {Path(args.out) / 'shots.csv'}")
         return 0
@@ -1378,13 +1474,14 @@ def cmd_curves(args):
     if not curves:
         print(f"error: no finished finetune/pairtune runs with a log.jsonl under {args.runs_dir}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for key, entry in curves.items():
-        path = out / f"curves-{group_stem(key)}.png"
-        plot_curves(entry, path, f"Valid accuracy per epoch: {group_name(key)}")
+    out, outputs = Path(args.out), Outputs()
+    figures = [out / f"curves-{group_stem(key)}.png" for key in curves]
+    for (key, entry), path in zip(curves.items(), figures):
+        plot_curves(entry, path, f"Valid accuracy per epoch: {group_name(key)}", outputs)
+    outputs.add(out / "curves.json", json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n")
+    outputs.write()
+    for path in figures:
         print(f"wrote {path}")
-    (out / "curves.json").write_text(json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 
 
@@ -1395,25 +1492,29 @@ def cmd_report(args):
     if not runs_dir.is_dir():
         print(f"error: runs directory {runs_dir} does not exist", file=sys.stderr)
         return 1
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = Outputs()  # written together at the end; a refusal leaves the last report whole
     md = [f"# AudioConFit report: {runs_dir}", ""]
 
     # Table 2
     results = collect_results(runs_dir)
+    knn = any(r.get("knn_test_acc") is not None for r in results)
+    # The user's own report.md or table is refused now, before the long part (every run's test features).
+    tables = (["table"] if results else []) + (["table-knn"] if knn else [])
+    outputs.check([out / "report.md"] + [out / (stem + ext) for stem in tables for ext in (".md", ".csv", ".json")])
     if results:
         summary = summarise(results)
         table = format_table(summary)
         print(table, end="")
-        (out / "table.md").write_text(table, encoding="utf-8")
-        write_csv(summary, out / "table.csv")
-        write_json(summary, out / "table.json")
+        outputs.add(out / "table.md", table)
+        write_csv(summary, out / "table.csv", outputs)
+        write_json(summary, out / "table.json", outputs)
         md += ["## Table 2: test accuracy", "", table, "Also as [CSV](table.csv) and [JSON](table.json).", ""]
-        if any(r.get("knn_test_acc") is not None for r in results):
+        if knn:
             both = summarise_probe(results, "both")
             table = format_table(both)
-            (out / "table-knn.md").write_text(table, encoding="utf-8")
-            write_csv(both, out / "table-knn.csv")
-            write_json(both, out / "table-knn.json")
+            outputs.add(out / "table-knn.md", table)
+            write_csv(both, out / "table-knn.csv", outputs)
+            write_json(both, out / "table-knn.json", outputs)
             md += ["## Table 2 with the k-NN probe beside the linear one", "", table,
                    "Also as [CSV](table-knn.csv) and [JSON](table-knn.json).", ""]
     else:
@@ -1428,7 +1529,7 @@ def cmd_report(args):
                *[f"- `{run}`" for run in runs], ""]
     few_shot = shot_curves(runs_dir, warn=lambda _: None)  # run_all.sh with SHOTS
     if few_shot:
-        pictures = write_shot_curves(few_shot, out)
+        pictures = write_shot_curves(few_shot, out, outputs)
         md += ["## Few-shot learning curves: test accuracy against train clips per class", "",
                *[f"![{path.stem}]({path.name})" for path in pictures],
                "", "Numbers (mean ± std over seeds, n per point): [shots.csv](shots.csv).", ""]
@@ -1444,10 +1545,10 @@ def cmd_report(args):
     groups = group_runs(find_runs(runs_dir))
     geometry = geometry_of_runs(groups, args.device, args.data_root)
     curves = curve_data(groups)
-    (out / "curves.json").write_text(json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "geometry.json").write_text(json.dumps(
+    outputs.add(out / "curves.json", json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n")
+    outputs.add(out / "geometry.json", json.dumps(
         by_name({key: {arm: dict(rows) for arm, rows in arms.items()} for key, arms in geometry.items()}),
-        indent=2) + "\n", encoding="utf-8")
+        indent=2) + "\n")
 
     for (dataset, backbone_name), arms in groups.items():
         name, stem = group_name((dataset, backbone_name)), group_stem((dataset, backbone_name))
@@ -1473,12 +1574,13 @@ def cmd_report(args):
                    describe_confusion(confusion, classes), "```", ""]
             if figures:
                 png = f"confusion-{stem}-{arm}.png"
-                plot_confusion(confusion, classes, out / png, f"{arm.upper()} {name}, {len(runs)} run(s)")
+                plot_confusion(confusion, classes, out / png, f"{arm.upper()} {name}, {len(runs)} run(s)",
+                               outputs=outputs)
                 md += [f"![{arm} confusion]({png})", ""]
 
         if figures and (dataset, backbone_name) in curves:
             png = f"curves-{stem}.png"
-            plot_curves(curves[(dataset, backbone_name)], out / png, f"Valid accuracy per epoch: {name}")
+            plot_curves(curves[(dataset, backbone_name)], out / png, f"Valid accuracy per epoch: {name}", outputs)
             md += ["### Convergence (Figure 2)", "", f"![curves]({png})",
                    "FINETUNE's valid accuracy is its classifier's; PAIRTUNE's is its selection metric on "
                    "encoder features (see log.jsonl). Numbers in [curves.json](curves.json).", ""]
@@ -1491,7 +1593,8 @@ def cmd_report(args):
             try:
                 info = projection_figure(run_of("finetune")["dir"], run_of("pairtune")["dir"], out / png,
                                          triplets=args.triplets, device=args.device,
-                                         confusion=confusions.get("finetune"), data_root=args.data_root)
+                                         confusion=confusions.get("finetune"), data_root=args.data_root,
+                                         outputs=outputs)
                 md += ["### Hardest classes (Figure 3)", "",
                        f"![projection]({png})",
                        f"{pick}; classes: {', '.join(info['classes'])}, from {info['classes_from']} "
@@ -1500,7 +1603,8 @@ def cmd_report(args):
                 print(f"warning: no projection figure for {name}: {error}", file=sys.stderr)
                 md += [f"No projection figure: {error}", ""]
 
-    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    outputs.add(out / "report.md", "\n".join(md) + "\n")
+    outputs.write()
     print(f"wrote {out / 'report.md'}", file=sys.stderr)
     return 0
 
@@ -1808,6 +1912,8 @@ def cmd_table(args):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    outputs = Outputs()
+    outputs.check([md_path, csv_path, json_path])  # before the table is printed: a refusal prints only why
 
     results = collect_results(runs_dir)
     if not results:
@@ -1821,10 +1927,10 @@ def cmd_table(args):
     table = format_table(summary)
     print(table, end="")
 
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(table, encoding="utf-8")
-    write_csv(summary, csv_path)
-    write_json(summary, json_path)
+    outputs.add(md_path, table)
+    write_csv(summary, csv_path, outputs)
+    write_json(summary, json_path, outputs)
+    outputs.write()
     # Status goes to stderr so stdout stays pure markdown for piping.
     print(f"wrote {md_path}, {csv_path}, {json_path} ({len(results)} runs)", file=sys.stderr)
     return 0
@@ -1954,7 +2060,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except outdir.Refused as error:  # a file eval.py would write over is not its own
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -38,12 +38,26 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
+import outdir
 from data import PREPARE_COMMANDS, SPLITS, Clip, DataError, carve_valid, check_audio
 
 
 # ----------------------------------------------------------------------------------------------
 # Checking and writing
 # ----------------------------------------------------------------------------------------------
+
+# OUT may be a folder of the user's (--out anywhere): every file written there replaces only one that
+# prepare.py wrote and nobody changed since (outdir.write_owned), else outdir.Refused, `error: ...`.
+SCRIPT = "prepare.py"
+PREPARED = ("manifest.csv", "summary.json")  # what every dataset writes into OUT
+
+
+def check_out(out_dir: Path):
+    """Refused where OUT holds a manifest.csv or summary.json that prepare.py did not write (or that was
+    changed since): checked before any audio is read or written, so a refusal costs nothing."""
+    for name in PREPARED:
+        outdir.check_owned(out_dir / name, SCRIPT)
+
 
 def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, notes: dict,
                    skip_bad: bool = False, extra_columns=()) -> dict:
@@ -53,6 +67,7 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
     messages) and any of `extra_columns`. expected: {check name: expected value}; the found values
     come from `dataset_facts`, and every mismatch is printed as a loud warning and recorded.
     """
+    check_out(out_dir)
     start = time.time()
     kept, skipped, silent, seconds_per_split, sample_rates = [], [], [], Counter(), Counter()
     for row in tqdm(rows, desc=f"{name}: checking audio", unit="file", disable=None):
@@ -95,9 +110,7 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
         "notes": notes,
         "seconds_to_prepare": round(time.time() - start, 1),
     }
-    partial = out_dir / "summary.json.partial"  # written whole, then renamed, like the manifest
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    partial.replace(out_dir / "summary.json")
+    outdir.write_owned(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n", SCRIPT)
 
     rates = ", ".join(f"{rate} Hz ({count})" for rate, count in sorted(sample_rates.items()))
     print(f"{name}: wrote {out_dir / 'manifest.csv'} and summary.json")
@@ -144,16 +157,14 @@ def dataset_facts(rows: list[dict]) -> dict:
 
 
 def write_manifest(out_dir: Path, rows: list[dict], extra_columns=()) -> Path:
-    """Write OUT/manifest.csv through a temporary file, so an interrupted prepare leaves no half file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write OUT/manifest.csv whole (write_owned goes through a temporary file, so an interrupted prepare
+    leaves no half file), over none but prepare.py's own."""
     manifest = out_dir / "manifest.csv"
-    partial = out_dir / "manifest.csv.partial"
-    with open(partial, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "split", *extra_columns],
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(manifest)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["path", "label", "split", *extra_columns], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    outdir.write_owned(manifest, text.getvalue(), SCRIPT)
     return manifest
 
 
@@ -198,7 +209,8 @@ def download_gtzan_lists(out_dir: Path, base_url: str = GTZAN_SPLIT_URL) -> Path
     import urllib.request  # only needed on this path
 
     target = out_dir / "splits"
-    target.mkdir(parents=True, exist_ok=True)
+    for file in GTZAN_SPLIT_FILES.values():  # all three before the first download
+        outdir.check_owned(target / file, SCRIPT)
     for split, file in GTZAN_SPLIT_FILES.items():
         url = base_url.format(file=file)
         print(f"gtzan: no --splits given, downloading {url}")
@@ -213,7 +225,7 @@ def download_gtzan_lists(out_dir: Path, base_url: str = GTZAN_SPLIT_URL) -> Path
         if hashlib.md5(canonical_gtzan_list(text).encode()).hexdigest() != GTZAN_SPLIT_MD5[split]:
             raise DataError(f"{url}: the downloaded list is not the published fault-filtered split "
                             "(MD5 mismatch); pass a verified copy with --splits DIR.")
-        (target / file).write_text(text)
+        outdir.write_owned(target / file, text, SCRIPT)
     return target
 
 
@@ -712,16 +724,24 @@ def synthesize_demo_clip(kind: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wave, -1, 1).astype(np.float32)
 
 
+def wav_bytes(samples: np.ndarray, rate: int, subtype: str) -> bytes:
+    """A WAV file in memory, for write_owned (which writes whole files over prepare.py's own only)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, subtype=subtype, format="WAV")
+    return buffer.getvalue()
+
+
 def prepare_demo(out_dir: Path, per_split=(("train", 24), ("valid", 8), ("test", 8)), seed: int = 0):
     """10 classes of procedural sounds, 16 kHz mono WAV, deterministic given the seed."""
+    check_out(out_dir)
     rng = np.random.default_rng(seed)
     rows = []
     for split, count in per_split:
         for kind in DEMO_CLASSES:
             for n in range(count):
                 relative = f"audio/{split}/{kind}_{n:03d}.wav"
-                (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-                sf.write(out_dir / relative, synthesize_demo_clip(kind, rng), DEMO_RATE, subtype="PCM_16")
+                clip = wav_bytes(synthesize_demo_clip(kind, rng), DEMO_RATE, "PCM_16")
+                outdir.write_owned(out_dir / relative, clip, SCRIPT)
                 rows.append({"path": absolute(out_dir / relative), "label": kind, "split": split,
                              "where": relative})
     expected = {"clips": 40 * len(DEMO_CLASSES), "classes": len(DEMO_CLASSES)}
@@ -851,7 +871,7 @@ def write_hf_clip(audio: dict, kind, stem: Path, folder: Path | None, where: str
         if subtype is None:  # any other type as 64-bit float, which holds the narrower ones exactly
             samples, subtype = samples.astype(np.float64), "DOUBLE"
         target = stem.with_suffix(".wav")
-        sf.write(target, samples, int(audio["sampling_rate"]), subtype=subtype)
+        outdir.write_owned(target, wav_bytes(samples, int(audio["sampling_rate"]), subtype), SCRIPT)
         return absolute(target), True
     data, name = audio.get("bytes"), audio.get("path")
     if data is None and name and folder is not None:
@@ -866,7 +886,7 @@ def write_hf_clip(audio: dict, kind, stem: Path, folder: Path | None, where: str
     except Exception:  # not audio libsndfile knows
         suffix = Path(name or "").suffix or ".bin"
     target = stem.with_suffix(suffix)
-    target.write_bytes(data)
+    outdir.write_owned(target, data, SCRIPT)
     return absolute(target), True
 
 
@@ -916,13 +936,13 @@ def prepare_hf(path: str, out_dir: Path, audio_column: str = "audio", label_colu
             dataset = dataset.cast_column(audio_column, hf.Audio(decode=False))  # the stored bytes, undecoded
         readers[name] = (dataset, count, kind, getattr(features[label_column], "int2str", None))
     # An earlier manifest must not outlive the audio files this run rewrites: until the new one is
-    # written (last, as a whole), OUT has none.
-    for old in ("manifest.csv", "summary.json"):
-        (out_dir / old).unlink(missing_ok=True)
+    # written (last, as a whole), OUT has none. Only prepare.py's own are removed; a user's stops us here.
+    check_out(out_dir)
+    for old in PREPARED:
+        outdir.remove_owned(out_dir / old)
     rows, written, numbers = [], 0, Counter()
     for name, (dataset, count, kind, label_names) in readers.items():
         split = mapping[name]
-        (out_dir / "audio" / split).mkdir(parents=True, exist_ok=True)
         for i, example in enumerate(tqdm(dataset, total=count, desc=f"hf: {name} -> {split}", unit="clip",
                                          disable=None)):
             where = f"{path}, split {name}, example {i}"
@@ -1021,6 +1041,7 @@ def main(argv=None):
         prepare.error(f"--root {root} is not a folder")
     splits = Path(args.splits) if args.splits else None
     try:
+        check_out(out_dir)  # the user's own manifest.csv or summary.json: refused before any work
         if args.name == "demo":
             prepare_demo(out_dir, seed=args.seed)
         elif args.name == "gtzan":
@@ -1038,7 +1059,7 @@ def main(argv=None):
         elif args.name == "hf":
             prepare_hf(args.path, out_dir, args.audio_column, args.label_column, args.split_map, args.fold_column,
                        args.skip_bad)
-    except DataError as error:
+    except (DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
 
 
