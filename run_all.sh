@@ -23,8 +23,10 @@
 # (the loops below), done or not. Results go to RUNS/<dataset>/<backbone>/<method>/<seed-N|fold-N>/;
 # a job whose results exist is skipped, an interrupted one resumes from its checkpoint, a failed one
 # leaves job.log and job.rc in its folder and the grid goes on. A lock file in the run folder (host,
-# process id, Slurm job id) keeps two runners (a retry, two array tasks) off the same job at once; the
-# lock of a runner that is gone (its process on this host, or its Slurm job) is taken over.
+# process id and start time, Slurm job id) keeps two runners (a retry, two array tasks) off the same job
+# at once; the lock of a runner that is gone (its process on this host, or its Slurm job) is taken over.
+# A job left undone because another runner holds it is a failure of this runner too (exit status 1).
+# Values from the environment are checked (numbers are numbers) or quoted: none is ever run as shell.
 #
 # Few-shot curves (SHOTS set): every job runs once per K in SHOTS with --shots K (K train clips per class,
 # drawn with the seed; valid and test whole), into RUNS/<dataset>/<backbone>/<method>/shots-K/<repeat>/,
@@ -36,7 +38,12 @@
 # repeats); then every seed or fold of the grid runs at the batch size whose valid accuracy was best
 # for that dataset, backbone and arm (test is never read for it). Those jobs come first in the list.
 set -uo pipefail  # not -e: one failed job must not stop the grid
+set -f  # no globbing: a word of a value from the environment (EXTRA_ARGS='*') is never a file name pattern
 cd "$(dirname "$0")"
+# This runner's own state, never read from the environment: bash's arithmetic would run a command
+# substitution in a value found there (GRID_NOT_RUN='PWD[$(cmd)]').
+GRID_NOT_RUN=0 SEARCH_JOBS=0 LOCKED_ELSEWHERE=0 LOCK_HOLDER= LOCK_LINE= SLOT_FD= ALIVE_FD= LAST_LINE=
+LOCKED_BY=()  # job number -> the holder of the lock that kept this runner from it
 
 usage="usage: bash run_all.sh [--quick] [--list | --job N | --parallel K | --plan | --report | --count [search]]"
 QUICK=0 MODE=sequential JOB= PARALLEL=1 COUNT_WHAT=all QUICK_FLAG=()
@@ -73,9 +80,6 @@ if (( QUICK )); then
   # A randomly initialised 32-wide model learns nothing in a few epochs at the paper's 5e-5; both
   # arms get the same larger rate, batch and crop.
   EXTRA_ARGS=${EXTRA_ARGS:-"--lr 1e-3 --max-seconds 2 --batch-size 32"}
-  if [[ ! -f "$CONFIT_DATA/demo/manifest.csv" && $MODE != count && $MODE != list ]]; then
-    "$PYTHON" prepare.py demo --out "$CONFIT_DATA/demo" || exit 1
-  fi
 else
   DATASETS=${DATASETS:-"timit esc50 gtzan mswc-s mswc-i emodb"}
   BACKBONES=${BACKBONES:-"wav2vec2 hubert wavlm"}
@@ -93,6 +97,50 @@ RUNS=${RUNS%/}  # runs/ would put runs/-search inside RUNS, where the table woul
 SEARCH_RUNS=${SEARCH_RUNS:-$RUNS-search}
 SEARCH_RUNS=${SEARCH_RUNS%/}
 
+# ---------------- the environment's values: numbers checked, word lists split without globs ----------------
+# Every value that reaches a job's command line is checked here, and quoted (printf %q) where the line is
+# built: no shell metacharacter in it is ever run, by this script or by whoever runs a --list line.
+shown() {  # a value on one line, for a message: newlines as \n, other control characters as ?
+  local text=${1//$'\n'/\\n}
+  echo "${text//[[:cntrl:]]/?}"
+}
+bad_value() {  # variable name, what its value is not: one line, and stop
+  echo "error: $1: '$(shown "${!1}")' is not $2" >&2
+  exit 2
+}
+words_of() {  # variable name, array name: the value split at blanks (no globs; quotes, $ and ` stay as they are)
+  read -r -d '' -a "$2" <<< "${!1}"
+  return 0  # read's status is 1 at the end of its input
+}
+list_of() {  # variable name, array name, pattern of each word, what the list must be
+  local -a words
+  local word
+  words_of "$1" words
+  for word in ${words[@]+"${words[@]}"}; do [[ $word =~ $3 ]] || bad_value "$1" "$4"; done
+  words_of "$1" "$2"
+}
+list_of SEEDS SEED_LIST '^(0|[1-9][0-9]*)$' "a list of integers (0, 1, ...)"
+list_of FOLDS FOLD_LIST '^(0|[1-9][0-9]*)$' "a list of integers (0, 1, ...)"
+list_of BATCH_SIZES BATCH_LIST '^[1-9][0-9]*$' "a list of positive integers"
+list_of SHOTS SHOT_LIST '^[1-9][0-9]*$' "a list of positive integers"
+[[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || bad_value EPOCHS "a positive integer"
+# Names (and manifest paths) are quoted into the commands; a control character would break the job list's
+# one-line-a-run files (--list, eval.py done --print), as in RUNS and SEARCH_RUNS.
+list_of DATASETS DATASET_LIST '^[^[:cntrl:]]+$' "a list of names without control characters"
+list_of BACKBONES BACKBONE_LIST '^[^[:cntrl:]]+$' "a list of names without control characters"
+list_of FOLD_DATASETS FOLD_DATASET_LIST '^[^[:cntrl:]]+$' "a list of names without control characters"
+for name in RUNS SEARCH_RUNS; do
+  [[ ${!name} == *[[:cntrl:]]* ]] && bad_value "$name" "a folder name without control characters (newline, tab, ...)"
+done
+[[ -n ${SLURM_JOB_ID:-} && ! $SLURM_JOB_ID =~ ^[0-9]+$ ]] && bad_value SLURM_JOB_ID "a Slurm job id (digits)"  # locks
+words_of EXTRA_ARGS EXTRA_LIST  # word lists: each word quoted into the command as it is
+words_of PROBE_ARGS PROBE_LIST
+# PYTHON, CONFIT_DATA: one word each, quoted wherever used.
+
+if (( QUICK )) && [[ ! -f "$CONFIT_DATA/demo/manifest.csv" && $MODE != count && $MODE != list ]]; then
+  "$PYTHON" prepare.py demo --out "$CONFIT_DATA/demo" || exit 1
+fi
+
 # ---------------- the grid: one entry per job, in a stable order ----------------
 JOB_OUT=() JOB_COMMAND=() JOB_ABOUT=() JOB_CELL=()
 add_job() {  # run folder, description, command (one line of shell, runnable as it is)
@@ -100,61 +148,73 @@ add_job() {  # run folder, description, command (one line of shell, runnable as 
   local fold=; [[ $repeat == fold-* ]] && fold=${repeat#fold-}
   JOB_CELL+=("$(printf '%s\t' "$dataset" "$backbone" "$arm" "$EPOCHS")$fold")  # for --plan
 }
-arm_command() {  # arm, run folder, arguments...: the arm's scripts as one line of shell
-  local arm=$1 out=$2; shift 2
-  local args; args=$(printf ' %q' "$@" --out "$out" --resume)
-  if [[ $arm == frozen ]]; then  # probe.py takes no training arguments: its own (PROBE_ARGS), no --resume
-    echo "$(printf %q "$PYTHON") probe.py$(printf ' %q' "$@" --out "$out")"
+BATCH_WORD=$'\n@batch@'  # an argument no value from the environment can be (those have no newline)
+quoted() {  # words -> each quoted for the shell, a space before each; BATCH_WORD becomes "$batch" (the
+            # searched batch size, read when the job starts)
+  local word
+  for word; do if [[ $word == "$BATCH_WORD" ]]; then printf ' "$batch"'; else printf ' %q' "$word"; fi; done
+}
+arm_command() {  # arm, run folder, arguments...: the arm's scripts as one line of shell, every word quoted
+  local arm=$1 out=$2 python; shift 2
+  python=$(printf %q "$PYTHON")
+  # --resume everywhere: a finished run (or probe) is left as it is, an unfinished one goes on or starts again
+  if [[ $arm == frozen ]]; then  # probe.py takes no training arguments: its own (PROBE_ARGS)
+    echo "$python probe.py$(quoted "$@" --out "$out" --resume)"
   elif [[ $arm == finetune ]]; then
-    echo "$(printf %q "$PYTHON") finetune.py$args"
+    echo "$python finetune.py$(quoted "$@" --out "$out" --resume)"
   else
-    echo "$(printf %q "$PYTHON") pairtune.py$args && $(printf %q "$PYTHON") probe.py --ckpt $(printf %q "$out")"
+    echo "$python pairtune.py$(quoted "$@" --out "$out" --resume) && $python probe.py$(quoted --ckpt "$out" --resume)"
   fi
 }
 repeats_of() {  # dataset -> its repeats: fold-K for fold datasets, else seed-N
-  local r
-  if [[ " $FOLD_DATASETS " == *" $1 "* ]]; then for r in $FOLDS; do echo "fold-$r"; done
-  else for r in $SEEDS; do echo "seed-$r"; done; fi
+  local d r
+  for d in ${FOLD_DATASET_LIST[@]+"${FOLD_DATASET_LIST[@]}"}; do
+    if [[ $d == "$1" ]]; then
+      for r in ${FOLD_LIST[@]+"${FOLD_LIST[@]}"}; do echo "fold-$r"; done
+      return
+    fi
+  done
+  for r in ${SEED_LIST[@]+"${SEED_LIST[@]}"}; do echo "seed-$r"; done
 }
-split_args() {  # repeat -> the scripts' arguments for it
-  if [[ $1 == fold-* ]]; then echo "--seed 0 --fold ${1#fold-}"; else echo "--seed ${1#seed-}"; fi
+split_args() {  # repeat -> SPLIT_ARGS, the scripts' arguments for it
+  if [[ $1 == fold-* ]]; then SPLIT_ARGS=(--seed 0 --fold "${1#fold-}"); else SPLIT_ARGS=(--seed "${1#seed-}"); fi
 }
 
 for pass in search grid; do
-  [[ $pass == search && -z $BATCH_SIZES ]] && continue
-  shot_list=${SHOTS:-all} arms="finetune pairtune"
-  if [[ $pass == search ]]; then shot_list=all  # the search runs on whole train sets
-  elif [[ -n $SHOTS ]]; then arms+=" frozen"; fi
-  for dataset in $DATASETS; do
+  [[ $pass == search && ${#BATCH_LIST[@]} == 0 ]] && continue
+  shot_list=(all) arms=(finetune pairtune)
+  if [[ $pass == grid && ${#SHOT_LIST[@]} -gt 0 ]]; then  # the grid only: the search runs on whole train sets
+    shot_list=("${SHOT_LIST[@]}") arms+=(frozen)
+  fi
+  for dataset in ${DATASET_LIST[@]+"${DATASET_LIST[@]}"}; do
     mapfile -t repeats < <(repeats_of "$dataset")
-    for backbone in $BACKBONES; do
+    for backbone in ${BACKBONE_LIST[@]+"${BACKBONE_LIST[@]}"}; do
       name="${backbone//\//_}"
-      for shots in $shot_list; do
+      for shots in "${shot_list[@]}"; do
         shot_dir= shot_args=()
         [[ $shots != all ]] && shot_dir=shots-$shots/ shot_args=(--shots "$shots")
-        for repeat in "${repeats[@]}"; do
-          # shellcheck disable=SC2086  # EXTRA_ARGS and split_args are word lists
-          common=(--dataset "$dataset" --backbone "$backbone" --epochs "$EPOCHS" $(split_args "$repeat") $EXTRA_ARGS
-                  ${shot_args[@]+"${shot_args[@]}"})
-          for arm in $arms; do
+        for repeat in ${repeats[@]+"${repeats[@]}"}; do
+          split_args "$repeat"
+          common=(--dataset "$dataset" --backbone "$backbone" --epochs "$EPOCHS" "${SPLIT_ARGS[@]}"
+                  ${EXTRA_LIST[@]+"${EXTRA_LIST[@]}"} ${shot_args[@]+"${shot_args[@]}"})
+          for arm in "${arms[@]}"; do
             out="$RUNS/$dataset/$name/$arm/$shot_dir$repeat"
             if [[ $arm == frozen ]]; then  # the pre-trained encoder, frozen, probed on the same K clips
-              # shellcheck disable=SC2086  # PROBE_ARGS and split_args are word lists
               add_job "$out" "frozen probe $dataset $backbone $shot_dir$repeat" "$(arm_command frozen "$out" \
-                --ckpt "$backbone" --dataset "$dataset" $(split_args "$repeat") "${shot_args[@]}" $PROBE_ARGS)"
+                --ckpt "$backbone" --dataset "$dataset" "${SPLIT_ARGS[@]}" "${shot_args[@]}" \
+                ${PROBE_LIST[@]+"${PROBE_LIST[@]}"})"
             elif [[ $pass == search ]]; then  # the first seed or fold only, at every batch size
               [[ $repeat != "${repeats[0]}" ]] && continue
-              for batch in $BATCH_SIZES; do
+              for batch in "${BATCH_LIST[@]}"; do
                 out="$SEARCH_RUNS/$dataset/$name/$arm/batch-$batch/$repeat"
                 add_job "$out" "search $arm $dataset $backbone $repeat batch $batch" \
                   "$(arm_command "$arm" "$out" "${common[@]}" --batch-size "$batch")"
               done
-            elif [[ -n $BATCH_SIZES ]]; then  # the batch size the search chose, read when the job starts
+            elif (( ${#BATCH_LIST[@]} )); then  # the batch size the search chose, read when the job starts
               chooser="$(printf %q "$PYTHON") eval.py best-batch"
-              chooser+=" $(printf %q "$SEARCH_RUNS/$dataset/$name/$arm") $BATCH_SIZES"
-              command=$(arm_command "$arm" "$out" "${common[@]}" --batch-size @BATCH@)
+              chooser+="$(printf ' %q' "$SEARCH_RUNS/$dataset/$name/$arm" "${BATCH_LIST[@]}")"
               add_job "$out" "$arm $dataset $backbone $shot_dir$repeat (searched batch size)" \
-                "batch=\$($chooser) && ${command//@BATCH@/\"\$batch\"}"
+                "batch=\$($chooser) && $(arm_command "$arm" "$out" "${common[@]}" --batch-size "$BATCH_WORD")"
             else
               add_job "$out" "$arm $dataset $backbone $shot_dir$repeat" "$(arm_command "$arm" "$out" "${common[@]}")"
             fi
@@ -165,7 +225,6 @@ for pass in search grid; do
   done
   [[ $pass == search ]] && SEARCH_JOBS=${#JOB_OUT[@]}
 done
-SEARCH_JOBS=${SEARCH_JOBS:-0}
 N_JOBS=${#JOB_OUT[@]}
 
 # done = the run marked finished with its results written (eval.py's rule; for PairTune: its probe too)
@@ -173,11 +232,31 @@ is_done() { "$PYTHON" eval.py done "$1"; }
 done_of_all() { (( N_JOBS )) && "$PYTHON" eval.py done --print "${JOB_OUT[@]}"; }  # the done ones, a line each
 
 # ---------------- one job: skip if done, lock its folder, log, keep the exit status ----------------
-alive() {  # process id -> 0 if it runs (a zombie, killed but not yet reaped, does not)
-  local state=
-  kill -0 "$1" 2>/dev/null || [[ -e /proc/$1 ]] || return 1  # /proc: another user's process (kill: EPERM)
-  [[ -r /proc/$1/stat ]] && read -r _ _ state _ < "/proc/$1/stat"
-  [[ $state != Z ]]
+# RUN/.lock is one line, HOST PID START [SLURM_JOB_ID], START being the process's start time (field 22 of
+# /proc/PID/stat, clock ticks after boot): a recycled process id is not the runner. outdir.py's
+# FolderLock reads and writes the same file by the same rules, and a script this runner starts finds
+# its runner (an ancestor) named in it and goes on under it.
+proc_start() {  # process id -> its start time (field 22 of /proc/PID/stat); fails if it is gone or a zombie
+  local stat= fields
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  read -r -d '' stat 2>/dev/null < "/proc/$1/stat"
+  [[ $stat == *")"* ]] || return 1
+  read -r -a fields <<< "${stat##*)}"  # after the last ')': the command name may hold spaces and ')'
+  [[ ${fields[0]:-Z} != [ZX] && ${fields[19]:-} =~ ^[0-9]+$ ]] || return 1  # fields[0] is field 3, the state
+  echo "${fields[19]}"
+}
+parse_lock() {  # a lock's text -> LOCK_FIELDS (host, pid, start[, Slurm job id]); fails if it is not such a line
+  read -r -d '' -a LOCK_FIELDS <<< "$1"
+  [[ ${#LOCK_FIELDS[@]} == [34] && ${LOCK_FIELDS[1]} =~ ^[0-9]+$ && ${LOCK_FIELDS[2]} =~ ^[0-9]+$ ]]
+}
+holder_of() {  # a lock's host, pid, start[, Slurm job id] -> its runner in words (on this host: when it started)
+  local text="process $2 on $1${4:+ (Slurm job $4)}, start $3" boot tick when
+  if [[ $1 == "$(hostname)" ]]; then  # ticks since boot -> a wall-clock time
+    boot=$(awk '$1 == "btime" { print $2 }' /proc/stat 2>/dev/null) tick=$(getconf CLK_TCK 2>/dev/null)
+    if [[ $boot =~ ^[0-9]+$ && $tick =~ ^[1-9][0-9]*$ ]] &&
+       when=$(date -d "@$(( boot + 10#$3 / tick ))" '+%F %T' 2>/dev/null); then text+=" ($when)"; fi
+  fi
+  echo "$text"
 }
 slurm_job_gone() {  # Slurm job id -> 0 if Slurm says it no longer runs or waits (a node lost, scancel -9)
   local listed
@@ -186,53 +265,73 @@ slurm_job_gone() {  # Slurm job id -> 0 if Slurm says it no longer runs or waits
   if listed=$(squeue -h --jobs="$1" -o %A 2>&1); then ! grep -qx -- "$1" <<< "$listed"
   else [[ $listed == *"Invalid job id"* ]]; fi  # a job finished long ago; any other error: not known
 }
-stale_because() {  # a lock's host, process id and Slurm job id -> why its runner is gone (nothing if not)
-  if [[ $1 == "$(hostname)" && -n $2 ]]; then  # on its own host the process says it all
-    alive "$2" || echo "process $2 on $1 is gone"
-  elif [[ -n $3 ]] && slurm_job_gone "$3"; then echo "Slurm job $3 of process $2 on $1 is gone"; fi
+stale_because() {  # a lock's host, pid, start[, Slurm job id] -> why its runner is gone (nothing while it may run)
+  local now
+  if [[ $1 == "$(hostname)" ]]; then  # on its own host the process says it all
+    if ! now=$(proc_start "$2"); then echo "process $2 on $1 is gone"
+    elif [[ $now != "$3" ]]; then
+      echo "process $2 on $1 is gone: its id now names a process started at $now, not $3"
+    fi
+  elif [[ -n ${4:-} ]] && slurm_job_gone "$4"; then echo "Slurm job $4 of process $2 on $1 is gone"; fi
 }
-take_lock() {  # run folder -> 0 if this process now holds its lock
-  local lock=$1/.lock me held host pid slurm_job why taken=1 mutex
-  me="$(hostname) $$${SLURM_JOB_ID:+ $SLURM_JOB_ID}"
-  if (set -o noclobber; echo "$me" > "$lock") 2>/dev/null; then return 0; fi
-  held=$(cat "$lock" 2>/dev/null)
-  read -r host pid slurm_job <<< "$held"
-  why=$(stale_because "$host" "$pid" "$slurm_job")
-  # One taker at a time (a flock on .lock.takeover, let go by the kernel if its holder dies), and the
-  # lock is removed only if it still names the runner found gone: a new lock can only appear after
-  # that removal, so two takers never both win. (Without flock on the file system: no takeover.)
-  if [[ -n $why ]] && exec {mutex}>> "$lock.takeover" 2>/dev/null; then
+take_lock() {  # run folder -> 0 if this process now holds its lock; else LOCK_HOLDER says who does
+  local lock=$1/.lock held= why= taken=1 mutex try
+  LOCK_LINE="$(hostname) $$ $(proc_start $$)${SLURM_JOB_ID:+ $SLURM_JOB_ID}"
+  for try in 1 2 3; do  # a lock let go of, or not yet written, just now: look again
+    if (set -o noclobber; echo "$LOCK_LINE" > "$lock") 2>/dev/null; then return 0; fi
+    held=$(cat -- "$lock" 2>/dev/null) && [[ -n $held ]] && break
+    sleep 0.1
+  done
+  # A line that does not parse (an older format, garbage) is an unknown runner's: never taken over.
+  parse_lock "$held" && why=$(stale_because "${LOCK_FIELDS[@]}")
+  # One taker at a time (a flock on the run folder itself, as outdir.py takes it: let go by the kernel
+  # if its holder dies, and no file left behind), and the lock is removed only if it still names the
+  # runner found gone: a new lock can only appear after that removal, so two takers never both win.
+  # (Without flock on the file system: no takeover.)
+  if [[ -n $why ]] && exec {mutex}< "$1" 2>/dev/null; then
     if flock -w 30 "$mutex"; then
-      if [[ $(cat "$lock" 2>/dev/null) == "$held" ]]; then
-        rm -f "$lock"
+      if [[ $(cat -- "$lock" 2>/dev/null) == "$held" ]]; then
+        rm -f -- "$lock"
         echo "== took over the stale lock of $1 ($why)"
       fi
-      (set -o noclobber; echo "$me" > "$lock") 2>/dev/null && taken=0
+      (set -o noclobber; echo "$LOCK_LINE" > "$lock") 2>/dev/null && taken=0
     fi
     exec {mutex}>&-
     (( taken == 0 )) && return 0
-    held=$(cat "$lock" 2>/dev/null); read -r host pid slurm_job <<< "$held"; why=  # who won, for the message
+    held=$(cat -- "$lock" 2>/dev/null)  # who won, for the message
   fi
-  echo "== $1 is locked by process ${pid:-?} on ${host:-?}${slurm_job:+ (Slurm job $slurm_job)}$(
-    [[ $host != "$(hostname)" && -z $why ]] && echo " (another machine: delete $lock if that runner is gone)")"
+  if parse_lock "$held"; then
+    LOCK_HOLDER=$(holder_of "${LOCK_FIELDS[@]}")
+    echo "== $1 is locked by $LOCK_HOLDER$([[ ${LOCK_FIELDS[0]} != "$(hostname)" ]] &&
+      echo " (another machine: delete $lock if that runner is gone)")"
+  else
+    LOCK_HOLDER="an unknown runner (its lock reads '$(shown "${held:0:100}")')"
+    echo "== $1 is locked by $LOCK_HOLDER: delete $lock if no runner uses this folder"
+  fi
   return 1
+}
+release_lock() {  # run folder: its lock, if it is still this process's (never another runner's)
+  [[ -n $LOCK_LINE && $(cat -- "$1/.lock" 2>/dev/null) == "$LOCK_LINE" ]] && rm -f -- "$1/.lock"
+  return 0
 }
 
 run_job() {  # job number -> the job's exit status (0 if done or skipped)
   local i=$1 out=${JOB_OUT[$1]} command=${JOB_COMMAND[$1]} status
   LOCKED_ELSEWHERE=0
   if is_done "$out"; then echo "== job $i: skip $out (results exist)"; return 0; fi
-  mkdir -p "$out"
-  take_lock "$out" || { LOCKED_ELSEWHERE=1; return 0; }  # another runner has it: not ours, not a failure
+  mkdir -p -- "$out"
+  # Another runner has it: not run here, a failure at the end unless that runner finishes it.
+  take_lock "$out" || { LOCKED_ELSEWHERE=1; return 0; }
   # Let go of the lock however this ends; scancel and Slurm's time limit send SIGTERM first.
-  trap 'rm -f "$out/.lock"' EXIT
-  trap 'rm -f "$out/.lock"; exit 130' INT
-  trap 'rm -f "$out/.lock"; exit 143' TERM
+  local release; release="release_lock $(printf %q "$out")"
+  trap "$release" EXIT
+  trap "$release; exit 130" INT
+  trap "$release; exit 143" TERM
   if is_done "$out"; then  # finished by another runner just before the lock
-    rm -f "$out/.lock"; trap - EXIT INT TERM; return 0
+    release_lock "$out"; trap - EXIT INT TERM; return 0
   fi
   echo "== job $i: ${JOB_ABOUT[$i]} -> $out"
-  rm -f "$out/job.rc"
+  rm -f -- "$out/job.rc"
   if [[ -n ${SLOT_FD:-} ]]; then  # not inherited: a process the job leaves behind must not hold the GPU slot
     bash -c "$command" {SLOT_FD}>&- {ALIVE_FD}>&- > "$out/job.log" 2>&1
   elif [[ $MODE == parallel_worker ]]; then  # the display shows progress; the job's output goes to its log
@@ -242,43 +341,69 @@ run_job() {  # job number -> the job's exit status (0 if done or skipped)
   fi
   status=${PIPESTATUS[0]}
   echo "$status" > "$out/job.rc"
-  rm -f "$out/.lock"; trap - EXIT INT TERM
+  release_lock "$out"; trap - EXIT INT TERM
   (( status )) && echo "== job $i FAILED (exit status $status): its log is $out/job.log"
   return "$status"
 }
 
 # ---------------- the end: what failed, what is missing, the report from what finished ----------------
+# RUNS/report/missing.txt (one run folder a line; eval.py's report names those runs) is written, replaced
+# or removed only while it is the file this project wrote last there, as the folder's record of what it
+# wrote says (report/.audioconfit-written, kept with outdir.py: "SHA256 NAME" a line, "- NAME" when
+# removed, the last line of a name counts); any other file there is the user's, left as it is.
+write_missing() {  # the missing run folders (none: no list)
+  local report=$RUNS/report record=$RUNS/report/.audioconfit-written want= have=
+  if [[ -e $report/missing.txt || -L $report/missing.txt ]]; then
+    [[ -f $record && -f $report/missing.txt && ! -L $report/missing.txt ]] &&
+      want=$(awk '$2 == "missing.txt" && NF == 2 { digest = $1 } END { print digest }' "$record") &&
+      read -r have _ < <(sha256sum < "$report/missing.txt")
+    if [[ -z $want || $want != "$have" ]]; then
+      echo "== $report/missing.txt is not the one run_all.sh wrote (or was changed since): left as it is," \
+        "the list above not written to it (the report reads that file)"
+      return 0
+    fi
+  fi
+  if (( $# )); then
+    printf '%s\n' "$@" > "$report/missing.txt" &&
+      read -r have _ < <(sha256sum < "$report/missing.txt") && echo "$have missing.txt" >> "$record"
+  elif [[ -f $report/missing.txt ]]; then
+    rm -f -- "$report/missing.txt" && echo "- missing.txt" >> "$record"
+  fi
+}
+
 finish() {
-  local i failed=0 missing=() done_runs
+  local i failed=0 not_run=0 missing=() done_runs
   done_runs=$(done_of_all)
   for (( i = 0; i < N_JOBS; i++ )); do
-    if ! grep -qxF -- "${JOB_OUT[$i]}" <<< "$done_runs"; then
-      missing+=("${JOB_OUT[$i]}")
-      if [[ -f ${JOB_OUT[$i]}/job.rc && $(cat "${JOB_OUT[$i]}/job.rc") != 0 ]]; then
-        (( failed++ == 0 )) && echo "== failed jobs (the command reruns one; bash run_all.sh reruns all that are left):"
-        echo "   job $i, exit status $(cat "${JOB_OUT[$i]}/job.rc"), log ${JOB_OUT[$i]}/job.log"
-        echo "     ${JOB_COMMAND[$i]}"
-      fi
+    grep -qxF -- "${JOB_OUT[$i]}" <<< "$done_runs" && continue
+    missing+=("${JOB_OUT[$i]}")
+    if [[ -n ${LOCKED_BY[i]:-} ]]; then  # never started here, and its holder has not finished it: a failure
+      (( not_run++ == 0 )) &&
+        echo "== jobs not run: locked by another runner, and not done (run them again once it is gone):"
+      echo "   job $i, ${JOB_OUT[$i]}, locked by ${LOCKED_BY[i]}"
+    elif [[ -f ${JOB_OUT[$i]}/job.rc && $(cat "${JOB_OUT[$i]}/job.rc") != 0 ]]; then
+      (( failed++ == 0 )) && echo "== failed jobs (the command reruns one; bash run_all.sh reruns all that are left):"
+      echo "   job $i, exit status $(cat "${JOB_OUT[$i]}/job.rc"), log ${JOB_OUT[$i]}/job.log"
+      echo "     ${JOB_COMMAND[$i]}"
     fi
   done
-  mkdir -p "$RUNS/report"
+  mkdir -p -- "$RUNS/report"
   if (( ${#missing[@]} )); then
     echo "== ${#missing[@]} of $N_JOBS runs missing (failed, running elsewhere or not started):"
     for i in "${missing[@]}"; do
-      echo "   $i$([[ -f $i/.lock ]] && echo " (locked: $(cat "$i/.lock" 2>/dev/null), host, process, Slurm job)")"
+      echo "   $i$([[ -f $i/.lock ]] &&
+        echo " (locked: $(shown "$(cat "$i/.lock" 2>/dev/null)"), host, process, start, Slurm job)")"
     done
-    printf '%s\n' "${missing[@]}" > "$RUNS/report/missing.txt"
-  else
-    rm -f "$RUNS/report/missing.txt"
   fi
+  write_missing ${missing[@]+"${missing[@]}"}
   # Table 2 on stdout; Table 3, confusion and Figures 2-3 into $RUNS/report/ (report.md links them).
   # Figures need matplotlib (skipped with a note without it); Figure 3 uses umap-learn where installed,
   # else t-SNE or PCA, and says which.
-  if (( ${GRID_NOT_RUN:-0} )); then
+  if (( GRID_NOT_RUN )); then
     echo "== $GRID_NOT_RUN job(s) not run: no free GPU slot (a process outside the grid held one)"
   fi
   [[ -d $RUNS ]] && "$PYTHON" eval.py report "$RUNS"
-  (( failed == 0 && ${GRID_NOT_RUN:-0} == 0 ))
+  (( failed == 0 && not_run == 0 && GRID_NOT_RUN == 0 ))
 }
 
 # ---------------- --parallel K: K jobs at once, xargs the engine, one GPU (or CPU share) each ----------------
@@ -327,6 +452,11 @@ run_parallel() {
   kill "$GRID_DISPLAY"; wait "$GRID_DISPLAY" 2>/dev/null
   show_progress "$state" "$started"; [[ -t 1 ]] && echo
   GRID_NOT_RUN=$(find "$state" -name '*.noslot' | wc -l)  # jobs that found no GPU slot: failures for finish
+  local held job  # jobs another runner held: failures for finish unless done by then
+  while IFS= read -r -d '' held; do
+    job=${held##*/}; job=${job%.elsewhere}
+    [[ $job =~ ^[0-9]+$ ]] && LOCKED_BY[job]=$(< "$held")
+  done < <(find "$state" -name '*.elsewhere' -print0)
   rm -rf "$state"; trap - EXIT INT TERM
 }
 
@@ -366,6 +496,9 @@ minutes() { if (( $1 < 120 )); then echo "$1 s"; else echo "$(( ($1 + 30) / 60 )
 
 parallel_worker() {  # one job under --parallel: a free GPU slot, then the job; its state for the display
   local i=$1 gpus slot
+  if [[ ! $GRID_SLOTS =~ ^[1-9][0-9]*$ ]]; then  # set by --parallel; read by arithmetic below
+    echo "error: GRID_SLOTS: '$(shown "$GRID_SLOTS")' is not a number of slots" >&2; return 2
+  fi
   exec {ALIVE_FD}> "$GRID_STATE/workers"; flock -s "$ALIVE_FD"  # while it runs (for an interrupted runner)
   if [[ -n $GRID_GPUS ]]; then
     read -r -a gpus <<< "$GRID_GPUS"
@@ -385,7 +518,7 @@ parallel_worker() {  # one job under --parallel: a free GPU slot, then the job; 
   local status=$?
   rm -f "$GRID_STATE/$i.running"
   if (( status )); then touch "$GRID_STATE/$i.failed"
-  elif (( LOCKED_ELSEWHERE )); then touch "$GRID_STATE/$i.elsewhere"
+  elif (( LOCKED_ELSEWHERE )); then echo "$LOCK_HOLDER" > "$GRID_STATE/$i.elsewhere"
   else touch "$GRID_STATE/$i.ran"; fi
   return $(( status > 0 ? 1 : 0 ))  # xargs stops everything on 255
 }
@@ -400,7 +533,11 @@ case $MODE in
     done;;
   job)
     if (( JOB >= N_JOBS )); then echo "error: job $JOB: the grid has jobs 0 to $(( N_JOBS - 1 ))" >&2; exit 2; fi
-    run_job "$JOB";;
+    run_job "$JOB"; status=$?
+    if (( status == 0 && LOCKED_ELSEWHERE )) && ! is_done "${JOB_OUT[$JOB]}"; then  # never started: a failure
+      echo "== job $JOB NOT RUN: ${JOB_OUT[$JOB]} is locked by $LOCK_HOLDER, and not done"; exit 1
+    fi
+    exit "$status";;
   parallel_worker) parallel_worker "$JOB";;
   plan)
     for (( i = 0; i < N_JOBS; i++ )); do  # job, run folder, dataset, backbone, arm, epochs, fold
@@ -411,7 +548,12 @@ case $MODE in
   sequential|parallel)
     started=$SECONDS
     if [[ $MODE == parallel ]]; then run_parallel || exit $?
-    else for (( i = 0; i < N_JOBS; i++ )); do run_job "$i"; done; fi
+    else
+      for (( i = 0; i < N_JOBS; i++ )); do
+        run_job "$i"
+        (( LOCKED_ELSEWHERE )) && LOCKED_BY[i]=$LOCK_HOLDER
+      done
+    fi
     echo "== all jobs tried in $(( SECONDS - started )) s"
     finish;;
 esac

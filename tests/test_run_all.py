@@ -5,6 +5,7 @@ too. The real scripts are covered end to end in test_pipeline.py.
 """
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,9 +27,10 @@ RECORDER = textwrap.dedent("""\
     # seconds a training script takes. STARTS: a file that gets "start OUT" and "end OUT" lines. FAKE_LINGER:
     # seconds a process the script starts outlives it (as a stray worker can). FAKE_SLOW_STOP: seconds the
     # script takes to stop on SIGINT (a checkpoint written). FAKE_HOLD_SLOT: the script leaves a process
-    # holding GPU slot 0 of --parallel (something outside the grid's control).
+    # holding GPU slot 0 of --parallel (something outside the grid's control). Each word is logged quoted
+    # (shlex.split gives it back whole).
     if [[ $1 == eval.py && $2 =~ ^(done|best-batch|plan)$ ]]; then exec "$REAL_PYTHON" "$@"; fi
-    echo "$* @gpu=${CUDA_VISIBLE_DEVICES:-none} @threads=${OMP_NUM_THREADS:-none}" >> "$CALL_LOG"
+    echo "$(printf '%q ' "$@")@gpu=${CUDA_VISIBLE_DEVICES:-none} @threads=${OMP_NUM_THREADS:-none}" >> "$CALL_LOG"
     script=$1; shift
     out=""; ckpt=""
     while [[ $# -gt 0 ]]; do
@@ -94,6 +96,12 @@ def run_all(tmp_path, *flags, expect=0, **env):
 
 def flag(call, name):
     return call[call.index(name) + 1] if name in call else None
+
+
+def process_start(pid):
+    """Field 22 of /proc/PID/stat (start time, clock ticks after boot), read after the last ')'."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2:].split()[19]
 
 
 def test_esc50_runs_its_five_folds_and_other_datasets_their_seeds(tmp_path):
@@ -233,14 +241,15 @@ def test_a_locked_job_is_left_to_its_runner_and_a_stale_lock_is_taken_over(tmp_p
     gone.wait()  # a process id that no longer runs
     for folder, pid in ((finetune, os.getpid()), (pairtune, gone.pid)):
         folder.mkdir(parents=True)
-        (folder / ".lock").write_text(f"{socket.gethostname()} {pid}\n")
-    calls, stdout = run_all(tmp_path, expect=0, **grid)
+        (folder / ".lock").write_text(f"{socket.gethostname()} {pid} {process_start(os.getpid())}\n")
+    # The job locked by a live runner is left to it, and the grid fails: it was not run, and is not done.
+    calls, stdout = run_all(tmp_path, expect=1, **grid)
     assert f"{finetune} is locked by process {os.getpid()}" in stdout
     assert f"took over the stale lock of {pairtune} (process {gone.pid}" in stdout
     assert [c[0] for c in calls] == ["pairtune.py", "probe.py", "eval.py"]
     assert (finetune / ".lock").exists() and not (pairtune / ".lock").exists()  # released when done
-    (finetune / ".lock").write_text("another-host 1\n")
-    _, stdout = run_all(tmp_path, "--job", "0", **grid)
+    (finetune / ".lock").write_text("another-host 1 100\n")
+    _, stdout = run_all(tmp_path, "--job", "0", expect=1, **grid)
     assert "another machine" in stdout and not (finetune / "run.json").exists()
 
 
@@ -447,20 +456,20 @@ def test_a_slurm_lock_is_kept_when_slurm_cannot_say_its_job_is_gone(tmp_path, sq
         bin_dir.mkdir()
     folder = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
     folder.mkdir(parents=True)
-    (folder / ".lock").write_text("node-778 4321 778\n")
+    (folder / ".lock").write_text("node-778 4321 5555 778\n")
     # PATH without the host's own squeue, if it has one
     path = ":".join([str(bin_dir), *(d for d in no_gpu_here(tmp_path).split(":") if not (Path(d) / "squeue").exists())])
-    calls, stdout = run_all(tmp_path, "--job", "0", **dict(GRID, DATASETS="gtzan", SEEDS="0"), PATH=path)
-    assert calls == [] and "is locked by process 4321 on node-778 (Slurm job 778)" in stdout
-    assert (folder / ".lock").read_text() == "node-778 4321 778\n"
+    calls, stdout = run_all(tmp_path, "--job", "0", expect=1, **dict(GRID, DATASETS="gtzan", SEEDS="0"), PATH=path)
+    assert calls == [] and "is locked by process 4321 on node-778 (Slurm job 778), start 5555" in stdout
+    assert (folder / ".lock").read_text() == "node-778 4321 5555 778\n"
 
 
 def test_a_live_process_on_this_host_keeps_its_lock_whatever_squeue_says(tmp_path):
     squeue_stand_in(tmp_path / "bin", "exit 0\n")  # lists nothing: every job gone
     folder = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
     folder.mkdir(parents=True)
-    (folder / ".lock").write_text(f"{socket.gethostname()} {os.getpid()} 778\n")
-    calls, stdout = run_all(tmp_path, "--job", "0", **dict(GRID, DATASETS="gtzan", SEEDS="0"),
+    (folder / ".lock").write_text(f"{socket.gethostname()} {os.getpid()} {process_start(os.getpid())} 778\n")
+    calls, stdout = run_all(tmp_path, "--job", "0", expect=1, **dict(GRID, DATASETS="gtzan", SEEDS="0"),
                             PATH=f"{tmp_path / 'bin'}:{no_gpu_here(tmp_path)}")
     assert calls == [] and f"is locked by process {os.getpid()}" in stdout
 
@@ -482,12 +491,12 @@ def test_the_lock_of_a_slurm_job_that_is_gone_is_taken_over(tmp_path, squeue_say
     finetune, pairtune = (tmp_path / f"runs/gtzan/tiny/{arm}/seed-0" for arm in ("finetune", "pairtune"))
     for folder, job in ((finetune, 777), (pairtune, 778)):
         folder.mkdir(parents=True)
-        (folder / ".lock").write_text(f"node-{job} 4321 {job}\n")  # array tasks on other nodes
-    calls, stdout = run_all(tmp_path, **grid)
+        (folder / ".lock").write_text(f"node-{job} 4321 100 {job}\n")  # array tasks on other nodes
+    calls, stdout = run_all(tmp_path, expect=1, **grid)  # 777's job is not run here, nor done: a failure
     assert f"took over the stale lock of {pairtune} (Slurm job 778 of process 4321 on node-778 is gone)" in stdout
     assert f"{finetune} is locked by process 4321 on node-777 (Slurm job 777)" in stdout
     assert [c[0] for c in calls] == ["pairtune.py", "probe.py", "eval.py"]
-    assert f"{finetune} (locked: node-777 4321 777, host, process, Slurm job)" in stdout  # named at the end
+    assert f"{finetune} (locked: node-777 4321 100 777, host, process, start, Slurm job)" in stdout  # named at the end
 
 
 def test_many_runners_on_one_stale_lock_run_its_job_once(tmp_path):
@@ -496,12 +505,14 @@ def test_many_runners_on_one_stale_lock_run_its_job_once(tmp_path):
     folder.mkdir(parents=True)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (folder / ".lock").write_text(f"{socket.gethostname()} {gone.pid}\n")
-    env = environment(tmp_path, **grid, FAKE_SLEEP="1")
+    (folder / ".lock").write_text(f"{socket.gethostname()} {gone.pid} 1\n")
+    env = environment(tmp_path, **grid, FAKE_SLEEP="3")
     runners = [subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--job", "0"], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(6)]
     outputs = [r.communicate(timeout=120)[0] for r in runners]
-    assert [r.returncode for r in runners] == [0] * 6, outputs
+    # The taker runs the job; the others did not run it, and it was not done when they ended: they fail.
+    assert sorted(r.returncode for r in runners) == [0, 1, 1, 1, 1, 1], outputs
+    assert sum("== job 0 NOT RUN" in out for out in outputs) == 5, outputs
     calls = [line for line in (tmp_path / "calls.log").read_text().splitlines() if line.startswith("finetune.py")]
     assert len(calls) == 1, outputs
     assert sum("took over the stale lock" in out for out in outputs) == 1
@@ -533,8 +544,8 @@ def test_shots_run_every_arm_and_the_frozen_probe_once_per_k_in_their_own_folder
     assert all(flag(c, "--shots") == flag(c, "--out").split("shots-")[1].split("/")[0] for c in finetune)
     frozen = [c for c in calls if c[0] == "probe.py" and "/frozen/" in (flag(c, "--out") or "")]
     assert len(frozen) == 6 and {flag(c, "--ckpt") for c in frozen} == {"tiny"}
-    for call in frozen:  # the probe gets PROBE_ARGS, not the training scripts' EXTRA_ARGS, and no --resume
-        assert flag(call, "--epochs") == "5" and "--lr" not in call and "--resume" not in call
+    for call in frozen:  # the probe gets PROBE_ARGS, not the training scripts' EXTRA_ARGS (and --resume)
+        assert flag(call, "--epochs") == "5" and "--lr" not in call and call[-1] == "--resume"
         assert flag(call, "--shots") in ("1", "4") and flag(call, "--dataset") in ("gtzan", "esc50")
     assert {flag(c, "--fold") for c in frozen if flag(c, "--dataset") == "esc50"} == {"1"}
     pairtune_probes = [c for c in calls if c[0] == "probe.py" and flag(c, "--ckpt") != "tiny"]
@@ -549,3 +560,223 @@ def test_jobs_that_find_no_free_gpu_slot_fail_the_grid(tmp_path):
                             CUDA_VISIBLE_DEVICES="3", FAKE_HOLD_SLOT="1")
     assert [c[0] for c in calls if c[0] != "eval.py"] == ["finetune.py"]  # job 0 only
     assert "== job 1 NOT RUN (no free GPU slot)" in stdout and "== 3 job(s) not run: no free GPU slot" in stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing lost, nothing executed: values from the environment, lock identity, jobs never run,
+# the probes' --resume, the user's missing.txt
+# ----------------------------------------------------------------------------------------------
+
+# Each form of shell injection, as one word (no blanks: a name list would split it). If any part of it
+# ran, $SENTINEL (set in the environment) would exist.
+INJECTED = ("x;touch${IFS}$SENTINEL|touch${IFS}$SENTINEL&touch${IFS}$SENTINEL>$SENTINEL*"
+            "$(touch${IFS}$SENTINEL)`touch${IFS}$SENTINEL`")
+METACHARACTERS = ["16;touch${IFS}$SENTINEL", "16 $(touch $SENTINEL)", "16 `touch $SENTINEL`", "16|touch $SENTINEL",
+                  "16&touch $SENTINEL", "16>$SENTINEL", "16 *", "16\ntouch $SENTINEL", "16${IFS}32"]
+
+
+def test_a_number_from_the_environment_that_is_not_one_stops_the_runner_at_once(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    no_control = "a folder name without control characters (newline, tab, ...)"
+    cases = [("BATCH_SIZES", value, "a list of positive integers") for value in METACHARACTERS]
+    cases += [("SEEDS", "0 " + INJECTED, "a list of integers (0, 1, ...)"),
+              ("FOLDS", "1 " + INJECTED, "a list of integers (0, 1, ...)"),
+              ("SHOTS", "1 4;touch $SENTINEL", "a list of positive integers"),
+              ("SHOTS", "0", "a list of positive integers"),
+              ("EPOCHS", "1;touch $SENTINEL", "a positive integer"), ("EPOCHS", "1 2", "a positive integer"),
+              ("BATCH_SIZES", "-16", "a list of positive integers"),
+              ("RUNS", f"{tmp_path}/runs\n;touch $SENTINEL", no_control),
+              ("SEARCH_RUNS", f"{tmp_path}/s\tx", no_control)]
+    for name, value, what in cases:
+        for mode in (["--list"], ["--quick"], ["--job", "0"]):
+            result = subprocess.run(["bash", str(ROOT / "run_all.sh"), *mode], capture_output=True, text=True,
+                                    timeout=60, env=environment(tmp_path, **{**GRID, name: value},
+                                                                SENTINEL=str(sentinel)))
+            shown = value.replace("\n", "\\n").replace("\t", "?")
+            assert (result.returncode, result.stdout) == (2, ""), (name, value, mode, result.stdout + result.stderr)
+            assert result.stderr == f"error: {name}: '{shown}' is not {what}\n", (name, value, mode)
+    assert not sentinel.exists() and not (tmp_path / "calls.log").exists()  # no prepare.py of --quick either
+
+
+def test_listed_commands_pass_the_environments_words_as_they_are_and_run_none(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    words = f"--lr 1e-3 {INJECTED} $(touch $SENTINEL) `touch $SENTINEL` * ;touch${{IFS}}$SENTINEL\n>$SENTINEL"
+    runs, search = f"{tmp_path}/runs {INJECTED}", f"{tmp_path}/search {INJECTED}"
+    grid = dict(DATASETS=INJECTED, BACKBONES=INJECTED, FOLD_DATASETS=INJECTED, FOLDS="1", EPOCHS="1",
+                EXTRA_ARGS=words, PROBE_ARGS=words, SHOTS="2", BATCH_SIZES="16 32", RUNS=runs, SEARCH_RUNS=search,
+                SENTINEL=str(sentinel))
+    _, stdout = run_all(tmp_path, "--list", **grid)
+    jobs = listed(stdout)
+    assert len(jobs) == 2 * 2 + 3  # the search (2 arms x 2 batch sizes), then the grid's 3 arms at K=2
+    for _, line in jobs:  # each line run as it is, as a user or a scheduler would
+        subprocess.run(["bash", "-c", line], env=environment(tmp_path, **grid), cwd=ROOT, capture_output=True)
+    assert not sentinel.exists()
+    calls = [shlex.split(line.split(" @gpu=")[0]) for line in (tmp_path / "calls.log").read_text().splitlines()]
+    extra = words.split()
+    for call in calls:
+        if call[0] in ("finetune.py", "pairtune.py") or "/frozen/" in (flag(call, "--out") or ""):
+            assert flag(call, "--dataset") == INJECTED and call[-2:] == [flag(call, "--out"), "--resume"]
+            assert flag(call, "--out").startswith((f"{runs}/{INJECTED}/{INJECTED.replace('/', '_')}/",
+                                                   f"{search}/{INJECTED}/"))
+            at = call.index("--lr")
+            assert call[at:at + len(extra)] == extra  # every word, quoted, globbed by nothing
+    assert {c[0] for c in calls} >= {"finetune.py", "pairtune.py", "probe.py"}
+    # PYTHON is one word, quoted as such.
+    _, stdout = run_all(tmp_path, "--list", **dict(grid, PYTHON="python3;touch${IFS}$SENTINEL"))
+    for _, line in listed(stdout)[:2]:
+        subprocess.run(["bash", "-c", line], env=environment(tmp_path, **grid), cwd=ROOT, capture_output=True)
+    assert not sentinel.exists()
+
+
+def test_a_run_passes_the_environments_words_as_they_are_and_runs_none(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    words = f"--lr 1e-3 {INJECTED} $(touch $SENTINEL) `touch $SENTINEL` * ;touch${{IFS}}$SENTINEL\n>$SENTINEL"
+    runs = f"{tmp_path}/runs {INJECTED}"
+    grid = dict(DATASETS=INJECTED, BACKBONES=INJECTED, SEEDS="0", EPOCHS="1", EXTRA_ARGS=words, PROBE_ARGS=words,
+                SHOTS="2", BATCH_SIZES="16", RUNS=runs, SEARCH_RUNS=f"{tmp_path}/search {INJECTED}",
+                SENTINEL=str(sentinel), CONFIT_DATA=f"{tmp_path}/data {INJECTED}")
+    calls, stdout = run_all(tmp_path, **grid)
+    assert not sentinel.exists()
+    training = [c for c in calls if c[0] in ("finetune.py", "pairtune.py")]
+    frozen = [c for c in calls if c[0] == "probe.py" and flag(c, "--ckpt") == INJECTED]
+    assert len(training) == 2 + 2 and len(frozen) == 1  # the search's 2 jobs, the grid's 2 arms and the frozen probe
+    extra = words.split()
+    for call in training + frozen:
+        at = call.index("--lr")
+        assert call[at:at + len(extra)] == extra
+        assert flag(call, "--backbone" if call in training else "--ckpt") == INJECTED
+    assert {flag(c, "--batch-size") for c in training if "/shots-2/" in flag(c, "--out")} == {"16"}  # the search's
+    assert calls[-1] == ["eval.py", "report", runs]
+    _, stdout = run_all(tmp_path, **grid)  # all done, found done through those names
+    assert stdout.count(": skip") == 5 and not sentinel.exists()
+
+
+def test_this_runners_own_state_is_never_read_from_the_environment(tmp_path):
+    # Bash's arithmetic runs the command substitution in a subscript of a value it is given.
+    sentinel = tmp_path / "sentinel"
+    injected = "PWD[$(touch $SENTINEL)]"
+    env = dict(GRID, DATASETS="gtzan", SEEDS="0", SENTINEL=str(sentinel), GRID_NOT_RUN=injected,
+               SEARCH_JOBS=injected, LOCKED_ELSEWHERE=injected, SLOT_FD=injected, ALIVE_FD=injected)
+    assert run_all(tmp_path, "--count", "search", **env)[1] == "0\n"
+    run_all(tmp_path, "--report", **env)
+    run_all(tmp_path, "--parallel", "1", **env)
+    calls, _ = run_all(tmp_path, **dict(env, SEEDS="1"))
+    assert [c[0] for c in calls] == ["finetune.py", "pairtune.py", "probe.py", "eval.py"]
+    assert not sentinel.exists()
+
+
+def test_the_lock_names_its_runners_start_and_a_recycled_process_id_is_not_its_runner(tmp_path):
+    grid = dict(GRID, DATASETS="gtzan", SEEDS="0")
+    finetune, pairtune = (tmp_path / f"runs/gtzan/tiny/{arm}/seed-0" for arm in ("finetune", "pairtune"))
+    host = socket.gethostname()
+    # While a job runs, its lock is "HOST PID START SLURM_JOB_ID", naming the runner's own process.
+    starts = tmp_path / "starts.log"
+    env = environment(tmp_path, **grid, FAKE_SLEEP="30", STARTS=str(starts), SLURM_JOB_ID="4242")
+    task = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--job", "0"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline and not lines_of(starts):
+        time.sleep(0.05)
+    try:
+        assert (finetune / ".lock").read_text() == f"{host} {task.pid} {process_start(task.pid)} 4242\n"
+    finally:
+        os.killpg(task.pid, signal.SIGTERM)
+        task.wait(timeout=30)
+    assert not (finetune / ".lock").exists()
+    # A live process id with another start time: the id was recycled, the runner is gone.
+    (finetune / ".lock").write_text(f"{host} {os.getpid()} 1\n")
+    # A live process whose command name holds ") (" and spaces, named with its true start: it holds the lock.
+    sleeper = tmp_path / "x) 1 2 (y"
+    sleeper.write_bytes(Path(shutil.which("sleep")).read_bytes())
+    sleeper.chmod(0o755)
+    holder = subprocess.Popen([str(sleeper), "60"])
+    try:
+        while "(y)" not in Path(f"/proc/{holder.pid}/stat").read_text():
+            time.sleep(0.01)  # until it runs as itself
+        pairtune.mkdir(parents=True)
+        (pairtune / ".lock").write_text(f"{host} {holder.pid} {process_start(holder.pid)}\n")
+        calls, stdout = run_all(tmp_path, expect=1, **grid)
+        assert f"took over the stale lock of {finetune} (process {os.getpid()} on {host} is gone: its id now names " \
+               f"a process started at {process_start(os.getpid())}, not 1)" in stdout
+        assert [c[0] for c in calls] == ["finetune.py", "eval.py"]
+        assert f"{pairtune} is locked by process {holder.pid} on {host}, start {process_start(holder.pid)}" in stdout
+        assert (pairtune / ".lock").read_text() == f"{host} {holder.pid} {process_start(holder.pid)}\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    # A zombie (dead, not yet reaped by its parent) holds nothing.
+    zombie = subprocess.Popen(["true"])
+    try:
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
+        (pairtune / ".lock").write_text(f"{host} {zombie.pid} {process_start(zombie.pid)}\n")
+        calls, stdout = run_all(tmp_path, **grid)
+        assert f"took over the stale lock of {pairtune} (process {zombie.pid} on {host} is gone)" in stdout
+    finally:
+        zombie.wait()
+
+
+@pytest.mark.parametrize("text", ["{host} {dead}\n", "{host} {dead} 1 2 3\n", "{host} x 1\n", "\n", "garbage\n"])
+def test_a_lock_line_that_does_not_parse_is_reported_not_taken_over(tmp_path, text):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    text = text.format(host=socket.gethostname(), dead=gone.pid)  # the first: the format before the start time
+    folder = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
+    folder.mkdir(parents=True)
+    (folder / ".lock").write_text(text)
+    calls, stdout = run_all(tmp_path, "--job", "0", expect=1, **dict(GRID, DATASETS="gtzan", SEEDS="0"))
+    assert calls == [] and (folder / ".lock").read_text() == text
+    assert f"{folder} is locked by an unknown runner (its lock reads '" in stdout
+    assert f"delete {folder}/.lock if no runner uses this folder" in stdout and "took over" not in stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--job", "0"], ["--parallel", "2"]])
+def test_a_job_left_undone_because_another_runner_holds_it_fails_the_run(tmp_path, mode):
+    grid = dict(GRID, DATASETS="gtzan", SEEDS="0")
+    finetune = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
+    finetune.mkdir(parents=True)
+    holder = f"process {os.getpid()} on {socket.gethostname()}, start {process_start(os.getpid())}"
+    (finetune / ".lock").write_text(f"{socket.gethostname()} {os.getpid()} {process_start(os.getpid())}\n")
+    calls, stdout = run_all(tmp_path, *mode, expect=1, **grid)
+    assert "finetune.py" not in [c[0] for c in calls]
+    if mode[:1] == ["--job"]:
+        assert f"== job 0 NOT RUN: {finetune} is locked by {holder}" in stdout
+    else:
+        assert "pairtune.py" in [c[0] for c in calls]  # the rest of the grid runs
+        assert "== jobs not run: locked by another runner, and not done" in stdout
+        assert f"   job 0, {finetune}, locked by {holder}" in stdout
+    # Done by its runner meanwhile (here: before this runner looks): a job skipped as done is a success.
+    (finetune / "run.json").write_text('{"stage": "finetune", "finished": true}')
+    (finetune / "results.json").write_text('{"valid_acc": 0.5}')
+    run_all(tmp_path, *mode, **grid)
+
+
+def test_both_probes_are_started_with_resume(tmp_path):
+    grid = dict(GRID, DATASETS="gtzan", SEEDS="0", SHOTS="2")
+    jobs = [shlex.split(line) for _, line in listed(run_all(tmp_path, "--list", **grid)[1])]
+    pairtune = tmp_path / "runs/gtzan/tiny/pairtune/shots-2/seed-0"
+    frozen = tmp_path / "runs/gtzan/tiny/frozen/shots-2/seed-0"
+    assert jobs[1][-4:] == ["probe.py", "--ckpt", str(pairtune), "--resume"]
+    assert jobs[2][1] == "probe.py" and jobs[2][-3:] == ["--out", str(frozen), "--resume"]
+
+
+def test_a_missing_txt_that_run_all_did_not_write_is_left_alone(tmp_path):
+    report = tmp_path / "runs/report"
+    report.mkdir(parents=True)
+    mine = report / "missing.txt"
+    mine.write_text("my own notes\n")
+    failing = tmp_path / "runs/gtzan/tiny/finetune/seed-0"
+    grid = dict(GRID, DATASETS="gtzan", SEEDS="0")
+    _, stdout = run_all(tmp_path, expect=1, FAKE_FAIL="finetune/seed-0/", **grid)
+    assert mine.read_text() == "my own notes\n"  # not replaced by the list...
+    assert f"   {failing}\n" in stdout and f"{mine} is not the one run_all.sh wrote" in stdout  # ...which is printed
+    run_all(tmp_path, **grid)
+    assert mine.read_text() == "my own notes\n"  # nothing missing: still not removed
+    # One it wrote is its own to replace and remove; once changed by someone, it is theirs.
+    mine.unlink()
+    run_all(tmp_path, expect=1, FAKE_FAIL="pairtune/seed-1/", **dict(grid, SEEDS="0 1"))
+    assert mine.read_text() == f"{tmp_path / 'runs/gtzan/tiny/pairtune/seed-1'}\n"
+    with mine.open("a") as f:
+        f.write("and a note\n")
+    run_all(tmp_path, **dict(grid, SEEDS="0 1"))
+    assert mine.read_text().endswith("and a note\n")
