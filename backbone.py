@@ -71,7 +71,13 @@ def load_encoder(backbone: str, random_init: bool = False, seed: int = 0) -> "Au
     try:
         config = transformers.AutoConfig.from_pretrained(source)
         extractor = transformers.AutoFeatureExtractor.from_pretrained(source)
-    except OSError as error:
+    except Exception as error:
+        if Path(source).is_dir():  # a damaged or foreign folder (a run's encoder/): one line naming it
+            raise outdir.Refused(f"the model folder {source} cannot be loaded ({type(error).__name__}: "
+                                 f"{one_line(error)}); if this is a run's encoder/, train the run again "
+                                 "(--overwrite)") from None
+        if not isinstance(error, OSError):
+            raise
         raise OSError(
             f"cannot load backbone '{backbone}' ({source}): {error}\nGive an alias "
             f"({', '.join([*ALIASES, TINY])}), a local directory with config.json, or a hub id "
@@ -89,7 +95,7 @@ def load_encoder(backbone: str, random_init: bool = False, seed: int = 0) -> "Au
             if not Path(source).is_dir():
                 raise
             raise outdir.Refused(f"the weights in {source} cannot be loaded ({type(error).__name__}: "
-                                 f"{str(error)[:160]}); if this is a run's encoder/, train the run again "
+                                 f"{one_line(error)}); if this is a run's encoder/, train the run again "
                                  "(--overwrite)") from None
         # A checkpoint that does not match the architecture loads with random weights and only a
         # log line; refuse instead, unless the missing weights are heads we never use.
@@ -105,6 +111,15 @@ def load_encoder(backbone: str, random_init: bool = False, seed: int = 0) -> "Au
             f"backbone '{backbone}' (model_type {config.model_type}) is neither a raw-waveform encoder "
             "(wav2vec2, HuBERT, WavLM, data2vec-audio, ...) nor Whisper; it is not supported.")
     return AudioEncoder(model, extractor, name=display_name(backbone), random_init=random_init)
+
+
+def one_line(error: Exception) -> str:
+    """An error's first line, short; torch's advice to load with weights_only=False (a pickle that could
+    run code) is never passed on."""
+    text = str(error)
+    if "weights_only" in text:
+        return "it holds more than tensors (a pickle), and is not loaded"
+    return (text.strip().splitlines() or [""])[0][:160]
 
 
 class Preprocessor:
@@ -338,15 +353,28 @@ def size_mb(batches) -> float:
     return sum(v.nbytes for inputs, *_ in batches for v in inputs.values()) / 2**20
 
 
+def forward_passes(encoder: AudioEncoder, inputs: dict, max_samples: int | None) -> list[dict]:
+    """A batch's model inputs as consecutive slices of its chunks, each of at most max_samples input
+    samples (chunks x the batch's padded length; a Whisper mel frame counts hop_length samples) and
+    at least one chunk; the whole batch if max_samples is None. Every chunk of a clip sits in its
+    clip's batch, so a batch of long clips can be far larger than batch_size chunks; slicing the
+    padded batch gives each chunk the very input it had (its features do not depend on its mates)."""
+    chunks, width = inputs["attention_mask"].shape
+    samples = width * (encoder.extractor.hop_length if encoder.whisper else 1)
+    step = chunks if max_samples is None else max(1, max_samples // samples)
+    return [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, chunks, step)]
+
+
 @torch.no_grad()
 def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, device,
                      batch_size: int = 16, num_workers: int = 0, desc: str = "encoding", precision: str = "auto",
-                     batches=None):
+                     batches=None, max_samples_per_pass: int | None = None):
     """Pooled features of whole clips, deterministic: [N, d] float32 and labels [N], in clip order.
 
     A clip longer than max_seconds is cut into near-equal chunks; its feature is the mean of the
     chunks' pooled features (a 30-s GTZAN clip is scored on all 30 s). `batches`: the clips' batches
-    from batches_in_memory, used instead of decoding them again.
+    from batches_in_memory, used instead of decoding them again. `max_samples_per_pass` bounds the
+    memory of one forward pass (forward_passes); the features are the same.
     """
     was_training = encoder.training
     encoder.eval()
@@ -355,8 +383,11 @@ def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, 
     features = torch.zeros(len(clips), encoder.hidden_size)
     labels = torch.zeros(len(clips), dtype=torch.long)
     for inputs, owner, batch_labels, indices in tqdm(batches, desc=desc, leave=False, disable=None):
-        with autocast(device, precision):
-            pooled = encoder(to_device(inputs, device)).float().cpu()  # [chunks, d]
+        pooled = []
+        for part in forward_passes(encoder, inputs, max_samples_per_pass):
+            with autocast(device, precision):
+                pooled.append(encoder(to_device(part, device)).float().cpu())
+        pooled = torch.cat(pooled)  # [chunks, d]
         summed = torch.zeros(len(indices), pooled.shape[1]).index_add_(0, owner, pooled)
         counts = torch.bincount(owner, minlength=len(indices)).unsqueeze(1)
         features[indices] = summed / counts

@@ -30,14 +30,20 @@ The folder is written as DIR.partial and reloaded with transformers, which is co
 run's own pipeline on up to --check-clips valid clips (cut to the chunk length, one at a time as
 the pipeline feeds them): the largest logit difference and the share of equal predictions go into
 the card and audioconfit.json. Only if the model that must agree (transformers' class; for Whisper
-the masked one) does, DIR.partial becomes DIR; else the script exits 1.
+the masked one) does, with finite logits, are its files moved into DIR; else the script exits 1.
+
+DIR must be new or empty. A folder with anything in it (an earlier export, the same one cloned from
+the Hub with its .git/) takes --overwrite, which replaces only the files export.py writes
+(EXPORT_FILES) and leaves every other file as it is. DIR.partial is export.py's own while it writes
+(its lock and a marker file); a leftover one whose writer is gone is removed, anything else named
+DIR.partial is refused, not removed.
 """
 import argparse
 import copy
+import fnmatch
 import os
 import re
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -47,6 +53,7 @@ from huggingface_hub import EvalResult, ModelCardData  # a dependency of transfo
 
 import backbone
 import data
+import outdir
 import runs
 
 
@@ -54,7 +61,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a finished finetune run, pairtune run with its probe, or probe folder")
     p.add_argument("--out", required=True, help="the folder to write (a transformers model folder)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out (an earlier export, a clone of it): replaces only the files "
+                        "export.py writes there, keeps the others")
     p.add_argument("--check-clips", type=int, default=16,
                    help="valid clips on which the exported model is compared with the run's pipeline (0: none)")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv, for the check")
@@ -141,9 +150,20 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
         print("note: the check is skipped: no usable valid clip")
         return None
     ours = torch.stack(ours)
+    # Non-finite logits (a diverged run's weights, or finite ones that overflow) fail here, not in the
+    # comparison below: NaN > 1e-4 is False, and NaN rows give the same argmax on both sides.
+    bad = int((~ours.isfinite().all(1)).sum())
+    if bad:
+        raise outdir.Refused(f"the run's classifier gives non-finite logits (NaN or inf) on {bad} of {checked} valid "
+                             "clips: it is not usable (did the run diverge? train it again with a lower --lr); "
+                             "nothing is exported")
     check = {"clips": checked, "split": "valid"}
     for name, logits in theirs.items():
         logits = torch.stack(logits)
+        bad = int((~logits.isfinite().all(1)).sum())
+        if bad:
+            raise outdir.Refused(f"the exported model ({CHECKED[name]}) gives non-finite logits (NaN or inf) on {bad} "
+                                 f"of {checked} valid clips where the run's are finite; nothing is exported")
         check[name] = {"max_abs_logit_difference": float((ours - logits).abs().max()),
                        "same_prediction": float((ours.argmax(1) == logits.argmax(1)).float().mean())}
     return check
@@ -300,59 +320,140 @@ Runs (paths on the machine that made them): {', '.join(f'{k} `{v}`' for k, v in 
 # Export
 # ----------------------------------------------------------------------------------------------
 
+# What export.py writes into --out, and so all that --overwrite replaces there: save_pretrained of the
+# model (config, weights; sharded with an index above transformers' shard size) and of the feature
+# extractor, then the card and audioconfit.json.
+EXPORT_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+                "preprocessor_config.json", "README.md", runs.EXPORT_INFO]
+# Marks DIR.partial as export.py's own (beside its outdir.FolderLock while it writes): only such a
+# folder is ever emptied by export.py.
+PARTIAL_MARK = ".audioconfit-export-partial"
+
+
+def is_export_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in EXPORT_FILES)
+
+
+def listed(names: list, most: int = 5) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 def check_out_folder(out: Path, run: Path, overwrite: bool):
-    """Refuse an --out that would mix the export with other files: a non-empty folder that is not an
-    earlier export (unless --overwrite), or a folder in or above a run (its run.json, its encoder/)."""
+    """Refuse an --out in or above a run (its run.json, its encoder/), a file, or a folder with
+    anything in it unless --overwrite (an earlier export too: it may be a clone with its .git/)."""
     resolved, run = out.resolve(), run.resolve()
     for folder in (resolved, *resolved.parents):
         if (folder / "run.json").is_file():
-            sys.exit(f"error: --out {out} is inside the run folder {folder}; export elsewhere")
+            raise outdir.Refused(f"--out {out} is inside the run folder {folder}; export elsewhere")
     if resolved in run.parents:
-        sys.exit(f"error: --out {out} holds the run {run}; export elsewhere")
-    if out.is_dir() and any(out.iterdir()) and not (out / runs.EXPORT_INFO).is_file() and not overwrite:
-        sys.exit(f"error: --out {out} is a folder with other files in it; give an empty or new folder "
-                 "(or --overwrite to replace it)")
+        raise outdir.Refused(f"--out {out} holds the run {run}; export elsewhere")
+    if out.exists() and not out.is_dir():
+        raise outdir.Refused(f"--out {out} is a file, not a folder")
+    there = sorted(os.listdir(out)) if out.is_dir() else []
+    if there and not overwrite:
+        raise outdir.Refused(f"--out {out} is not empty (it has {listed(there)}): --overwrite replaces only the "
+                             f"files export.py writes ({', '.join(EXPORT_FILES)}) and leaves the rest; or give a "
+                             "new or empty folder")
+
+
+def claim_partial(partial: Path):
+    """Before taking its lock: DIR.partial must be new, empty (a lock at most: a writer killed before
+    its mark) or marked as export.py's. Anything else is someone's: refused, nothing removed."""
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        raise outdir.Refused(f"{partial} is not export.py's: move it away")
+    names = set(os.listdir(partial)) - outdir.RUNNER_FILES if partial.is_dir() else set()
+    if names and PARTIAL_MARK not in names:
+        raise outdir.Refused(f"{partial} is not export.py's (no {PARTIAL_MARK} in it): move it away")
+
+
+def clear_leftover(partial: Path):
+    """Under its lock, so its writer is gone: empty DIR.partial of what an earlier export.py left
+    (a kill, a failed check). Only names export.py writes there are removed; others stop the export."""
+    names = sorted(set(os.listdir(partial)) - outdir.RUNNER_FILES)
+    if not names:
+        return
+    foreign = [name for name in names if (partial / name).is_dir() or not (
+        is_export_file(name) or name == PARTIAL_MARK or name.endswith(".tmp"))]
+    if foreign:
+        raise outdir.Refused(f"{partial} is an earlier export.py's, but holds files it does not write "
+                             f"({listed(foreign)}): move them away")
+    print(f"removing {partial}: an earlier export.py's unfinished or unchecked folder (its writer is gone)")
+    for name in names:
+        (partial / name).unlink()
+
+
+def move_into(partial: Path, out: Path):
+    """The checked files into DIR one at a time (os.replace: each one whole), every other file of DIR
+    left as it is. audioconfit.json, which makes DIR an export to predict.py, goes first out and last
+    in: a kill midway leaves no folder taken for a whole export. An earlier export's files that this
+    one does not write (weight shards) go too: transformers could load them instead."""
+    names = sorted(set(os.listdir(partial)) - outdir.RUNNER_FILES - {PARTIAL_MARK})
+    unlisted = [name for name in names if not is_export_file(name)]
+    if unlisted:  # a transformers release that saves more: add its names to EXPORT_FILES
+        raise RuntimeError(f"export.py wrote {listed(unlisted)} in {partial}, which EXPORT_FILES does not name; "
+                           f"nothing was moved to {out}")
+    there = sorted(os.listdir(out)) if out.is_dir() else []
+    if there:
+        kept = [name for name in there if not is_export_file(name)]
+        print(f"--overwrite: replacing export.py's files in {out}; the {len(kept)} other(s) there stay as they are"
+              + (f" ({listed(kept)})" if kept else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / runs.EXPORT_INFO).unlink(missing_ok=True)
+    for name in there:
+        if is_export_file(name) and name not in names:
+            (out / name).unlink(missing_ok=True)
+    for name in sorted(names, key=lambda name: name == runs.EXPORT_INFO):
+        os.replace(partial / name, out / name)
 
 
 def main(argv=None):
     args = parse_args(argv)
     out, run_dir = Path(args.out), Path(args.run)
     if (run_dir / runs.EXPORT_INFO).is_file():
-        sys.exit(f"error: {run_dir} is an export already (push it with --push-to-hub from its run, or upload "
-                 "the folder with huggingface_hub)")
+        raise outdir.Refused(f"{run_dir} is an export already (push it with --push-to-hub from its run, or upload "
+                             "the folder with huggingface_hub)")
     check_out_folder(out, run_dir, args.overwrite)
     trained = runs.load_trained(run_dir)
-    # Written whole into DIR.partial, moved to DIR only once it has passed its check: a kill, a failed
+    # Written whole into DIR.partial and moved to DIR only once it has passed its check: a kill, a failed
     # check or a missing file never leaves a folder that loads but is not the run's classifier.
     partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    to_transformers(trained).save_pretrained(partial)
-    extractor = copy.deepcopy(trained["encoder"].extractor)
-    if trained["encoder"].whisper:  # for MaskedWhisperClassifier (the parent class ignores the mask)
-        extractor.return_attention_mask = True
-    extractor.save_pretrained(partial)
-    check = compare_on_valid(trained, partial, args.check_clips, args.data_root)
-    info = {"about": trained["about"], "max_seconds": trained["max_seconds"],
-            "eval_batch_size": trained["eval_batch_size"], "precision": trained["precision"],
-            "classes": trained["classes"], "export_check": check,
-            "pooling": WHISPER_POOLING if trained["encoder"].whisper else "the mean over the clip's frames, as the run"}
-    runs.write_json(partial / runs.EXPORT_INFO, info)
-    runs.write_text(partial / "README.md", model_card(trained, check))
-    for name, result in (check or {}).items():
-        if isinstance(result, dict):
-            print(f"check, {CHECKED[name]}, on {check['clips']} valid clips: largest logit difference "
-                  f"{result['max_abs_logit_difference']:.2e}, same prediction {100 * result['same_prediction']:.1f}%")
-    # The model that must agree: transformers' own class, or for Whisper the masked one.
-    agreeing = (check or {}).get("masked" if trained["encoder"].whisper else "transformers")
-    if agreeing and (agreeing["max_abs_logit_difference"] > 1e-4 or agreeing["same_prediction"] < 1):
-        sys.exit(f"error: the exported model does not compute what the run computes (above); it is left in "
-                 f"{partial} for a look, not in {out}")
-    if trained["encoder"].whisper:
-        print("note: transformers' WhisperForAudioClassification pools over its 30-s padding, which the run's "
-              "classifier was not trained on; load the folder with backbone.MaskedWhisperClassifier (see the card)")
-    shutil.rmtree(out, ignore_errors=True)  # empty, or an earlier export (check_out_folder)
-    os.replace(partial, out)
+    claim_partial(partial)
+    with outdir.FolderLock(partial):  # another export.py to the same --out: refused, naming it
+        clear_leftover(partial)
+        (partial / PARTIAL_MARK).write_text(f"export.py writes {out} here first; the next export.py to {out} "
+                                            "removes what it leaves\n")
+        to_transformers(trained).save_pretrained(partial)
+        extractor = copy.deepcopy(trained["encoder"].extractor)
+        if trained["encoder"].whisper:  # for MaskedWhisperClassifier (the parent class ignores the mask)
+            extractor.return_attention_mask = True
+        extractor.save_pretrained(partial)
+        check = compare_on_valid(trained, partial, args.check_clips, args.data_root)
+        info = {"about": trained["about"], "max_seconds": trained["max_seconds"],
+                "eval_batch_size": trained["eval_batch_size"], "precision": trained["precision"],
+                "classes": trained["classes"], "export_check": check,
+                "pooling": (WHISPER_POOLING if trained["encoder"].whisper
+                            else "the mean over the clip's frames, as the run")}
+        runs.write_json(partial / runs.EXPORT_INFO, info)
+        runs.write_text(partial / "README.md", model_card(trained, check))
+        for name, result in (check or {}).items():
+            if isinstance(result, dict):
+                print(f"check, {CHECKED[name]}, on {check['clips']} valid clips: largest logit difference "
+                      f"{result['max_abs_logit_difference']:.2e}, same prediction "
+                      f"{100 * result['same_prediction']:.1f}%")
+        # The model that must agree: transformers' own class, or for Whisper the masked one.
+        agreeing = (check or {}).get("masked" if trained["encoder"].whisper else "transformers")
+        if agreeing and not (agreeing["max_abs_logit_difference"] <= 1e-4 and agreeing["same_prediction"] == 1):
+            sys.exit(f"error: the exported model does not compute what the run computes (above); it is left in "
+                     f"{partial} for a look, not in {out}")
+        if trained["encoder"].whisper:
+            print("note: transformers' WhisperForAudioClassification pools over its 30-s padding, which the run's "
+                  "classifier was not trained on; load the folder with backbone.MaskedWhisperClassifier (see the card)")
+        move_into(partial, out)
+        (partial / PARTIAL_MARK).unlink()
+    try:
+        partial.rmdir()
+    except OSError:  # not empty: another export.py to the same --out took it meanwhile
+        pass
     print(f"exported {run_dir} -> {out} ({trained['about']['method']}, test/acc {trained['about']['test_acc']:.4f})")
     if args.push_to_hub:
         push_to_hub(out, args.push_to_hub, args.private)
@@ -371,5 +472,5 @@ def push_to_hub(folder: Path, repo: str, private: bool):
 if __name__ == "__main__":
     try:
         main()
-    except (data.DataError, OSError, ValueError, RuntimeError) as error:
+    except (data.DataError, outdir.Refused, OSError, ValueError, RuntimeError) as error:
         sys.exit(f"error: {error}")

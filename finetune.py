@@ -22,6 +22,7 @@ checkpoint.pt and best-e<epoch>.pt (to resume with --resume).
 """
 import argparse
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -73,9 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-cache-mb", type=float, default=1024,
                    help="memory for keeping valid's decoded inputs between epochs, so its clips are decoded once "
                         "(same features); over it, or 0, they are decoded every epoch")
-    p.add_argument("--knn-ks", default=",".join(map(str, knn.K_GRID)),
+    p.add_argument("--knn-ks", type=runs.comma_separated(runs.positive_int), default=",".join(map(str, knn.K_GRID)),
                    help="comma-separated k of the k-NN probe on the encoder's features, chosen on valid")
-    p.add_argument("--knn-temperature", type=float, default=knn.TEMPERATURE,
+    p.add_argument("--knn-temperature", type=runs.positive_float, default=knn.TEMPERATURE,
                    help="k-NN votes are weighted exp(cosine similarity / T)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint.pt (a finished run is left as it is)")
@@ -140,13 +141,13 @@ def train_one_epoch(classifier, loader, optimizer, args, device, epoch):
                 # micro-batches and averaged over processes by DDP, it is the global batch's mean loss,
                 # whatever the shares' sizes.
                 loss = F.cross_entropy(logits, labels[part], reduction="sum") / (batch_clips / ddp.world_size())
-                if not torch.isfinite(loss):
-                    raise outdir.Refused(f"non-finite loss at epoch {epoch}: training diverged; lower --lr (now "
-                                         f"{args.lr:g}) or check the data")
                 loss.backward()
             batch_loss += loss.detach()
-        optimizer.step()
-        batch_loss = ddp.average(batch_loss).item()
+        optimizer.step()  # a non-finite step is never saved: the run stops below, before its checkpoint
+        batch_loss = ddp.average(batch_loss).item()  # NaN or inf if any micro-batch's loss was
+        if not math.isfinite(batch_loss):
+            raise outdir.Refused(f"non-finite loss at epoch {epoch}: training diverged; lower --lr (now {args.lr:g}) "
+                                 "or check the data")
         total, batches, clips = total + batch_loss, batches + 1, clips + batch_clips
         progress.set_postfix(loss=f"{batch_loss:.4f}")
     return total / max(batches, 1), clips
@@ -157,10 +158,10 @@ def main(argv=None):
     if args.micro_batch is not None and args.micro_batch < 1:
         sys.exit(f"error: --micro-batch must be at least 1 (got {args.micro_batch})")
     out = Path(args.out)
-    # The output folder before anything else (outdir.py): new, empty, or this kind of run asked to be
-    # continued (--resume) or replaced (--overwrite); then held by its lock while the run writes there.
-    runs.prepare_run_folder(out, "finetune", args)
+    # The output folder before anything else (outdir.py): held by its lock while the run writes there,
+    # and new, empty, or this kind of run asked to be continued (--resume) or replaced (--overwrite).
     with runs.output_lock(out):
+        runs.prepare_run_folder(out, "finetune", args)
         train(args, out)
 
 
@@ -274,8 +275,8 @@ def train(args, out: Path):
                               args.knn_temperature)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
-    encoder.save(out / "encoder")
-    torch.save(head.state_dict(), out / "head.pt")
+    runs.save_encoder(encoder, out / "encoder")
+    runs.atomic_save(head.state_dict(), out / "head.pt")
     results = {"method": "finetune", "dataset": run["dataset"], "backbone": encoder.name,
                "backbone_random_init": encoder.random_init, "seed": args.seed, "fold": args.fold,
                "shots": args.shots,
@@ -300,5 +301,5 @@ if __name__ == "__main__":
         main()
     except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(runs.interrupted("finetune.py", parse_args().out, sys.argv[1:]))
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: where the run stands, and how to continue it
+        runs.interrupted(stop, parse_args().out, sys.argv)

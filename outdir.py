@@ -25,10 +25,12 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 LOCK = ".lock"
@@ -40,10 +42,10 @@ OWNED_RECORD = ".audioconfit-written"
 # A pairtune run's probe/ is its own stage 2 (probe.py's default --out), describing these weights.
 STAGE_FILES = {
     "pairtune": ["run.json", "log.jsonl", "checkpoint.pt", "best-e*.pt", "encoder", "encoder-last", "features",
-                 "probe", "results.json", "*.tmp"],
+                 "probe", "results.json"],
     "finetune": ["run.json", "log.jsonl", "checkpoint.pt", "best-e*.pt", "encoder", "head.pt", "features",
-                 "results.json", "*.tmp"],
-    "probe": ["run.json", "head.pt", "features", "results.json", "*.tmp"],
+                 "results.json"],
+    "probe": ["run.json", "head.pt", "features", "results.json"],
 }
 
 
@@ -64,7 +66,7 @@ def process_start(pid: int):
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else fields[19]
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie or a dead process holds nothing
 
 
 def lock_line(pid: int = None) -> str:
@@ -105,14 +107,14 @@ def holder_gone(host, pid, start, slurm_job) -> str:
 def ancestors() -> set:
     """(pid, start) of this process and every process above it: a lock naming one is this run's."""
     found, pid = set(), os.getpid()
-    while pid > 1:
+    while pid > 0:  # up to and including pid 1 (run_all.sh as a container's first process)
         start = process_start(pid)
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             break
         found.add((pid, start))
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])  # field 4: the parent
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])  # field 4: the parent (0 above pid 1)
     return found
 
 
@@ -129,6 +131,21 @@ def describe_holder(host, pid, start, slurm_job) -> str:
     return text + (f" (Slurm job {slurm_job})" if slurm_job else "")
 
 
+def take_flock(descriptor, seconds: float) -> bool:
+    """An exclusive flock within `seconds`; False on a timeout or a file system without flock."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.time() > deadline:
+                return False
+            time.sleep(0.05)
+        except OSError:
+            return False
+
+
 class FolderLock:
     """FOLDER/.lock for the life of a run (a context manager). Taken when free or its holder is gone;
     kept by run_all.sh (an ancestor) when it started this process; otherwise Refused, naming the holder."""
@@ -137,11 +154,20 @@ class FolderLock:
         self.folder, self.path, self.owned = Path(folder), Path(folder) / LOCK, False
 
     def __enter__(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        mine = lock_line()
-        if self._create(mine):
-            return self
-        held = self._read()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise Refused(f"--out {self.folder} is a file, not a folder")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            mine = lock_line()
+            for _ in range(3):  # a lock let go of, or created and not yet written, just now: look again
+                if self._create(mine):
+                    return self
+                held = self._read()
+                if held:
+                    break
+                time.sleep(0.1)
+        except OSError as error:  # a read-only or foreign folder
+            raise Refused(f"cannot write into {self.folder} ({error.strerror or error})") from None
         holder = parse_lock(held)
         if holder is None:
             raise Refused(f"{self.path} holds {held.strip()[:80]!r}, not a lock this project writes; delete it if "
@@ -155,12 +181,12 @@ class FolderLock:
             # never both win.
             mutex = os.open(self.folder, os.O_RDONLY)
             try:
-                fcntl.flock(mutex, fcntl.LOCK_EX)
-                if self._read() == held:
-                    self.path.unlink(missing_ok=True)
-                    print(f"took over the stale lock of {self.folder} ({why})")
-                if self._create(mine):
-                    return self
+                if take_flock(mutex, seconds=30):  # as run_all.sh waits; no flock here: no takeover
+                    if self._read() == held:
+                        self.path.unlink(missing_ok=True)
+                        print(f"took over the stale lock of {self.folder} ({why})")
+                    if self._create(mine):
+                        return self
             finally:
                 os.close(mutex)  # lets go of the flock
             holder = parse_lock(self._read()) or holder
@@ -208,34 +234,41 @@ def read_run_json(folder) -> dict:
     return run
 
 
-def last_logged_epoch(folder) -> int:
-    """The last epoch in FOLDER/log.jsonl (0 if none); a damaged line is not counted."""
-    epoch = 0
-    try:
-        for line in (Path(folder) / "log.jsonl").read_text().splitlines():
-            try:
-                epoch = max(epoch, int(json.loads(line)["epoch"]))
-            except (ValueError, KeyError, TypeError):
-                pass
-    except OSError:
-        pass
-    return epoch
+# A run's whole-file writes go through `.NAME.XXXXXXXX.tmp` (runs.temporary_beside: tempfile.mkstemp), so
+# a kill before the rename leaves one of these, and nothing else of the user's has such a name.
+LEFTOVER = re.compile(r"\.(run\.json|log\.jsonl|checkpoint\.pt|best-e\d+\.pt|results\.json|head\.pt)"
+                      r"\.[a-z0-9_]{8}\.tmp")
 
 
-def check_run_folder(out, stage: str, resume: bool, overwrite: bool, epochs: int = None) -> str:
+def is_leftover_temporary(name: str) -> bool:
+    """A temporary file of a run's that a kill left behind."""
+    return LEFTOVER.fullmatch(name) is not None
+
+
+def remove_leftover_temporaries(out):
+    """A killed run's temporary files (a checkpoint's may be as large as the model): removed when the
+    run starts again, under its lock (no writer of this run is left to finish them)."""
+    for name in os.listdir(out) if Path(out).is_dir() else ():
+        if is_leftover_temporary(name):
+            (Path(out) / name).unlink(missing_ok=True)
+
+
+def check_run_folder(out, stage: str, resume: bool, overwrite: bool, saved_epoch=None) -> str:
     """What a `stage` run may do with --out: "new" (new or empty), "resume" (its own unfinished run,
     --resume), "finished" (its own finished run, --resume), "replace" (its own run, --overwrite).
-    Anything else is Refused with what is there and what to do."""
+    Anything else is Refused with what is there and what to do. Called under the folder's lock.
+    saved_epoch(): the epoch an unfinished training run has saved, for the message."""
     out = Path(out)
+    training = stage != "probe"  # a probe keeps no checkpoint: continuing it is starting it again
     if resume and overwrite:
         raise Refused("--resume continues a run and --overwrite replaces it: give one of them")
     if out.exists() and not out.is_dir():
         raise Refused(f"--out {out} is a file, not a folder")
-    # A run killed before its first whole write leaves only the lock and a temporary file: still new.
-    if not out.is_dir() or not {name for name in os.listdir(out) if name != "run.json.tmp"} - RUNNER_FILES:
+    present = {name for name in os.listdir(out) if not is_leftover_temporary(name)} if out.is_dir() else set()
+    if not present - RUNNER_FILES:
         return "new"
-    if not (out / "run.json").is_file():
-        listed = sorted(set(os.listdir(out)) - RUNNER_FILES)
+    if "run.json" not in present:
+        listed = sorted(present - RUNNER_FILES)
         raise Refused(f"--out {out} is not empty and holds no run (it has {', '.join(listed[:4])}"
                       f"{', ...' if len(listed) > 4 else ''}): give a new or empty folder")
     run = read_run_json(out)
@@ -247,29 +280,41 @@ def check_run_folder(out, stage: str, resume: bool, overwrite: bool, epochs: int
     if run.get("finished"):
         if resume:
             return "finished"
+        extend = training and (out / "checkpoint.pt").is_file()  # a finished run keeps it with --keep-checkpoint
         raise Refused(f"--out {out} holds a finished {stage} run" +
                       (f" ({run['epochs_run']} epochs)" if run.get("epochs_run") else "") +
-                      ": --overwrite replaces it" + (", --resume extends it to more --epochs" if epochs else "") +
+                      ": --overwrite replaces it" + (", --resume extends it to more --epochs" if extend else "") +
                       "; or give another --out")
     if resume:
         return "resume"
-    if not epochs:  # a probe: nothing saved along the way
-        raise Refused(f"--out {out} holds an unfinished {stage} (it keeps no checkpoint): --resume or --overwrite "
+    if not training:
+        raise Refused(f"--out {out} holds an unfinished probe (a probe keeps no checkpoint): --resume or --overwrite "
                       "starts it again; or give another --out")
-    raise Refused(f"--out {out} holds an unfinished {stage} run (epoch {last_logged_epoch(out)} of "
-                  f"{run.get('args', {}).get('epochs', '?')} saved): --resume continues it, --overwrite starts it "
-                  "again; or give another --out")
+    epoch = saved_epoch() if saved_epoch else None
+    saved = "no epoch saved" if not epoch else f"epoch {epoch} of {run.get('args', {}).get('epochs', '?')} saved"
+    raise Refused(f"--out {out} holds an unfinished {stage} run ({saved}): --resume continues it, --overwrite "
+                  "starts it again; or give another --out")
+
+
+def remove_written(path):
+    """Remove a file or folder a run wrote: a symlink itself (never what it points to), and a folder
+    only while no live run holds its lock (a pairtune run's own probe/ may be running)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    elif (path / LOCK).exists():
+        with FolderLock(path):  # Refused, naming the holder, while it runs
+            shutil.rmtree(path)
+    else:
+        shutil.rmtree(path)
 
 
 def clear_run(out, stage: str):
     """--overwrite: remove what a `stage` run writes into `out` (STAGE_FILES), nothing else."""
-    out = Path(out)
     for pattern in STAGE_FILES[stage]:
-        for path in out.glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+        for path in Path(out).glob(pattern):
+            remove_written(path)
+    remove_leftover_temporaries(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,8 +360,6 @@ def _record(folder: Path) -> dict:
 
 def _note(folder: Path, name: str, digest: str):
     """Append one line to the folder's record (digest "-": removed)."""
-    if "\n" in name or "\r" in name:
-        raise Refused(f"{folder / name!r}: a file name with a line break cannot be recorded")
     names = _record(folder)  # the cached dict itself, brought up to date below
     path = folder / OWNED_RECORD
     with open(path, "a", encoding="utf-8") as f:
@@ -346,6 +389,8 @@ def write_owned(path, content, script: str):
     """Write `content` (str or bytes) to `path` whole, if may_replace allows, and record it as ours."""
     path = Path(path)
     check_owned(path, script)
+    if "\n" in path.name or "\r" in path.name:  # the record holds a name a line
+        raise Refused(f"{path!r}: a file name with a line break cannot be recorded")
     data = content.encode() if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
     # A temporary name of its own (never a user's file), renamed over the target once whole.

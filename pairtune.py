@@ -25,7 +25,6 @@ encoder-last/ (the last epoch's, unless --only-best).
 import argparse
 import contextlib
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ def parse_args(argv=None):
                    help="size p of the projection head (paper: 256)")
     p.add_argument("--mining", choices=["ms", "batch-hard", "none"], default="ms",
                    help="hard-pair mining: multi-similarity (default), hardest pair per anchor, or all pairs")
-    p.add_argument("--epsilon", type=float, default=0.1, help="margin of multi-similarity mining")
+    p.add_argument("--epsilon", type=runs.finite_float, default=0.1, help="margin of multi-similarity mining")
     p.add_argument("--loss", choices=["fused", "eager"], default="fused",
                    help="fused: the torch.compile'd loss with a closed-form backward (compiles once, tens of "
                         "seconds on CPU); eager: the reference implementation, same values (no compiler needed)")
@@ -77,8 +76,8 @@ def parse_args(argv=None):
                    help="per-epoch valid metric that picks the saved epoch, on features of valid and of a fixed "
                         "train subset: nearest class centroid (cheapest), k-NN vote, or a quick linear probe "
                         "(300 full-batch Adam steps more per epoch); all encode those clips once per epoch")
-    p.add_argument("--knn-k", type=int, default=10, help="neighbours for --select-by knn")
-    p.add_argument("--centroid-clips-per-class", type=int, default=32,
+    p.add_argument("--knn-k", type=runs.positive_int, default=10, help="neighbours for --select-by knn")
+    p.add_argument("--centroid-clips-per-class", type=runs.positive_int, default=32,
                    help="train clips per class encoded each epoch for the valid metric (centroids, neighbours "
                         "or probe training set)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and crops")
@@ -225,15 +224,14 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch):
     for inputs, labels in progress:
         inputs = backbone.to_device(inputs, device)
         labels = ddp.gather(labels.to(device))  # the global batch's labels, in rank order
+        finite_z = []
 
         def batch_loss(z):  # SupCon over every process's z: the global batch, as one process would see it
             z = ddp.gather_with_grad(z)
-            loss = loss_fn(z, labels, temperature=args.temperature, mining=args.mining, epsilon=args.epsilon)
-            # z too: multi-similarity mining never mines a NaN similarity, so NaN embeddings give a finite loss.
-            if not (torch.isfinite(loss) & torch.isfinite(z).all()):
-                raise outdir.Refused(f"non-finite {'loss' if torch.isfinite(z).all() else 'embeddings'} at epoch "
-                                     f"{epoch}: training diverged; lower --lr (now {args.lr:g}) or check the data")
-            return loss
+            # z's finiteness too: multi-similarity mining never mines a NaN similarity, so NaN embeddings
+            # give a finite loss. Kept on the device, read with the loss below (no extra synchronisation).
+            finite_z.append(torch.isfinite(z.detach()).all())
+            return loss_fn(z, labels, temperature=args.temperature, mining=args.mining, epsilon=args.epsilon)
 
         optimizer.zero_grad(set_to_none=True)
         if args.micro_batch and args.micro_batch < len(inputs["attention_mask"]):
@@ -241,9 +239,13 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch):
         else:
             loss = batch_loss(embedder(inputs))
             loss.backward()
-        optimizer.step()
-        total, batches, clips = total + loss.item(), batches + 1, clips + len(labels)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        optimizer.step()  # a non-finite step is never saved: the run stops below, before its checkpoint
+        loss_value, z_ok = torch.stack([loss.detach().float(), finite_z[0].float()]).tolist()
+        if not (math.isfinite(loss_value) and z_ok):
+            raise outdir.Refused(f"non-finite {'loss' if z_ok else 'embeddings'} at epoch {epoch}: training diverged; "
+                                 f"lower --lr (now {args.lr:g}) or check the data")
+        total, batches, clips = total + loss_value, batches + 1, clips + len(labels)
+        progress.set_postfix(loss=f"{loss_value:.4f}")
     return total / max(batches, 1), clips
 
 
@@ -303,10 +305,10 @@ def check_fused_loss(args, device):
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
-    # The output folder before anything else (outdir.py): new, empty, or this kind of run asked to be
-    # continued (--resume) or replaced (--overwrite); then held by its lock while the run writes there.
-    runs.prepare_run_folder(out, "pairtune", args)
+    # The output folder before anything else (outdir.py): held by its lock while the run writes there,
+    # and new, empty, or this kind of run asked to be continued (--resume) or replaced (--overwrite).
     with runs.output_lock(out):
+        runs.prepare_run_folder(out, "pairtune", args)
         train(args, out)
 
 
@@ -417,11 +419,11 @@ def train(args, out: Path):
         ddp.stop()
         return
     if args.only_best:
-        shutil.rmtree(out / "encoder-last", ignore_errors=True)  # a previous run's, in a reused --out
+        outdir.remove_written(out / "encoder-last")  # a previous run's, in a reused --out
     else:
-        encoder.save(out / "encoder-last")
+        runs.save_encoder(encoder, out / "encoder-last")
     encoder.model.load_state_dict(runs.load_best(out, best, device)["encoder"])
-    encoder.save(out / "encoder")
+    runs.save_encoder(encoder, out / "encoder")
     run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"], selection=selection,
                selected_by=f"valid_acc in log.jsonl: {args.select_by} accuracy on valid",
                selected_valid_acc=round(best["valid_acc"], 6))
@@ -440,5 +442,5 @@ if __name__ == "__main__":
         main()
     except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(runs.interrupted("pairtune.py", parse_args().out, sys.argv[1:]))
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: where the run stands, and how to continue it
+        runs.interrupted(stop, parse_args().out, sys.argv)

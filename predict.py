@@ -11,9 +11,14 @@ the chunks' pooled features averaged, then the classifier. Clips are batched by 
 evaluation (--batch-size, default the run's) and at the run's precision, so a run's own test files
 get the run's test scores (on the device type it was tested on: bf16 on a GPU is not fp32 on a CPU).
 
+A clip's chunks all go into its batch, so a batch of long files holds many chunks: they go through
+the encoder in forward passes of at most --max-samples-per-pass samples (the same scores, in
+bounded memory).
+
 Prints, per file, the top classes with their probabilities (--json: one JSON object a line). A file
 that cannot be used (missing, unreadable, empty, NaN samples) is reported by name and skipped; the
-exit status is then 1.
+exit status is then 1. A model that gives non-finite scores (a diverged run's) stops the script at
+the first file it does so for, with one line naming it.
 """
 import argparse
 import json
@@ -24,9 +29,15 @@ import torch
 
 import backbone
 import data
+import outdir
 import runs
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64"}
+# Input samples per forward pass: 16 chunks of 10 s at 16 kHz, the largest pass a run's evaluation makes
+# at the default --max-seconds and --eval-batch-size, so the GPU that evaluated such a run holds it.
+# One pass this size took 2.5 GB above the model on a CPU in fp32 with a wav2vec2-base-sized encoder
+# (its conv stack's activations; about half that in bf16), 0.2 GB with Whisper tiny.en.
+MAX_SAMPLES_PER_PASS = 16 * 10 * 16_000
 
 
 def parse_args(argv=None):
@@ -40,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=backbone.PRECISIONS, default=None,
                    help="default: the run's (FineTune's --precision; auto for probes: bf16 on CUDA, else fp32)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    p.add_argument("--max-samples-per-pass", type=positive, default=MAX_SAMPLES_PER_PASS,
+                   help="input samples (chunks x padded length) per forward pass: lower it if long files run out "
+                        "of memory, raise it for speed on a big GPU; the scores are the same")
     return p.parse_args(argv)
 
 
@@ -85,14 +99,21 @@ def main(argv=None):
     if usable:
         features, _ = backbone.extract_features(encoder, usable, classes, trained["max_seconds"], device,
                                                 args.batch_size or trained["eval_batch_size"], args.num_workers,
-                                                desc="predicting", precision=args.precision or trained["precision"])
+                                                desc="predicting", precision=args.precision or trained["precision"],
+                                                max_samples_per_pass=args.max_samples_per_pass)
         with torch.no_grad():
             probabilities = head(features.to(device)).float().softmax(1).cpu()
+        finite = probabilities.isfinite().all(1)
         top = probabilities.topk(min(args.top_k, len(classes)), dim=1)
-        for clip, values, indices in zip(usable, top.values, top.indices):
+        for clip, values, indices, ok in zip(usable, top.values, top.indices, finite):
+            if not ok:  # a diverged run's weights: printed, NaN would read as a probability (and is not JSON)
+                raise outdir.Refused(f"{clip.path}: the model gives non-finite scores (NaN or inf) for this file "
+                                     f"({int((~finite).sum())} of {len(usable)} files in all); stopped here (a "
+                                     "diverged run gives them: train it again with a lower --lr)")
             best = [(classes[i], round(float(v), 6)) for v, i in zip(values, indices)]
             if args.json:
-                print(json.dumps({"file": clip.path, "top": [{"label": c, "probability": p} for c, p in best]}))
+                print(json.dumps({"file": clip.path, "top": [{"label": c, "probability": p} for c, p in best]},
+                                 allow_nan=False))
             else:
                 print(f"{clip.path}\t" + "\t".join(f"{c} {p:.3f}" for c, p in best))
     if unusable:
@@ -104,5 +125,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (data.DataError, OSError, ValueError, RuntimeError) as error:
+    except (data.DataError, outdir.Refused, OSError, ValueError, RuntimeError) as error:
         sys.exit(f"error: {error}")

@@ -52,13 +52,15 @@ def parse_args(argv=None):
     p.add_argument("--random-init", action="store_true",
                    help="probe the backbone's architecture with random weights (a control)")
     p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--lrs", default="1e-4,1e-3,1e-2", help="comma-separated Adam learning rates of the grid")
-    p.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes of the grid")
+    p.add_argument("--lrs", type=runs.comma_separated(runs.positive_float), default="1e-4,1e-3,1e-2",
+                   help="comma-separated Adam learning rates of the grid")
+    p.add_argument("--batch-sizes", type=runs.comma_separated(runs.positive_int), default="32,128",
+                   help="comma-separated batch sizes of the grid")
     p.add_argument("--epochs", type=runs.positive_int, default=100,
                    help="epochs per grid point (on cached features: cheap)")
-    p.add_argument("--knn-ks", default=",".join(map(str, knn.K_GRID)),
+    p.add_argument("--knn-ks", type=runs.comma_separated(runs.positive_int), default=",".join(map(str, knn.K_GRID)),
                    help="comma-separated k of the k-NN probe's grid, chosen on valid")
-    p.add_argument("--knn-temperature", type=float, default=knn.TEMPERATURE,
+    p.add_argument("--knn-temperature", type=runs.positive_float, default=knn.TEMPERATURE,
                    help="k-NN votes are weighted exp(cosine similarity / T)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the run's, else 0)")
     p.add_argument("--device", default="auto", help="device for encoding: auto, cuda, cpu")
@@ -156,11 +158,11 @@ def main(argv=None):
         default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
         out = Path(args.out) if args.out else default_out
         feature_root = out
-    # The output folder (outdir.py): new, empty, or a probe asked to be redone; held by its lock from here.
-    if runs.prepare_run_folder(out, "probe", args) == "finished":
-        print(f"{out} holds a finished probe; nothing to do (--overwrite probes again)")
-        return
+    # The output folder (outdir.py): held by its lock from here, and new, empty, or a probe asked to be redone.
     with runs.output_lock(out):
+        if runs.prepare_run_folder(out, "probe", args) == "finished":
+            print(f"{out} holds a finished probe; nothing to do (--overwrite probes again)")
+            return
         encoder = encoder.to(device)
         max_seconds = encoder.chunk_seconds(max_seconds)
 
@@ -235,7 +237,7 @@ def main(argv=None):
                                   len(classes), [int(k) for k in args.knn_ks.split(",")], args.knn_temperature)
         confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
         confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
-        torch.save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
+        runs.atomic_save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
         results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
                    "backbone_random_init": random_init, "seed": seed, "fold": fold, "shots": shots,
                    "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
@@ -256,6 +258,5 @@ if __name__ == "__main__":
         main()
     except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:  # a probe keeps no checkpoint: it starts again
-        sys.exit(f"interrupted: the probe in {parse_args().out or 'its --out'} is unfinished; run the same command "
-                 "with --resume to start it again")
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM
+        runs.interrupted(stop, parse_args().out, sys.argv, keeps_checkpoint=False)

@@ -402,8 +402,10 @@ finish() {
   if (( GRID_NOT_RUN )); then
     echo "== $GRID_NOT_RUN job(s) not run: no free GPU slot (a process outside the grid held one)"
   fi
-  [[ -d $RUNS ]] && "$PYTHON" eval.py report "$RUNS"
-  (( failed == 0 && not_run == 0 && GRID_NOT_RUN == 0 ))
+  local reported=0
+  if [[ -d $RUNS ]]; then "$PYTHON" eval.py report "$RUNS" || reported=$?; fi  # e.g. a report.md of yours there
+  (( reported )) && echo "== the report was not written (exit status $reported, above)"
+  (( failed == 0 && not_run == 0 && GRID_NOT_RUN == 0 && reported == 0 ))
 }
 
 # ---------------- --parallel K: K jobs at once, xargs the engine, one GPU (or CPU share) each ----------------

@@ -28,9 +28,9 @@ import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,20 +49,38 @@ from backbone import AudioEncoder, extract_features, load_encoder
 
 def atomic_save(obj, path):
     """torch.save through a temporary file, so a kill never leaves a half-written file."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with temporary_beside(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_text(path, text: str):
     """Text through a temporary file, like atomic_save."""
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with temporary_beside(path) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def temporary_beside(path):
+    """A new temporary file in `path`'s folder (a name of its own, created exclusively: never a file or
+    symlink someone left there), renamed onto `path` once written; removed if the write fails."""
+    path = Path(path)
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        yield Path(name)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")  # NaN is not JSON: an error, not a file
+
+
+# Plain numpy arrays (of unsigned ints): the random state in checkpoints written before 2026-12 held
+# numpy's as an array, so that those resume. Arrays of numbers only: building them runs no code.
+NUMPY_ARRAYS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 def load_plain(path, recover: str, map_location="cpu"):
@@ -70,7 +88,8 @@ def load_plain(path, recover: str, map_location="cpu"):
     (weights_only=True: nothing in it can run code, whoever made it). A file that is truncated, not
     ours, or holds anything else stops with one line naming it and `recover` (what to do)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_ARRAYS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise outdir.Refused(f"{path} is missing; {recover}") from None
     except Exception as error:  # torch raises several types; its advice (weights_only=False) must not reach users
@@ -111,6 +130,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (a margin)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def comma_separated(item_type):
+    """argparse type: comma-separated values, each checked by item_type; kept as the text given (as
+    run.json has always recorded it)."""
+    def check(text: str) -> str:
+        for item in text.split(","):
+            item_type(item)
+        return text
+    return check
+
+
 def output_lock(out):
     """The run folder's lock (outdir.FolderLock) for the life of the run, taken by rank 0 alone under
     torchrun (RANK from the environment: the process group does not exist yet)."""
@@ -119,38 +156,56 @@ def output_lock(out):
 
 def prepare_run_folder(out, stage: str, args) -> str:
     """check_run_folder's verdict for --out (Refused if the folder is not this run's to write), and
-    with --overwrite the earlier run's files removed (only the names a `stage` run writes). None on
-    the other ranks under torchrun."""
+    with --overwrite the earlier run's files removed (only the names a `stage` run writes). Called
+    under the folder's lock (output_lock); None on the other ranks under torchrun."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 decides (and writes) for all
         return None
-    state = outdir.check_run_folder(out, stage, args.resume, args.overwrite, getattr(args, "epochs", None))
+    state = outdir.check_run_folder(out, stage, args.resume, args.overwrite, lambda: saved_epoch(out))
+    if state != "new" and (Path(out) / "probe").is_dir():
+        with outdir.FolderLock(Path(out) / "probe"):  # its own probe must not be running (Refused, naming it)
+            pass
     if state == "replace":
         outdir.clear_run(out, stage)
+    outdir.remove_leftover_temporaries(out)
     return state
+
+
+def saved_epoch(out):
+    """The epoch RUN/checkpoint.pt holds (None without a readable one); mmap: the weights are not read."""
+    try:
+        return torch.load(Path(out) / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:
+        return None
 
 
 def stop_on_sigterm():
     """SIGTERM (kill, scancel, a Slurm time limit) ends a run as Ctrl-C does: through KeyboardInterrupt,
     so the lock is let go and the user is told where the run stands (interrupted)."""
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
     signal.signal(signal.SIGTERM, handler)
 
 
-def interrupted(script: str, out, argv: list) -> str:
-    """The one line a stage prints when stopped: the last saved epoch and the command that continues."""
-    checkpoint = Path(out) / "checkpoint.pt"
-    epoch = None
-    try:  # mmap: only the epoch is read, not the weights
-        epoch = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]
-    except Exception:
-        pass
-    argv = [a for a in argv if a not in ("--resume", "--overwrite")]
-    again = shlex.join(["python", script, *argv, "--resume"])
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, so that it ends as Ctrl-C does (exit status 143, not 130)."""
+
+
+def interrupted(stop: KeyboardInterrupt, out, argv: list, keeps_checkpoint: bool = True):
+    """The one line a stage prints when stopped (rank 0 alone under torchrun), then its exit: the last
+    saved epoch and the command that continues the run."""
+    code = 143 if isinstance(stop, Terminated) else 130
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.exit(code)
+    command = [a for a in argv if a not in ("--resume", "--overwrite")]
+    epoch = saved_epoch(out) if keeps_checkpoint else None
     if epoch is None:
-        return (f"interrupted before an epoch was saved in {out}; nothing to continue: run it again with "
-                f"{shlex.join(['python', script, *argv, '--overwrite'])}")
-    return f"interrupted: {out} holds epoch {epoch} (checkpoint.pt); continue with: {again}"
+        what = "a probe keeps no checkpoint" if not keeps_checkpoint else "no epoch was saved"
+        print(f"interrupted: {what}; start it again with: {shlex.join(['python', *command, '--resume'])}",
+              file=sys.stderr)
+    else:
+        print(f"interrupted: {out} holds epoch {epoch} (checkpoint.pt); continue with: "
+              f"{shlex.join(['python', *command, '--resume'])}", file=sys.stderr)
+    sys.exit(code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,8 +259,8 @@ def random_states(loader_generator: torch.Generator) -> dict:
 
 def restore_random_states(states: dict, loader_generator: torch.Generator):
     random.setstate(states["python"])
-    name, key, position, has_gauss, cached_gaussian = states["numpy"]
-    np.random.set_state((name, np.array(key, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    name, key, position, has_gauss, cached_gaussian = states["numpy"]  # key: a list (an array before 2026-12)
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(states["torch"])
     if states["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -247,11 +302,7 @@ def remove_old_results(out):
     if not ddp.is_main():
         return
     for stale in ("results.json", "probe", "features"):
-        path = Path(out) / stale
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        outdir.remove_written(Path(out) / stale)  # a probe/ that is running stops this run, naming it
 
 
 def best_file(out, epoch: int) -> Path:
@@ -296,12 +347,12 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
     checkpoint_path = Path(out) / "checkpoint.pt"
     if args.resume and finished_epochs(out) and not checkpoint_path.exists():
         sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
-                 f"{args.epochs} epochs; start a fresh run (or finish runs with --keep-checkpoint)")
+                 f"{args.epochs} epochs; start it again with --overwrite (and keep checkpoints with --keep-checkpoint)")
     if not (args.resume and checkpoint_path.exists()):
         if ddp.is_main():
             (Path(out) / "log.jsonl").unlink(missing_ok=True)
         return 1, [], {"epoch": 0, "valid_acc": -1.0}
-    fresh_start = "start a fresh run (without --resume, or in another --out)"
+    fresh_start = "start the run again (--overwrite instead of --resume, or another --out)"
     # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
     state = load_plain(checkpoint_path, "start the run again with --overwrite (or give another --out)")
     if not isinstance(state, dict) or "args" not in state:
@@ -314,6 +365,8 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
     if "best" not in state or not best_file(out, state["best"]["epoch"]).exists():
         sys.exit(f"error: {checkpoint_path} cannot be resumed: its best-valid weights "
                  f"(best-e<epoch>.pt) are missing; {fresh_start}")
+    # Read now, not after the epochs left: a damaged best file stops the resume before any training.
+    load_plain(best_file(out, state["best"]["epoch"]), fresh_start)
     rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # (one process's, before torchrun)
     if len(rng) != ddp.world_size():
         sys.exit(f"error: {checkpoint_path} was written by a run of {len(rng)} process(es) and this one has "
@@ -381,6 +434,13 @@ def throughput(started: float, clips: int, device) -> dict:
 def describe_throughput(measured: dict) -> str:
     text = f"{measured['clips_per_s']:.1f} clips/s"
     return text + (f", peak {measured['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in measured else "")
+
+
+def save_encoder(encoder: AudioEncoder, folder: Path):
+    """encoder.save into a fresh folder: the run's earlier one is removed first (a symlink left there is
+    removed, not followed), so no file of another run's, or of anyone's, is written through."""
+    outdir.remove_written(folder)
+    encoder.save(folder)
 
 
 def remove_checkpoints(out: Path):

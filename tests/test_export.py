@@ -7,6 +7,8 @@ takes no attention mask), and on real speech (FSDD) with the real pre-trained Wh
 """
 import csv
 import json
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -170,18 +172,74 @@ def test_a_copied_run_exports_its_own_encoder_and_a_changed_encoder_is_refused(d
     assert not (tmp_path / "other").exists()
 
 
-def test_the_export_folder_must_be_new_empty_or_an_earlier_export(demo_runs, tmp_path):
+def test_the_export_folder_must_be_new_or_empty_unless_overwrite(demo_runs, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     refused = run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "busy", check=False)
-    assert refused.returncode == 1 and "with other files in it" in refused.stderr
+    assert refused.returncode == 1 and "is not empty (it has notes.txt)" in refused.stderr
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
     refused = run_script("export.py", demo_runs / "finetune", "--out", demo_runs / "finetune" / "x", check=False)
     assert refused.returncode == 1 and "inside the run folder" in refused.stderr
+    (tmp_path / "again").mkdir()  # empty: no --overwrite needed
     run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "again", "--check-clips", 0)
-    run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "again", "--check-clips", 0)  # replaced
+    refused = run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "again", "--check-clips", 0,
+                         check=False)  # an earlier export too: it may be a clone with more in it
+    assert refused.returncode == 1 and "--overwrite replaces only the files export.py writes" in refused.stderr
+    run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "again", "--check-clips", 0, "--overwrite")
     refused = run_script("export.py", tmp_path / "again", "--out", tmp_path / "twice", check=False)
     assert refused.returncode == 1 and "is an export already" in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "busy"]  # no .partial left behind
+
+
+def files_in(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result) -> str:
+    """The script stopped with one `error: ...` line, not a traceback; that line."""
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr[-3000:]
+    return errors[0]
+
+
+def test_overwrite_replaces_only_exports_own_files_in_a_cloned_export(demo_runs, demo_manifest, tmp_path):
+    # An earlier export as the Hub gives it back: a clone with .git/, a notebook, an edited card, and
+    # a weight shard of an export that was sharded (transformers would load the stale shard's index).
+    clone = tmp_path / "clone"
+    run_script("export.py", demo_runs / "finetune", "--out", clone, "--check-clips", 0)
+    (clone / ".git" / "objects").mkdir(parents=True)
+    (clone / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (clone / ".git" / "objects" / "pack").write_bytes(b"\x00history")
+    (clone / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    (clone / "demo.ipynb").write_text("{}")
+    (clone / "README.md").write_text((clone / "README.md").read_text() + "\nEdited by hand.\n")
+    (clone / "model-00001-of-00002.safetensors").write_bytes(b"stale shard")
+    before = files_in(clone)
+    refused = run_script("export.py", demo_runs / "pairtune", "--out", clone, check=False)
+    line = one_error_line(refused)
+    assert f"--out {clone} is not empty (it has .git, .gitattributes" in line
+    assert "--overwrite replaces only the files export.py writes" in line and "leaves the rest" in line
+    assert files_in(clone) == before, "nothing is touched without --overwrite"
+    replaced = run_script("export.py", demo_runs / "pairtune", "--out", clone, "--overwrite", "--check-clips", 2)
+    assert f"--overwrite: replacing export.py's files in {clone}; the 3 other(s) there stay as they are " \
+           "(.git, .gitattributes, demo.ipynb)" in replaced.stdout
+    after = files_in(clone)
+    for kept in (".git/HEAD", ".git/objects/pack", ".gitattributes", "demo.ipynb"):
+        assert after[kept] == before[kept], kept
+    assert "model-00001-of-00002.safetensors" not in after  # export's name, not written this time
+    assert set(after) == {".git/HEAD", ".git/objects/pack", ".gitattributes", "demo.ipynb", "README.md",
+                          "audioconfit.json", "config.json", "model.safetensors", "preprocessor_config.json"}
+    assert "Edited by hand" not in after["README.md"].decode() and "PairTune" in after["README.md"].decode()
+    assert json.loads(after["audioconfit.json"])["about"]["method"] == "pairtune"
+    model = transformers.AutoModelForAudioClassification.from_pretrained(clone).eval()  # the new weights
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(clone)
+    waves, _ = held_out_waves(demo_manifest, n=4)
+    with torch.no_grad():
+        theirs = torch.cat([model(**extractor(w, sampling_rate=16_000, return_tensors="pt")).logits for w in waves])
+    assert torch.allclose(theirs, our_logits(demo_runs / "pairtune", "pairtune", waves), atol=1e-4)
+    assert not (tmp_path / "clone.partial").exists()
 
 
 def test_an_export_that_does_not_compute_what_the_run_computes_is_not_written(demo_runs, tmp_path, monkeypatch):
@@ -191,6 +249,72 @@ def test_an_export_that_does_not_compute_what_the_run_computes_is_not_written(de
     with pytest.raises(SystemExit, match="does not compute what the run computes"):
         export.main([str(demo_runs / "pairtune"), "--out", str(tmp_path / "wrong")])
     assert not (tmp_path / "wrong").exists() and (tmp_path / "wrong.partial" / "config.json").exists()
+
+
+def lock_naming(pid: int) -> str:
+    """A folder lock's line (outdir's format: HOST PID START) naming process `pid`."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return f"{socket.gethostname()} {pid} {stat[stat.rindex(')') + 2:].split()[19]}\n"
+
+
+def test_a_partial_folder_is_removed_only_as_exports_own_leftover(demo_runs, tmp_path, monkeypatch):
+    import export
+    # someone's folder that happens to be named OUT.partial: refused, not removed
+    theirs = tmp_path / "a.partial"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    line = one_error_line(run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "a", "--check-clips", 0,
+                                     check=False))
+    assert f"{theirs} is not export.py's" in line and "move it away" in line
+    assert files_in(theirs) == {"notes.txt": b"mine"} and not (tmp_path / "a").exists()
+    # export.py's own: a failed check leaves it for a look
+    true_affine = export.affine_of
+    monkeypatch.setattr(export, "affine_of", lambda head: (lambda w, b, c: (w, b + 1.0, c))(*true_affine(head)))
+    with pytest.raises(SystemExit, match="does not compute what the run computes"):
+        export.main([str(demo_runs / "finetune"), "--out", str(tmp_path / "b")])
+    monkeypatch.undo()
+    leftover = tmp_path / "b.partial"
+    assert (leftover / "config.json").is_file() and not (leftover / ".lock").exists()
+    # ... while its writer runs (a lock naming a live process): refused, naming it
+    writer = subprocess.Popen(["sleep", "300"])
+    try:
+        (leftover / ".lock").write_text(lock_naming(writer.pid))
+        before = files_in(leftover)
+        line = one_error_line(run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "b", check=False))
+        assert f"{leftover} is in use by process {writer.pid}" in line
+        assert files_in(leftover) == before and not (tmp_path / "b").exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    # ... and once that writer is gone: removed, with a line saying so, and the export made
+    done = run_script("export.py", demo_runs / "finetune", "--out", tmp_path / "b", "--check-clips", 2)
+    assert f"took over the stale lock of {leftover}" in done.stdout
+    assert f"removing {leftover}: an earlier export.py's" in done.stdout
+    assert not leftover.exists() and (tmp_path / "b" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("broken", ["nan-weights", "zero-std"])
+def test_a_model_with_non_finite_logits_is_neither_exported_nor_predicted(demo_runs, demo_manifest, tmp_path, broken):
+    # pairtune.py --lr 1e9 can end with NaN weights; a probe whose std is 0 has finite weights and
+    # infinite logits (only the logits show it). NaN fails every comparison, so it passed the check.
+    import shutil
+    run = tmp_path / broken
+    if broken == "nan-weights":
+        shutil.copytree(demo_runs / "finetune", run)
+        head = torch.load(run / "head.pt", weights_only=True)
+        torch.save({k: torch.full_like(v, float("nan")) for k, v in head.items()}, run / "head.pt")
+    else:
+        shutil.copytree(demo_runs / "frozen", run)
+        saved = torch.load(run / "head.pt", weights_only=True)
+        torch.save({**saved, "std": torch.zeros_like(saved["std"])}, run / "head.pt")
+    line = one_error_line(run_script("export.py", run, "--out", tmp_path / "out", check=False))
+    assert "non-finite" in line and not (tmp_path / "out").exists()
+    files = sorted((demo_manifest.parent / "audio" / "test").glob("*.wav"))[:3]
+    result = run_script("predict.py", run, *files, "--json", check=False)
+    line = one_error_line(result)
+    assert "non-finite" in line and "NaN" not in result.stdout
+    if broken == "zero-std":
+        assert line.startswith(f"error: {files[0]}: the model gives non-finite scores (NaN or inf) for this file")
 
 
 def test_an_unfinished_run_is_refused_by_name(demo_runs, tmp_path):
@@ -283,6 +407,60 @@ def test_predict_names_unusable_files_skips_them_and_exits_non_zero(demo_runs, d
     assert run_script("predict.py", demo_runs / "finetune", *good).returncode == 0
 
 
+def joined_files(folder: Path, groups) -> Path:
+    """One file per group of audio files, their samples end to end (all at one rate)."""
+    import soundfile as sf
+    folder.mkdir()
+    for n, group in enumerate(groups):
+        waves, rates = zip(*(sf.read(f, dtype="float32") for f in group))
+        sf.write(folder / f"joined-{n}.wav", np.concatenate(waves), rates[0])
+    return folder
+
+
+def all_scores(model, inputs, *args) -> dict:
+    """predict.py's probability of every class, per file."""
+    out = predicted(run_script("predict.py", model, inputs, "--json", "--top-k", 100, *args).stdout)
+    return {file: {t["label"]: t["probability"] for t in line["top"]} for file, line in out.items()}
+
+
+def check_passes_bounded(monkeypatch, model, inputs, bound: int, samples_per_column: int = 1):
+    """predict.main with --max-samples-per-pass `bound` gives the encoder at most `bound` samples a
+    pass, several chunks in some; with the default, a batch this small goes whole, in one pass."""
+    import predict
+    passes = []
+    forward = backbone.AudioEncoder.forward
+
+    def recorded(self, inputs):
+        passes.append(inputs["attention_mask"].shape)  # [chunks, samples or Whisper frames]
+        return forward(self, inputs)
+
+    monkeypatch.setattr(backbone.AudioEncoder, "forward", recorded)
+    assert predict.main([str(model), str(inputs), "--max-samples-per-pass", str(bound)]) == 0
+    assert len(passes) > 1 and all(rows * width * samples_per_column <= bound for rows, width in passes), passes
+    assert max(rows for rows, _ in passes) > 1  # not only one chunk a pass
+    chunks = sum(rows for rows, _ in passes)
+    passes.clear()
+    assert predict.main([str(model), str(inputs)]) == 0
+    assert [rows for rows, _ in passes] == [chunks]
+
+
+def test_predict_bounds_the_samples_of_a_forward_pass_with_the_same_scores(demo_runs, demo_manifest, tmp_path,
+                                                                         monkeypatch):
+    # Files of 1.9-7 s, several times the runs' 1-s chunk: all the chunks of a batch of clips went
+    # through one forward pass (2.5 GB for four 5-minute files).
+    test_files = sorted((demo_manifest.parent / "audio" / "test").glob("*.wav"))
+    long = joined_files(tmp_path / "long", [test_files[0:3], test_files[10:14], test_files[20:22], test_files[30:35]])
+    for model in (demo_runs / "finetune", demo_runs / "export-pairtune"):
+        whole = all_scores(model, long)
+        assert len(whole) == 4
+        for bound in (1, 40_000):  # one chunk a pass; two of the 16,000-sample chunks a pass
+            sliced = all_scores(model, long, "--max-samples-per-pass", bound)
+            assert sliced.keys() == whole.keys()
+            for file in whole:
+                assert sliced[file] == pytest.approx(whole[file], abs=1e-5), (model, bound, file)
+    check_passes_bounded(monkeypatch, demo_runs / "finetune", long, 40_000)
+
+
 # ----------------------------------------------------------------------------------------------
 # Real speech, real pre-trained Whisper tiny.en
 # ----------------------------------------------------------------------------------------------
@@ -348,6 +526,20 @@ def test_whisper_export_reproduces_the_probe_through_the_pipeline_and_predict(fs
     _, body = card_of(root / "export")
     assert "pads every input to 30 s and averages over all 1500 frames" in body
     assert "MaskedWhisperClassifier.from_pretrained" in body
+
+
+def test_whisper_predict_bounds_its_forward_passes_with_the_same_scores(fsdd_whisper_run, tmp_path, monkeypatch):
+    # Whisper's inputs are mel frames: a frame counts hop_length (160) samples of the bound.
+    root, truth = fsdd_whisper_run
+    files = sorted(truth)
+    long = joined_files(tmp_path / "long", [files[0:8], files[20:26], files[40:50]])  # a few 2-s chunks each
+    whole = all_scores(root / "export", long)
+    for bound in (1, 70_000):  # one chunk a pass; two of the ~200-frame chunks a pass
+        sliced = all_scores(root / "export", long, "--max-samples-per-pass", bound)
+        assert sliced.keys() == whole.keys()
+        for file in whole:
+            assert sliced[file] == pytest.approx(whole[file], abs=1e-5), (bound, file)
+    check_passes_bounded(monkeypatch, root / "export", long, 70_000, samples_per_column=160)
 
 
 def test_a_whisper_finetune_export_predicts_its_reported_accuracy(fsdd_whisper_run):

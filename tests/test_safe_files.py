@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import outdir
 from conftest import ROOT, run_script
 
 FAST = ["--backbone", "tiny", "--max-seconds", "1", "--batch-size", "16", "--lr", "1e-3"]
@@ -85,16 +86,17 @@ def test_a_planted_feature_cache_runs_nothing_and_is_encoded_again(runs_made, de
     run = copy_run(runs_made["pairtune"], tmp_path)
     sentinel = tmp_path / "ran"
     cache = run / "features" / demo_manifest.parent.name
-    for split in ("train", "valid", "test"):
-        plant(cache / f"{split}.pt", sentinel)
-    clip = a_test_clip(demo_manifest)
-    predicted = run_script("predict.py", run, clip, check=False)
-    probed = run_script("probe.py", "--ckpt", run, *PROBE_FAST, "--overwrite", check=False)
-    reported = run_script("eval.py", "report", tmp_path, check=False)
+    results = []
+    # Each reader meets planted files (a reader that encodes again replaces them for the next one).
+    for command in (["predict.py", run, a_test_clip(demo_manifest)], ["eval.py", "report", tmp_path],
+                    ["probe.py", "--ckpt", run, *PROBE_FAST, "--overwrite"]):
+        for split in ("train", "valid", "test"):
+            plant(cache / f"{split}.pt", sentinel)
+        results.append(run_script(*command, check=False))
     assert not sentinel.exists()
-    for result in (predicted, probed, reported):
+    for result in results:
         assert "weights_only" not in result.stdout + result.stderr and "Traceback" not in result.stderr
-    assert probed.returncode == 0 and "encoding again" in probed.stdout
+    assert results[-1].returncode == 0 and "encoding again" in results[-1].stdout
     # the caches were made again, and load as plain tensors
     assert torch.load(cache / "test.pt", weights_only=True)["features"].ndim == 2
 
@@ -124,6 +126,19 @@ def test_a_planted_head_runs_nothing(runs_made, demo_manifest, tmp_path):
             result = run_script(*command, check=False)
             assert not sentinel.exists()
             one_line_error(result, "head.pt")
+
+
+def test_a_checkpoint_of_the_previous_version_still_resumes(runs_made, demo_manifest, tmp_path):
+    # Before this change the checkpoint held numpy's random state as it comes (an array of uint32).
+    import numpy as np
+    run = copy_run(runs_made["finetune"], tmp_path)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    for states in state["rng"]:
+        name, key, *rest = states["numpy"]
+        states["numpy"] = (name, np.array(key, dtype=np.uint32), *rest)
+    torch.save(state, run / "checkpoint.pt")
+    resumed = run_script("finetune.py", "--dataset", demo_manifest, *FAST, "--epochs", 2, "--out", run, "--resume")
+    assert "resumed from" in resumed.stdout and json.loads((run / "run.json").read_text())["epochs_run"] == 2
 
 
 def test_checkpoints_hold_only_tensors_and_plain_data(runs_made):
@@ -201,7 +216,9 @@ def test_probe_into_its_pairtune_run_folder_is_refused(runs_made, tmp_path):
 def test_a_finished_probe_is_kept_unless_asked(runs_made, tmp_path):
     run = copy_run(runs_made["pairtune"], tmp_path)
     before = (run / "probe" / "results.json").read_text()
-    one_line_error(run_script("probe.py", "--ckpt", run, *PROBE_FAST, check=False), "finished probe", "--overwrite")
+    refused = one_line_error(run_script("probe.py", "--ckpt", run, *PROBE_FAST, check=False), "finished probe",
+                             "--overwrite")
+    assert "extends" not in refused  # a probe keeps no checkpoint
     kept = run_script("probe.py", "--ckpt", run, *PROBE_FAST, "--resume")
     assert "nothing to do" in kept.stdout and (run / "probe" / "results.json").read_text() == before
     run_script("probe.py", "--ckpt", run, *PROBE_FAST, "--overwrite")
@@ -225,17 +242,34 @@ def wait_for(condition, seconds=240):
 
 def test_two_runs_into_one_folder_the_second_stops_naming_the_first(demo_manifest, tmp_path):
     out = tmp_path / "shared-out"
-    first = start("pairtune.py", "--dataset", demo_manifest, *PAIRTUNE, "--epochs", 2, "--out", out)
+    first = start("pairtune.py", "--dataset", demo_manifest, *PAIRTUNE, "--epochs", 100, "--out", out)
     try:
         wait_for(lambda: (out / "run.json").is_file() or first.poll() is not None)
-        second = run_script("pairtune.py", "--dataset", demo_manifest, *PAIRTUNE, "--epochs", 2, "--out", out,
-                            "--resume", check=False)
-        one_line_error(second, "in use by", f"process {first.pid}", "started")
+        for flags in ([], ["--resume"], ["--overwrite"]):  # --overwrite too: the lock comes before any removal
+            second = run_script("pairtune.py", "--dataset", demo_manifest, *PAIRTUNE, "--epochs", 100, "--out",
+                                out, *flags, check=False)
+            one_line_error(second, "in use by", f"process {first.pid}", "started")
+            assert (out / "run.json").is_file() and first.poll() is None  # the first still runs, its files there
     finally:
+        first.send_signal(signal.SIGTERM)
         stdout, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr[-2000:]
-    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert first.returncode == 143, stderr[-2000:]
+    assert json.loads((out / "run.json").read_text())["stage"] == "pairtune"
     assert not (out / ".lock").exists()  # let go at the end
+
+
+def test_overwrite_stops_while_the_runs_own_probe_runs(runs_made, demo_manifest, tmp_path):
+    run = copy_run(runs_made["pairtune"], tmp_path)
+    prober = subprocess.Popen(["sleep", "120"])  # stands for a live probe.py (not an ancestor of the run)
+    try:
+        (run / "probe" / ".lock").write_text(outdir.lock_line(prober.pid) + "\n")
+        result = run_script("pairtune.py", "--dataset", demo_manifest, *PAIRTUNE, "--epochs", 1, "--out", run,
+                            "--overwrite", check=False)
+        one_line_error(result, "probe is in use by", f"process {prober.pid}")
+        assert (run / "probe" / "results.json").is_file() and (run / "features").is_dir()
+    finally:
+        prober.kill()
+        prober.wait()
 
 
 def test_sigterm_says_where_the_run_stands_and_a_rerun_needs_resume(demo_manifest, tmp_path):
@@ -245,7 +279,7 @@ def test_sigterm_says_where_the_run_stands_and_a_rerun_needs_resume(demo_manifes
     wait_for(lambda: (out / "checkpoint.pt").is_file() or run.poll() is not None)
     run.send_signal(signal.SIGTERM)
     stdout, stderr = run.communicate(timeout=120)
-    assert run.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert run.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]  # 128 + SIGTERM, as the shell
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("interrupted: ") and "holds epoch " in line and line.endswith("--resume")
     assert not (out / ".lock").exists()
@@ -289,7 +323,9 @@ def poison_encoder(run):
 def test_no_later_stage_accepts_a_nan_encoder(runs_made, demo_manifest, tmp_path):
     run = copy_run(runs_made["pairtune"], tmp_path)
     poison_encoder(run)
-    one_line_error(run_script("probe.py", "--ckpt", run, *PROBE_FAST, "--overwrite", check=False), "non-finite")
+    probed = run_script("probe.py", "--ckpt", run, *PROBE_FAST, "--out", tmp_path / "probe-of-nan", check=False)
+    one_line_error(probed, "non-finite")
+    assert not (tmp_path / "probe-of-nan" / "results.json").exists()
     clip = a_test_clip(demo_manifest)
     one_line_error(run_script("predict.py", run, clip, "--json", check=False), "non-finite")
     one_line_error(run_script("export.py", run, "--out", tmp_path / "export", check=False), "non-finite")
@@ -349,3 +385,61 @@ def test_out_an_existing_file_and_a_one_class_dataset(demo_manifest, tmp_path):
                                               if row.split(",")[1] == label]]) + "\n")
     result = run_script("finetune.py", "--dataset", one_class, *FAST, "--out", tmp_path / "o", check=False)
     one_line_error(result, "1 class", "at least two")
+
+
+# ----------------------------------------------------------------------------------------------
+# The lock's rules (outdir.FolderLock), as run_all.sh keeps them
+# ----------------------------------------------------------------------------------------------
+
+def test_a_process_goes_on_under_its_runners_lock_and_not_under_anothers(tmp_path):
+    folder = tmp_path / "run"
+    with outdir.FolderLock(folder):  # this process is the runner; a child is started under it
+        child = subprocess.run([sys.executable, "-c", f"import outdir\nwith outdir.FolderLock({str(folder)!r}): "
+                                "print('went on')"], cwd=ROOT, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert child.returncode == 0 and "went on" in child.stdout, child.stderr[-2000:]
+        assert (folder / ".lock").read_text() == outdir.lock_line() + "\n"  # the runner's, untouched
+    assert not (folder / ".lock").exists()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (folder / ".lock").write_text(outdir.lock_line(other.pid) + "\n")
+        with pytest.raises(outdir.Refused, match=f"in use by process {other.pid}"):
+            with outdir.FolderLock(folder):
+                pass
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_being_written_is_waited_for_not_called_foreign(tmp_path):
+    import threading
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".lock").write_text("")  # created, its line not yet written (O_EXCL, then write)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        writer = threading.Timer(0.1, lambda: (folder / ".lock").write_text(outdir.lock_line(other.pid) + "\n"))
+        writer.start()
+        with pytest.raises(outdir.Refused, match=f"in use by process {other.pid}"):
+            with outdir.FolderLock(folder):
+                pass
+        writer.join()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_runner_that_is_pid_1_is_an_ancestor_too(tmp_path):
+    # run_all.sh as a container's first process: a new pid namespace, where the shell is pid 1
+    folder = tmp_path / "run"
+    script = (f"cd {ROOT} && echo \"$(hostname) $$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > {folder}/.lock"
+              f" && {sys.executable} -c 'import outdir\nwith outdir.FolderLock(\"{folder}\"): print(\"went on\")'")
+    folder.mkdir()
+    try:
+        result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", script],
+                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    except FileNotFoundError:
+        pytest.skip("no unshare")
+    if result.returncode and "unshare" in result.stderr:
+        pytest.skip(f"no pid namespace here: {result.stderr.strip()[:100]}")
+    assert result.returncode == 0 and "went on" in result.stdout, result.stderr[-2000:]
