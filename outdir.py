@@ -282,7 +282,8 @@ def check_run_folder(out, stage: str, resume: bool, overwrite: bool, saved_epoch
             return "finished"
         extend = training and (out / "checkpoint.pt").is_file()  # a finished run keeps it with --keep-checkpoint
         raise Refused(f"--out {out} holds a finished {stage} run" +
-                      (f" ({run['epochs_run']} epochs)" if run.get("epochs_run") else "") +
+                      (f" ({run['epochs_run']} epoch{'s' * (run['epochs_run'] != 1)})" if run.get("epochs_run")
+                       else "") +
                       ": --overwrite replaces it" + (", --resume extends it to more --epochs" if extend else "") +
                       "; or give another --out")
     if resume:
