@@ -333,6 +333,13 @@ def carve_whole_groups(train: list[Clip], fraction: float) -> tuple[list[Clip], 
     return keep, valid
 
 
+def require_two_classes(classes: list, dataset: str, data_root: str | None = None):
+    """Training or probing on one class: every prediction is right, and a table would say 100%."""
+    if len(classes) < 2:
+        raise DataError(f"{resolve_dataset(dataset, data_root)}: train has {len(classes)} class "
+                        f"({', '.join(classes)}): classification needs at least two.")
+
+
 def load_splits(dataset: str, data_root: str | None = None, fold: int | None = None,
                 skip_bad: bool = False, valid_fraction: float = 0.1, check_files: bool = True):
     """Read a dataset into {train, valid, test} lists of Clip plus the sorted class names.
@@ -369,9 +376,6 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
                         "(every class has a single train clip or group, or no group can go without leaving "
                         "a class with no train clip). Add valid rows.")
     classes = sorted({c.label for c in splits["train"]})
-    if len(classes) < 2:  # one class: every prediction is right, and a table would say 100%
-        raise DataError(f"{manifest}: train has {len(classes)} class ({', '.join(classes)}): classification needs "
-                        "at least two.")
     known = set(classes)
     for split in ("valid", "test"):
         unknown = [c for c in splits[split] if c.label not in known]

@@ -330,6 +330,7 @@ def train(args, out: Path):
 
     # ---------------- preparing data ----------------
     splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
+    data.require_two_classes(classes, args.dataset, args.data_root)
     shots = None
     if args.shots is not None:  # the same K clips per class for every method with this K and seed
         splits, shots = data.keep_shots(splits, args.shots, args.seed if args.shot_seed is None else args.shot_seed)

@@ -168,6 +168,7 @@ def main(argv=None):
 
         # ---------------- preparing data ----------------
         splits, classes = data.load_splits(dataset, data_root, fold, skip_bad)
+        data.require_two_classes(classes, dataset, data_root)
         shot_info = None
         if shots is not None:
             splits, shot_info = data.keep_shots(splits, shots, shot_seed)

@@ -88,8 +88,8 @@ def test_a_planted_feature_cache_runs_nothing_and_is_encoded_again(runs_made, de
     cache = run / "features" / demo_manifest.parent.name
     results = []
     # Each reader meets planted files (a reader that encodes again replaces them for the next one).
-    for command in (["predict.py", run, a_test_clip(demo_manifest)], ["eval.py", "report", tmp_path],
-                    ["probe.py", "--ckpt", run, *PROBE_FAST, "--overwrite"]):
+    for command in (["predict.py", run, a_test_clip(demo_manifest)], ["export.py", run, "--out", tmp_path / "export"],
+                    ["eval.py", "report", tmp_path], ["probe.py", "--ckpt", run, *PROBE_FAST, "--overwrite"]):
         for split in ("train", "valid", "test"):
             plant(cache / f"{split}.pt", sentinel)
         results.append(run_script(*command, check=False))
@@ -272,14 +272,15 @@ def test_overwrite_stops_while_the_runs_own_probe_runs(runs_made, demo_manifest,
         prober.wait()
 
 
-def test_sigterm_says_where_the_run_stands_and_a_rerun_needs_resume(demo_manifest, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_says_where_the_run_stands_and_a_rerun_needs_resume(demo_manifest, tmp_path, stop):
     out = tmp_path / "stopped"
     args = ["--dataset", demo_manifest, *FAST, "--epochs", 3, "--out", out]
     run = start("finetune.py", *args)
     wait_for(lambda: (out / "checkpoint.pt").is_file() or run.poll() is not None)
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(stop)  # SIGTERM: kill, scancel; SIGINT: Ctrl-C
     stdout, stderr = run.communicate(timeout=120)
-    assert run.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]  # 128 + SIGTERM, as the shell
+    assert run.returncode == 128 + stop and "Traceback" not in stderr, stderr[-3000:]  # as the shell reports it
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("interrupted: ") and "holds epoch " in line and line.endswith("--resume")
     assert not (out / ".lock").exists()
