@@ -114,7 +114,7 @@ def load_encoder(backbone: str, random_init: bool = False, seed: int = 0) -> "Au
 
 
 def one_line(error: Exception) -> str:
-    """An error's first line, short; torch's advice to load with weights_only=False (a pickle that could
+    """An error's first line, short; torch's advice to turn weights_only off (a pickle that could
     run code) is never passed on."""
     text = str(error)
     if "weights_only" in text:

@@ -92,7 +92,7 @@ def load_plain(path, recover: str, map_location="cpu"):
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise outdir.Refused(f"{path} is missing; {recover}") from None
-    except Exception as error:  # torch raises several types; its advice (weights_only=False) must not reach users
+    except Exception as error:  # torch raises several types; its advice (turn weights_only off) must not reach users
         kind = "holds more than tensors and plain data" if "weights_only" in str(error) else "cannot be read"
         raise outdir.Refused(f"{path} {kind} ({type(error).__name__}): it is not a whole file written by this "
                              f"project, and is not loaded; {recover}") from None
