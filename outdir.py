@@ -226,7 +226,7 @@ def read_run_json(folder) -> dict:
     path = Path(folder) / "run.json"
     try:
         run = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # "[[[[..." recurses
         raise Refused(f"{path} cannot be read ({type(error).__name__}: {str(error)[:120]}); it is not a run record "
                       "this project wrote whole: move the folder aside and start the run again") from None
     if not isinstance(run, dict):
