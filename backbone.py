@@ -1,8 +1,10 @@
 """Pre-trained audio encoders f_e behind one interface: load, preprocess, mean-pool, save.
 (Run bookkeeping, the feature cache and the device choice are in runs.py.)
 
-Shared by pairtune.py, probe.py and finetune.py so that the three stages load, pool and save an
-encoder the same way. Two families are supported:
+Every file that loads or runs an encoder goes through here, so that all of them load, preprocess,
+pool and save it the same way: the three stages (pairtune.py, finetune.py, probe.py), the scripts
+around them (eval.py, export.py, predict.py, bench.py) and the modules runs.py (the feature cache)
+and trained.py (a finished run's classifier). Two families are supported:
 
 - raw-waveform encoders (wav2vec2, HuBERT, WavLM, data2vec-audio, ...) through AutoModel and
   AutoFeatureExtractor; each model's own feature-extractor settings decide normalisation and
@@ -120,6 +122,12 @@ def one_line(error: Exception) -> str:
     if "weights_only" in text:
         return "it holds more than tensors (a pickle), and is not loaded"
     return (text.strip().splitlines() or [""])[0][:160]
+
+
+# Bumped when the audio -> model input path (Preprocessor) changes what features come out (2: Whisper
+# clips see zeros past their end and ceil(samples / hop) frames, alone or batched): runs.py's feature
+# cache then serves no older features, and trained.py warns about a classifier trained on older ones.
+FRONTEND_VERSION = 2
 
 
 class Preprocessor:

@@ -32,9 +32,21 @@ Times are medians as above; the fused loss's compile is timed apart. Decoding, r
 preprocessing (the loader's work, in the main process on CPU) are in neither step. Run it on an idle
 machine: other processes on the same cores stall the arms unequally (Whisper tiny.en on 2 cores,
 B = 32, 2 s: pairtune/finetune 0.98-1.13 in five idle runs, up to 3.6 beside other jobs).
+
+Then an epoch of each arm on a data set of --train-clips and --valid-clips clips of --classes classes:
+its training pass (the arm's batches an epoch times its median step; PairTune's step also adds r to
+the epoch's class centroids, as pairtune.py's does) and its valid metric (median of --rounds, each after
+a warm-up; the inputs preprocessed beforehand, as --eval-cache-mb keeps them):
+  pairtune  --select-by: epoch-centroid encodes valid (eval mode, --eval-batch-size) and takes the nearest
+            centroid; centroid, knn and linear also encode --centroid-clips-per-class train clips per class
+            and take the nearest centroid, probes.knn_predict, or probes.train_linear at pairtune.py's
+            one grid point
+  finetune  encodes valid and applies its classifier
+and the ratio of the two epochs, pairtune/finetune.
 """
 import argparse
 import ctypes
+import math
 import statistics
 import time
 
@@ -45,6 +57,7 @@ import torch.nn.functional as F
 import backbone
 import data
 import losses
+import probes
 
 
 def parse_args(argv=None):
@@ -69,6 +82,15 @@ def parse_args(argv=None):
     p.add_argument("--crop-seconds", type=float, default=2.0,
                    help="--steps: length of every clip (the training scripts' --max-seconds)")
     p.add_argument("--loss", choices=["fused", "eager"], default="fused", help="--steps: PairTune's loss")
+    p.add_argument("--train-clips", type=int, default=300, help="--steps, per epoch: clips in the training set")
+    p.add_argument("--valid-clips", type=int, default=120, help="--steps, per epoch: clips in valid")
+    p.add_argument("--classes", type=int, default=10, help="--steps, per epoch: classes in the data set")
+    p.add_argument("--select-by", choices=SELECT_BY, default="epoch-centroid",
+                   help="--steps, per epoch: PairTune's valid metric, as pairtune.py's --select-by")
+    p.add_argument("--centroid-clips-per-class", type=int, default=32,
+                   help="--steps, per epoch: train clips per class the centroid, knn and linear metrics encode")
+    p.add_argument("--knn-k", type=int, default=10, help="--steps, per epoch: k of --select-by knn")
+    p.add_argument("--eval-batch-size", type=int, default=16, help="--steps, per epoch: clips per valid batch")
     return p.parse_args(argv)
 
 
@@ -166,6 +188,8 @@ def resident_kib(field):
 # ----------------------------------------------------------------------------------------------
 
 STEP_LR = 5e-5  # both scripts' default; a step's time does not depend on it
+SELECT_BY = ("epoch-centroid", "centroid", "knn", "linear")  # pairtune.py's --select-by metrics
+LINEAR_PROBE = {"lr": 1e-2, "batch": 128, "epochs": 100, "seed": 0}  # pairtune.py's LINEAR_PROBE (a script: copied)
 
 
 def step_batch(encoder, args, device, generator):
@@ -183,7 +207,7 @@ def step_batch(encoder, args, device, generator):
 
 def training_step(head_size, args, device, forward_loss):
     """A fresh encoder, a linear head to head_size and Adam over both, as in the training scripts;
-    returns the step: forward_loss(encoder, head) -> loss, backward, Adam."""
+    returns the step (forward_loss(encoder, head) -> loss, backward, Adam), the encoder and the head."""
     encoder = backbone.load_encoder(args.backbone).to(device).train()
     head = nn.Linear(encoder.hidden_size, head_size).to(device).train()
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=STEP_LR)
@@ -194,7 +218,76 @@ def training_step(head_size, args, device, forward_loss):
         loss.backward()
         optimizer.step()
         return loss
-    return step
+    return step, encoder, head
+
+
+def eval_inputs(encoder, n_clips, n_classes, args, generator):
+    """n_clips random waves of the crop length (one chunk each) with labels cycling over the classes,
+    collated into evaluation batches as backbone.batches_in_memory keeps them: (batches, labels)."""
+    samples = int(args.crop_seconds * encoder.sample_rate)
+    labels = torch.arange(n_clips) % n_classes
+    collate = data.CollateEval(encoder.preprocess)
+    batches = [collate([([0.1 * torch.randn(samples, generator=generator).numpy()], int(labels[i]), i)
+                        for i in range(begin, min(begin + args.eval_batch_size, n_clips))])
+               for begin in range(0, n_clips, args.eval_batch_size)]
+    return batches, labels
+
+
+def valid_metrics(arms, args, device, generator):
+    """{arm: the valid metric's call} for one epoch: PairTune's --select-by, FineTune's classifier."""
+    pairtune_encoder, finetune_encoder, finetune_head = arms
+    per_class = min(args.centroid_clips_per_class, max(1, args.train_clips // args.classes))
+    valid, valid_y = eval_inputs(pairtune_encoder, args.valid_clips, args.classes, args, generator)
+    subset, subset_y = eval_inputs(pairtune_encoder, per_class * args.classes, args.classes, args, generator)
+    centroids = torch.randn(args.classes, pairtune_encoder.hidden_size, generator=generator)  # the pass's, in use
+
+    def encode(encoder, batches, n):
+        return backbone.extract_features(encoder, [None] * n, None, args.crop_seconds, device, desc="bench",
+                                         batches=batches)[0]
+
+    def pairtune_metric():
+        valid_x = F.normalize(encode(pairtune_encoder, valid, args.valid_clips), dim=1)
+        if args.select_by == "epoch-centroid":
+            return (valid_x @ F.normalize(centroids, dim=1).T).argmax(1)
+        train_x = encode(pairtune_encoder, subset, len(subset_y))
+        if args.select_by == "centroid":
+            sums = torch.zeros(args.classes, train_x.shape[1]).index_add_(0, subset_y, F.normalize(train_x, dim=1))
+            return (valid_x @ F.normalize(sums, dim=1).T).argmax(1)
+        if args.select_by == "knn":
+            return probes.knn_predict(train_x, subset_y, valid_x, args.knn_k, args.classes)
+        mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+        with torch.random.fork_rng(devices=[]):
+            return probes.train_linear((train_x - mean) / std, subset_y, (valid_x - mean) / std, valid_y,
+                                       args.classes, LINEAR_PROBE["lr"], LINEAR_PROBE["batch"],
+                                       LINEAR_PROBE["epochs"], LINEAR_PROBE["seed"])[1]
+
+    def finetune_metric():
+        with torch.no_grad():
+            return finetune_head(encode(finetune_encoder, valid, args.valid_clips).to(device)).argmax(1)
+    return {"pairtune": pairtune_metric, "finetune": finetune_metric}
+
+
+def epochs_table(step_ms, metrics, n_classes_per_batch, args, device):
+    """The per-epoch rows: training pass, valid metric and epoch seconds of each arm, and their ratio."""
+    metric_ms = median_ms(metrics, device, 1, args.rounds)
+    per_class = args.clips_per_class
+    # PairTune's sampler: about one pass, at least every class once (data.ClassBalancedBatchSampler);
+    # FineTune's: ceil(N / B)
+    classes_per_batch = min(n_classes_per_batch, args.classes)
+    batches = {"pairtune": max(math.ceil(args.train_clips / (classes_per_batch * per_class)),
+                               math.ceil(args.classes / classes_per_batch)),
+               "finetune": math.ceil(args.train_clips / (n_classes_per_batch * per_class))}
+    names = {"pairtune": args.select_by, "finetune": "classifier"}
+    print(f"\nper epoch: {args.train_clips} train clips, {args.valid_clips} valid clips, {args.classes} classes")
+    header = f"{'epoch':>8} {'batches':>8} {'train s':>9} {'metric s':>9} {'epoch s':>9}  valid metric"
+    print(header)
+    print("-" * len(header))
+    epoch_s = {}
+    for arm in ("pairtune", "finetune"):
+        train_s, valid_s = batches[arm] * step_ms[arm] / 1e3, metric_ms[arm] / 1e3
+        epoch_s[arm] = train_s + valid_s
+        print(f"{arm:>8} {batches[arm]:>8} {train_s:>9.2f} {valid_s:>9.2f} {epoch_s[arm]:>9.2f}  {names[arm]}")
+    print(f"epoch pairtune/finetune {epoch_s['pairtune'] / epoch_s['finetune']:.3f}")
 
 
 def bench_steps(args, device):
@@ -205,10 +298,17 @@ def bench_steps(args, device):
     batch = len(labels)
     loss_fn = losses.fused_supcon_loss if args.loss == "fused" else losses.supcon_loss
 
+    class_sums = None
+
     def pairtune_loss(encoder, head):
+        nonlocal class_sums
         with backbone.autocast(device):
             pooled = encoder(inputs)  # [B, d]
         r = F.normalize(pooled.float(), dim=1)
+        if class_sums is None:
+            class_sums = torch.zeros(n_classes, r.shape[1] + 1, device=device)
+        # pairtune.py's EpochCentroids.add: the epoch-centroid metric's share of the step
+        class_sums.index_add_(0, labels, torch.cat([r.detach(), torch.ones_like(r[:, :1])], dim=1))
         z = F.normalize(head(r), dim=1)  # [B, p]
         return loss_fn(z, labels, mining=args.mining)
 
@@ -232,8 +332,9 @@ def bench_steps(args, device):
         synchronize(device)
         print(f"fused: first call (compile) {time.perf_counter() - start:.1f} s")
 
-    steps = {"pairtune": training_step(args.dim, args, device, pairtune_loss),
-             "finetune": training_step(n_classes, args, device, finetune_loss)}
+    pairtune_step, pairtune_encoder, _ = training_step(args.dim, args, device, pairtune_loss)
+    finetune_step, finetune_encoder, finetune_head = training_step(n_classes, args, device, finetune_loss)
+    steps = {"pairtune": pairtune_step, "finetune": finetune_step}
     times = median_ms(steps, device, args.repeats, args.rounds)
     header = f"{'step':>8} {'ms/step':>10} {'clips/s':>9}"
     print(header)
@@ -241,6 +342,8 @@ def bench_steps(args, device):
     for arm, ms in times.items():
         print(f"{arm:>8} {ms:>10.2f} {batch / ms * 1e3:>9.1f}")
     print(f"pairtune/finetune {times['pairtune'] / times['finetune']:.3f}")
+    metrics = valid_metrics((pairtune_encoder, finetune_encoder, finetune_head), args, device, generator)
+    epochs_table(times, metrics, n_classes, args, device)
 
 
 # ----------------------------------------------------------------------------------------------

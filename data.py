@@ -1,4 +1,4 @@
-"""Datasets for AudioConFit: manifests, audio loading, samplers and dataset preparation.
+"""Datasets for AudioConFit at run time: manifests, audio loading, crops and chunks, samplers.
 
 Every script reads its data through a *manifest*: a CSV file with a header and one row per clip.
 
@@ -11,7 +11,7 @@ test. Fold datasets (ESC-50) also fill `fold`; `--fold k` then makes fold k the 
 folds train. Whenever a manifest has no valid rows, valid is carved from train (see `carve_valid`).
 
 Datasets are prepared into manifests by prepare.py (`python prepare.py esc50 --root ESC-50-master`,
-the README's table lists every dataset); point any script at one with `--dataset esc50` (looked up
+docs/datasets.md lists every dataset); point any script at one with `--dataset esc50` (looked up
 as data/esc50/manifest.csv, root overridable with --data-root or $CONFIT_DATA) or
 `--dataset path/to/manifest.csv`.
 """
@@ -32,41 +32,6 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-
-def torchaudio_load_error(error: BaseException) -> str:
-    """What to say when torchaudio does not import: the installed versions and the fix.
-
-    torchaudio's compiled library only loads against the torch releases it was built for; a
-    mismatched pair fails at import with an undefined symbol deep inside torchaudio.
-    """
-    from importlib import metadata
-
-    def installed(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    requirements = Path(__file__).with_name("requirements.txt")
-    pins = []
-    if requirements.is_file():
-        pins = [line.split("#")[0].strip() for line in requirements.read_text().splitlines()
-                if line.startswith(("torch==", "torchaudio=="))]
-    while error.__cause__ is not None:  # torchaudio wraps the loader's message (the missing symbol)
-        error = error.__cause__
-    fix = (f"pip install {' '.join(pins)}   (the tested pair pinned in {requirements})" if pins
-           else "pip install torch torchaudio   (one release of each that were built together)")
-    return (f"error: torchaudio cannot be loaded with this torch: torch {installed('torch')}, "
-            f"torchaudio {installed('torchaudio')} installed.\n"
-            f"  ({type(error).__name__}: {error})\n"
-            f"torch and torchaudio must be a pair built together. Fix it with:\n  {fix}\n"
-            f"or keep your torch and install the torchaudio release built for it.")
-
-
-try:
-    import torchaudio.functional as AF
-except (ImportError, OSError) as _error:  # OSError: libtorchaudio.so built against another torch
-    sys.exit(torchaudio_load_error(_error))
 
 SPLITS = ("train", "valid", "test")
 # Every dataset `--dataset NAME` knows, and the prepare.py arguments that write data/NAME.
@@ -113,8 +78,8 @@ def resolve_dataset(dataset: str, data_root: str | None = None) -> Path:
         prepare = PREPARE_COMMANDS.get(dataset, "NAME")
         raise DataError(
             f"dataset '{dataset}' not found: expected a manifest at {manifest}. Prepare it first "
-            f"(e.g. `python prepare.py {prepare} --root RAW --out {root / dataset}`, see the README's "
-            "dataset table), pass --data-root, or give the path of a manifest CSV.")
+            f"(e.g. `python prepare.py {prepare} --root RAW --out {root / dataset}`, see "
+            "docs/datasets.md), pass --data-root, or give the path of a manifest CSV.")
     return manifest
 
 
@@ -417,6 +382,44 @@ def keep_shots(splits: dict, shots: int, seed: int) -> tuple[dict, dict]:
 # Audio
 # ----------------------------------------------------------------------------------------------
 
+def torchaudio_load_error(error: BaseException) -> str:
+    """What to say when torchaudio does not import: the installed versions and the fix.
+
+    torchaudio's compiled library only loads against the torch releases it was built for; a
+    mismatched pair fails at import with an undefined symbol deep inside torchaudio.
+    """
+    from importlib import metadata
+
+    def installed(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    requirements = Path(__file__).with_name("requirements.txt")
+    pins = []
+    if requirements.is_file():
+        pins = [line.split("#")[0].strip() for line in requirements.read_text().splitlines()
+                if line.startswith(("torch==", "torchaudio=="))]
+    while error.__cause__ is not None:  # torchaudio wraps the loader's message (the missing symbol)
+        error = error.__cause__
+    fix = (f"pip install {' '.join(pins)}   (the tested pair pinned in {requirements})" if pins
+           else "pip install torch torchaudio   (one release of each that were built together)")
+    return (f"error: torchaudio cannot be loaded with this torch: torch {installed('torch')}, "
+            f"torchaudio {installed('torchaudio')} installed.\n"
+            f"  ({type(error).__name__}: {error})\n"
+            f"torch and torchaudio must be a pair built together. Fix it with:\n  {fix}\n"
+            f"or keep your torch and install the torchaudio release built for it.")
+
+
+# At import, not inside load_audio: with a mismatched pair every script stops at start, saying how to fix
+# it, rather than on its first clip to resample.
+try:
+    import torchaudio.functional as AF
+except (ImportError, OSError) as _error:  # OSError: libtorchaudio.so built against another torch
+    sys.exit(torchaudio_load_error(_error))
+
+
 def load_audio(path: str, sample_rate: int) -> np.ndarray:
     """Decode with soundfile, average channels to mono, resample to `sample_rate`; float32 [n]."""
     try:
@@ -562,7 +565,3 @@ class ClassBalancedBatchSampler(torch.utils.data.Sampler):
                         rng.shuffle(clip_queues[c])
                     batch.append(clip_queues[c].pop())
             yield batch
-
-
-if __name__ == "__main__":  # data.py is a module now; its old `prepare` command moved
-    sys.exit("dataset preparation moved to prepare.py: python prepare.py " + " ".join(sys.argv[2:]))

@@ -152,13 +152,18 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return gathered
 
 
-def average(value: torch.Tensor) -> torch.Tensor:
-    """The mean over ranks of a tensor (a step's loss, for the log)."""
+def summed(value: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of a tensor (PairTune's per-class sums of r for its epoch-centroid metric)."""
     if world_size() == 1:
         return value
     value = value.detach().clone()
     dist.all_reduce(value)
-    return value / world_size()
+    return value
+
+
+def average(value: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a tensor (a step's loss, for the log)."""
+    return summed(value) / world_size() if world_size() > 1 else value
 
 
 def total(count: int, device: torch.device) -> int:

@@ -54,7 +54,11 @@ from huggingface_hub import EvalResult, ModelCardData  # a dependency of transfo
 import backbone
 import data
 import outdir
+import probes
+import rundir
 import runs
+from rundir import EXPORT_INFO
+from trained import load_trained
 
 
 def parse_args(argv=None):
@@ -79,7 +83,7 @@ def parse_args(argv=None):
 
 def affine_of(head) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Linear]:
     """(projector weight, projector bias, classifier) for a ProbeHead or FineTune's linear head."""
-    if isinstance(head, runs.ProbeHead):
+    if isinstance(head, probes.ProbeHead):
         return torch.diag(1 / head.std), -head.mean / head.std, head.linear
     width = head.in_features
     return torch.eye(width), torch.zeros(width), head
@@ -324,7 +328,7 @@ Runs (paths on the machine that made them): {', '.join(f'{k} `{v}`' for k, v in 
 # model (config, weights; sharded with an index above transformers' shard size) and of the feature
 # extractor, then the card and audioconfit.json.
 EXPORT_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
-                "preprocessor_config.json", "README.md", runs.EXPORT_INFO]
+                "preprocessor_config.json", "README.md", EXPORT_INFO]
 # Marks DIR.partial as export.py's own (beside its outdir.FolderLock while it writes): only such a
 # folder is ever emptied by export.py.
 PARTIAL_MARK = ".audioconfit-export-partial"
@@ -343,7 +347,7 @@ def check_out_folder(out: Path, run: Path, overwrite: bool):
     anything in it unless --overwrite (an earlier export too: it may be a clone with its .git/)."""
     resolved, run = out.resolve(), run.resolve()
     for folder in (resolved, *resolved.parents):
-        if (folder / "run.json").is_file():
+        if (folder / rundir.RUN_JSON).is_file():
             raise outdir.Refused(f"--out {out} is inside the run folder {folder}; export elsewhere")
     if resolved in run.parents:
         raise outdir.Refused(f"--out {out} holds the run {run}; export elsewhere")
@@ -398,22 +402,22 @@ def move_into(partial: Path, out: Path):
         print(f"--overwrite: replacing export.py's files in {out}; the {len(kept)} other(s) there stay as they are"
               + (f" ({listed(kept)})" if kept else ""))
     out.mkdir(parents=True, exist_ok=True)
-    (out / runs.EXPORT_INFO).unlink(missing_ok=True)
+    (out / EXPORT_INFO).unlink(missing_ok=True)
     for name in there:
         if is_export_file(name) and name not in names:
             (out / name).unlink(missing_ok=True)
-    for name in sorted(names, key=lambda name: name == runs.EXPORT_INFO):
+    for name in sorted(names, key=lambda name: name == EXPORT_INFO):
         os.replace(partial / name, out / name)
 
 
 def main(argv=None):
     args = parse_args(argv)
     out, run_dir = Path(args.out), Path(args.run)
-    if (run_dir / runs.EXPORT_INFO).is_file():
+    if (run_dir / EXPORT_INFO).is_file():
         raise outdir.Refused(f"{run_dir} is an export already (push it with --push-to-hub from its run, or upload "
                              "the folder with huggingface_hub)")
     check_out_folder(out, run_dir, args.overwrite)
-    trained = runs.load_trained(run_dir)
+    trained = load_trained(run_dir)
     # Written whole into DIR.partial and moved to DIR only once it has passed its check: a kill, a failed
     # check or a missing file never leaves a folder that loads but is not the run's classifier.
     partial = out.with_name(out.name + ".partial")
@@ -433,7 +437,7 @@ def main(argv=None):
                 "classes": trained["classes"], "export_check": check,
                 "pooling": (WHISPER_POOLING if trained["encoder"].whisper
                             else "the mean over the clip's frames, as the run")}
-        runs.write_json(partial / runs.EXPORT_INFO, info)
+        runs.write_json(partial / EXPORT_INFO, info)
         runs.write_text(partial / "README.md", model_card(trained, check))
         for name, result in (check or {}).items():
             if isinstance(result, dict):

@@ -15,7 +15,7 @@ processes; --micro-batch M accumulates gradients over M clips at a time (the sam
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (epoch,
 train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), results.json
 (test_acc at the best-valid epoch, valid_acc, selected_epoch, confusion; and knn_test_acc,
-knn_valid_acc, knn_k: the k-NN probe of knn.py on the encoder's pooled features, before the head),
+knn_valid_acc, knn_k: the k-NN probe of probes.py on the encoder's pooled features, before the head),
 encoder/ and head.pt of the best-valid epoch, features/<dataset>[-fold<k>]/{train,valid,test}.pt
 (its pooled features, for the k-NN probe and eval.py),
 checkpoint.pt and best-e<epoch>.pt (to resume with --resume).
@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 
 import backbone
 import data
-import knn
 import ddp
 import outdir
+import probes
+import rundir
 import runs
 
 
@@ -74,9 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-cache-mb", type=float, default=1024,
                    help="memory for keeping valid's decoded inputs between epochs, so its clips are decoded once "
                         "(same features); over it, or 0, they are decoded every epoch")
-    p.add_argument("--knn-ks", type=runs.comma_separated(runs.positive_int), default=",".join(map(str, knn.K_GRID)),
+    p.add_argument("--knn-ks", type=runs.comma_separated(runs.positive_int), default=",".join(map(str, probes.K_GRID)),
                    help="comma-separated k of the k-NN probe on the encoder's features, chosen on valid")
-    p.add_argument("--knn-temperature", type=runs.positive_float, default=knn.TEMPERATURE,
+    p.add_argument("--knn-temperature", type=runs.positive_float, default=probes.TEMPERATURE,
                    help="k-NN votes are weighted exp(cosine similarity / T)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint.pt (a finished run is left as it is)")
@@ -166,20 +167,84 @@ def main(argv=None):
 
 
 def train(args, out: Path):
-    device = ddp.start(runs.resolve_device(args.device))  # this process's device; under torchrun, joins the group
+    device = set_up_device(args)
+    if finished_already(args, out):
+        return
+
+    # ---------------- preparing data ----------------
+    splits, classes, shots = load_data(args)
+
+    # ---------------- building networks ----------------
+    encoder, head, classifier, optimizer = build_model(args, device, classes)
+    loader, loader_generator = build_loader(args, encoder, splits, classes, device)
+    run = runs.new_run("finetune", args, data.dataset_name(args.dataset),
+                       data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
+    run["shots"] = shots  # None, or K, its seed and the classes short of K
+
+    # ---------------- resuming ----------------
+    modules = {"encoder": encoder.model, "head": head}
+    start_epoch, history, best = start_or_resume(args, out, run, modules, optimizer, loader_generator)
+
+    # ---------------- training, selecting on valid ----------------
+    valid_batches = decode_valid_once(args, encoder, splits, classes, start_epoch)
+    for epoch in range(start_epoch, args.epochs + 1):
+        started = runs.start_epoch_clock(device)
+        train_loss, clips = train_one_epoch(classifier, loader, optimizer, args, device, epoch)
+        runs.check_finite(classifier, f"the weights after epoch {epoch}",
+                          f"training diverged; lower --lr (now {args.lr:g})")
+        throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
+        valid_started = time.time()
+        valid_acc = valid_accuracy(encoder, head, splits, classes, args, device, valid_batches)
+        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
+                "valid_metric": "classifier", "seconds": round(time.time() - started, 2),
+                "valid_seconds": round(time.time() - valid_started, 2), **throughput}
+        runs.log_epoch(out, history, line)
+        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
+              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
+        best = runs.keep_if_best(out, best, epoch, valid_acc,
+                                 {"encoder": encoder.model.state_dict(), "head": head.state_dict()})
+        runs.save_checkpoint(out / rundir.CHECKPOINT, args, modules, optimizer, loader_generator, epoch, history, best)
+        runs.drop_stale_best(out, best)
+
+    # ---------------- testing the best-valid epoch, once ----------------
+    if not ddp.is_main():  # the other processes are done: rank 0 tests and saves
+        ddp.stop()
+        return
+    test_acc, confusion, nearest = score_best(args, out, run, encoder, head, best, splits, classes, device)
+
+    # ---------------- writing ----------------
+    write_results(args, out, run, encoder, head, history, best, test_acc, confusion, nearest)
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps of train()
+# ----------------------------------------------------------------------------------------------
+
+def set_up_device(args) -> torch.device:
+    """This process's device (under torchrun, joining the group), its defaults, and the run's seed."""
+    device = ddp.start(runs.resolve_device(args.device))
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
     args.precision = backbone.resolve_precision(args.precision, device)
     if device.type == "cuda":  # TF32 tensor cores for what stays float32 (the head)
         torch.set_float32_matmul_precision("high")
     runs.seed_everything(args.seed)
-    if args.resume and runs.finished_epochs(out) >= args.epochs:
-        runs.tidy_finished(out)
-        print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
-        ddp.stop()
-        return
+    return device
 
-    # ---------------- preparing data ----------------
+
+def finished_already(args, out: Path) -> bool:
+    """--resume of a run that has run all its epochs: tidied, said, and nothing more to do."""
+    if not (args.resume and runs.finished_epochs(out) >= args.epochs):
+        return False
+    runs.tidy_finished(out)
+    print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
+    ddp.stop()
+    return True
+
+
+def load_data(args):
+    """(splits, classes, shots): the manifest's splits, cut to K train clips per class with --shots
+    (shots: None, or K, its seed and the classes short of K)."""
     splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
     data.require_two_classes(classes, args.dataset, args.data_root)
     shots = None
@@ -187,8 +252,12 @@ def train(args, out: Path):
         splits, shots = data.keep_shots(splits, args.shots, args.seed if args.shot_seed is None else args.shot_seed)
     print(f"data: {data.dataset_name(args.dataset)}: " + ", ".join(f"{s} {len(c)}" for s, c in splits.items())
           + f" clips, {len(classes)} classes")
+    return splits, classes, shots
 
-    # ---------------- building networks ----------------
+
+def build_model(args, device, classes):
+    """(encoder, head, classifier, optimizer): the backbone and a linear head over the classes, one
+    module for DDP, and Adam over both."""
     encoder = backbone.load_encoder(args.backbone).to(device)
     if encoder.chunk_seconds(args.max_seconds) != args.max_seconds:  # a training crop cannot be chunked
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
@@ -202,7 +271,12 @@ def train(args, out: Path):
           f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}, "
           f"{args.precision}" + (f", {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
     ddp.seed_this_rank(args.seed)
+    return encoder, head, classifier, optimizer
 
+
+def build_loader(args, encoder, splits, classes, device):
+    """(loader, its generator): random crops of the train clips in shuffled global batches, each
+    process taking its share; the generator seeds the shuffling and the workers' crops (resumable)."""
     train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
     loader_generator = torch.Generator().manual_seed(args.seed)
     # The global batches, shuffled as DataLoader(shuffle=True) would; each process takes its share.
@@ -213,56 +287,44 @@ def train(args, out: Path):
         num_workers=args.num_workers, collate_fn=data.CollateTrain(encoder.preprocess),
         pin_memory=device.type == "cuda", generator=loader_generator,  # seeds shuffling and the workers' crops
         worker_init_fn=ddp.worker_init(args.num_workers))
+    return loader, loader_generator
 
-    run = runs.new_run("finetune", args, data.dataset_name(args.dataset),
-                       data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
-    run["shots"] = shots  # None, or K, its seed and the classes short of K
 
-    # ---------------- resuming ----------------
-    modules = {"encoder": encoder.model, "head": head}
+def start_or_resume(args, out: Path, run: dict, modules: dict, optimizer, loader_generator):
+    """(start_epoch, history, best): fresh, or from checkpoint.pt under --resume; run.json is written
+    unfinished from here on, before an earlier run's results are removed."""
     start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator)
     if ddp.is_main():
-        runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
+        runs.write_json(out / rundir.RUN_JSON, run)  # unfinished from here on, before anything is removed
     runs.remove_old_results(out)
+    return start_epoch, history, best
 
-    # ---------------- training, selecting on valid ----------------
-    # Valid is encoded every epoch: decoding it once gives the same features (as in pairtune.py).
-    valid_batches = None
+
+def decode_valid_once(args, encoder, splits, classes, start_epoch: int):
+    """Valid's decoded inputs, kept in memory (rank 0, within --eval-cache-mb): valid is encoded every
+    epoch, and decoding it once gives the same features (as in pairtune.py). None: decoded each time."""
     if ddp.is_main() and start_epoch <= args.epochs and args.eval_cache_mb > 0:
-        valid_batches = backbone.batches_in_memory(encoder, splits["valid"], classes, args.max_seconds,
-                                                   args.eval_cache_mb, args.eval_batch_size, args.num_workers,
-                                                   desc="decoding valid")
-    for epoch in range(start_epoch, args.epochs + 1):
-        started = runs.start_epoch_clock(device)
-        train_loss, clips = train_one_epoch(classifier, loader, optimizer, args, device, epoch)
-        runs.check_finite(classifier, f"the weights after epoch {epoch}",
-                          f"training diverged; lower --lr (now {args.lr:g})")
-        throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
-        # Once, on rank 0, then shared: every process selects the same epoch.
-        valid_started = time.time()
-        valid_acc = ddp.broadcast_float(
-            evaluate(encoder, head, splits["valid"], classes, args, device, "valid", batches=valid_batches)[0]
-            if ddp.is_main() else None, device)
-        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "valid_metric": "classifier", "seconds": round(time.time() - started, 2),
-                "valid_seconds": round(time.time() - valid_started, 2), **throughput}
-        runs.log_epoch(out, history, line)
-        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
-              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
-        best = runs.keep_if_best(out, best, epoch, valid_acc,
-                                 {"encoder": encoder.model.state_dict(), "head": head.state_dict()})
-        runs.save_checkpoint(out / "checkpoint.pt", args, modules, optimizer, loader_generator, epoch, history, best)
-        runs.drop_stale_best(out, best)
+        return backbone.batches_in_memory(encoder, splits["valid"], classes, args.max_seconds, args.eval_cache_mb,
+                                          args.eval_batch_size, args.num_workers, desc="decoding valid")
+    return None
 
-    # ---------------- testing the best-valid epoch, once ----------------
-    if not ddp.is_main():  # the other processes are done: rank 0 tests and saves
-        ddp.stop()
-        return
+
+def valid_accuracy(encoder, head, splits, classes, args, device, valid_batches) -> float:
+    """The selection metric: the classifier's accuracy on valid, computed once, on rank 0, then shared,
+    so every process selects the same epoch."""
+    return ddp.broadcast_float(
+        evaluate(encoder, head, splits["valid"], classes, args, device, "valid", batches=valid_batches)[0]
+        if ddp.is_main() else None, device)
+
+
+def score_best(args, out: Path, run: dict, encoder, head, best: dict, splits, classes, device):
+    """(test_acc, confusion, k-NN probe results) of the best-valid epoch's weights, loaded into encoder
+    and head: test read once, after train and valid."""
     state = runs.load_best(out, best, device)
     encoder.model.load_state_dict(state["encoder"])
     head.load_state_dict(state["head"])
     # The test features stay in features/ for eval.py's analyses (anisotropy, UMAP), so it needs no re-encoding.
-    feature_dir = runs.feature_dir(out, run["dataset"], args.fold)
+    feature_dir = rundir.feature_dir(out, run["dataset"], args.fold)
     # The k-NN probe on the encoder's pooled features (before the head), as probe.py scores the other
     # methods: train and valid encoded first, so test is still read last, once, for both classifiers.
     features = runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device,
@@ -272,28 +334,33 @@ def train(args, out: Path):
                                              cache_dir=feature_dir)
     features.update(runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device, ("test",),
                                          args.eval_batch_size, args.num_workers, precision=args.precision))  # cached
-    nearest = knn.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
-                              args.knn_temperature)
+    nearest = probes.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
+                                 args.knn_temperature)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
-    runs.save_encoder(encoder, out / "encoder")
-    runs.atomic_save(head.state_dict(), out / "head.pt")
+    return test_acc, confusion, nearest
+
+
+def write_results(args, out: Path, run: dict, encoder, head, history, best, test_acc, confusion, nearest):
+    """encoder/, head.pt and results.json of the best-valid epoch, then run.json marked finished."""
+    runs.save_encoder(encoder, out / rundir.ENCODER)
+    runs.atomic_save(head.state_dict(), out / rundir.HEAD)
     results = {"method": "finetune", "dataset": run["dataset"], "backbone": encoder.name,
                "backbone_random_init": encoder.random_init, "seed": args.seed, "fold": args.fold,
                "shots": args.shots,
                "test_acc": round(test_acc, 6), "valid_acc": round(best["valid_acc"], 6),
                "selected_epoch": best["epoch"],
-               "epochs": args.epochs, "classes": classes, "confusion": confusion.tolist(), **nearest}
-    runs.write_json(out / "results.json", results)
+               "epochs": args.epochs, "classes": run["classes"], "confusion": confusion.tolist(), **nearest}
+    runs.write_json(out / rundir.RESULTS, results)
     run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"],
                selected_by="valid_acc in log.jsonl: the classifier's accuracy on valid",
                selected_valid_acc=round(best["valid_acc"], 6))
-    runs.write_json(out / "run.json", run)
+    runs.write_json(out / rundir.RUN_JSON, run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ and head.pt hold the result
         runs.remove_checkpoints(out)
     ddp.stop()
     print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
-          f"k-NN test/acc {nearest['knn_test_acc']:.4f} (k {nearest['knn_k']}); wrote {out / 'results.json'}")
+          f"k-NN test/acc {nearest['knn_test_acc']:.4f} (k {nearest['knn_k']}); wrote {out / rundir.RESULTS}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Standard library only: prepare.py and eval.py use it without loading torch.
 import datetime
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -33,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import rundir
+from rundir import BEST_GLOB, CHECKPOINT, ENCODER, ENCODER_LAST, FEATURES, HEAD, LOG_FILE, PROBE_DIR, RESULTS, RUN_JSON
+
 LOCK = ".lock"
 # What run_all.sh keeps in a run folder (its lock and the job's log): a folder holding only these is empty.
 RUNNER_FILES = {LOCK, "job.log", "job.rc"}
@@ -41,11 +43,9 @@ OWNED_RECORD = ".audioconfit-written"
 # The names each stage writes into its run folder, and only these are removed by --overwrite.
 # A pairtune run's probe/ is its own stage 2 (probe.py's default --out), describing these weights.
 STAGE_FILES = {
-    "pairtune": ["run.json", "log.jsonl", "checkpoint.pt", "best-e*.pt", "encoder", "encoder-last", "features",
-                 "probe", "results.json"],
-    "finetune": ["run.json", "log.jsonl", "checkpoint.pt", "best-e*.pt", "encoder", "head.pt", "features",
-                 "results.json"],
-    "probe": ["run.json", "head.pt", "features", "results.json"],
+    "pairtune": [RUN_JSON, LOG_FILE, CHECKPOINT, BEST_GLOB, ENCODER, ENCODER_LAST, FEATURES, PROBE_DIR, RESULTS],
+    "finetune": [RUN_JSON, LOG_FILE, CHECKPOINT, BEST_GLOB, ENCODER, HEAD, FEATURES, RESULTS],
+    "probe": [RUN_JSON, HEAD, FEATURES, RESULTS],
 }
 
 
@@ -222,22 +222,24 @@ class FolderLock:
 # ----------------------------------------------------------------------------------------------
 
 def read_run_json(folder) -> dict:
-    """FOLDER/run.json, or Refused naming the file when it is not a JSON object (truncated, foreign)."""
-    path = Path(folder) / "run.json"
+    """rundir.read_run_json, or Refused naming the file, and what to do, when it is not a run record (truncated,
+    foreign): the scripts' message for a folder they are about to use."""
     try:
-        run = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # "[[[[..." recurses
-        raise Refused(f"{path} cannot be read ({type(error).__name__}: {str(error)[:120]}); it is not a run record "
-                      "this project wrote whole: move the folder aside and start the run again") from None
-    if not isinstance(run, dict):
-        raise Refused(f"{path} is not a run record (a JSON object); move the folder aside and start the run again")
-    return run
+        return rundir.read_run_json(folder)
+    except rundir.RunRecordError as error:
+        if error.cause is not None:
+            raise Refused(f"{error.path} cannot be read ({type(error.cause).__name__}: {str(error.cause)[:120]}); it "
+                          "is not a run record this project wrote whole: move the folder aside and start the run "
+                          "again") from None
+        raise Refused(f"{error.path} is not a run record ({error.problem}); move the folder aside and start the run "
+                      "again") from None
 
 
 # A run's whole-file writes go through `.NAME.XXXXXXXX.tmp` (runs.temporary_beside: tempfile.mkstemp), so
 # a kill before the rename leaves one of these, and nothing else of the user's has such a name.
-LEFTOVER = re.compile(r"\.(run\.json|log\.jsonl|checkpoint\.pt|best-e\d+\.pt|results\.json|head\.pt)"
-                      r"\.[a-z0-9_]{8}\.tmp")
+_BEST = re.escape(rundir.BEST_FILE).replace(re.escape("{epoch}"), r"\d+")  # best-e<N>.pt
+LEFTOVER = re.compile(r"\.(" + "|".join([*map(re.escape, (RUN_JSON, LOG_FILE, CHECKPOINT, RESULTS, HEAD)), _BEST])
+                      + r")\.[a-z0-9_]{8}\.tmp")
 
 
 def is_leftover_temporary(name: str) -> bool:
@@ -267,7 +269,7 @@ def check_run_folder(out, stage: str, resume: bool, overwrite: bool, saved_epoch
     present = {name for name in os.listdir(out) if not is_leftover_temporary(name)} if out.is_dir() else set()
     if not present - RUNNER_FILES:
         return "new"
-    if "run.json" not in present:
+    if RUN_JSON not in present:
         listed = sorted(present - RUNNER_FILES)
         raise Refused(f"--out {out} is not empty and holds no run (it has {', '.join(listed[:4])}"
                       f"{', ...' if len(listed) > 4 else ''}): give a new or empty folder")
@@ -280,7 +282,7 @@ def check_run_folder(out, stage: str, resume: bool, overwrite: bool, saved_epoch
     if run.get("finished"):
         if resume:
             return "finished"
-        extend = training and (out / "checkpoint.pt").is_file()  # a finished run keeps it with --keep-checkpoint
+        extend = training and (out / CHECKPOINT).is_file()  # a finished run keeps it with --keep-checkpoint
         raise Refused(f"--out {out} holds a finished {stage} run" +
                       (f" ({run['epochs_run']} epoch{'s' * (run['epochs_run'] != 1)})" if run.get("epochs_run")
                        else "") +

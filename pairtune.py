@@ -15,12 +15,19 @@ Under torchrun, --batch-size is the global batch: each process encodes its share
 the P x K batch) and the loss sees every process's embeddings. --micro-batch M encodes a batch M clips
 at a time with the loss still over the whole batch (gradient caching), for big batches on one GPU.
 
+The epoch kept is the one whose --select-by metric on valid is best (ties to the earlier epoch, as
+finetune.py selects). The default, epoch-centroid, is the nearest class centroid by cosine with the
+centroids averaged from the r the epoch's training pass computed anyway, so it costs only the encoding
+of valid, as FineTune's classifier on valid does; centroid, knn and linear encode a fixed train subset
+(--centroid-clips-per-class) after each epoch as well, knn and linear being probes.py's k-NN and linear
+probes, the ones the tables report.
+
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
-epoch: epoch, train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA),
-checkpoint.pt and best-e<epoch>.pt (the best-valid weights so far; both to resume with --resume),
-encoder/ (the encoder of the epoch with the best valid accuracy, ties to the earlier epoch, as
-finetune.py selects; with its feature extractor, loadable with transformers alone) and
-encoder-last/ (the last epoch's, unless --only-best).
+epoch: epoch, train_loss, valid_metric_acc (the --select-by metric's accuracy on valid), valid_metric
+(its name), seconds, valid_seconds, clips_per_s; peak_memory_mb on CUDA), checkpoint.pt and
+best-e<epoch>.pt (the best-valid weights so far; both to resume with --resume), encoder/ (the encoder of
+the selected epoch, with its feature extractor, loadable with transformers alone) and encoder-last/ (the
+last epoch's, unless --only-best).
 """
 import argparse
 import contextlib
@@ -38,6 +45,8 @@ import backbone
 import data
 import ddp
 import outdir
+import probes
+import rundir
 import runs
 from losses import fused_supcon_loss, supcon_loss
 
@@ -72,14 +81,17 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=["fused", "eager"], default="fused",
                    help="fused: the torch.compile'd loss with a closed-form backward (compiles once, tens of "
                         "seconds on CPU); eager: the reference implementation, same values (no compiler needed)")
-    p.add_argument("--select-by", choices=["centroid", "knn", "probe"], default="centroid",
-                   help="per-epoch valid metric that picks the saved epoch, on features of valid and of a fixed "
-                        "train subset: nearest class centroid (cheapest), k-NN vote, or a quick linear probe "
-                        "(300 full-batch Adam steps more per epoch); all encode those clips once per epoch")
+    p.add_argument("--select-by", choices=[*SELECTION_METRICS, "probe"], default=None,
+                   help="per-epoch valid metric that picks the saved epoch, on encoder features r: epoch-centroid "
+                        "(default: nearest class centroid, centroids from the epoch's own training pass, so only "
+                        "valid is encoded), centroid (centroids from a fixed train subset encoded each epoch), knn "
+                        "(the k-NN probe's weighted vote over that subset) or linear (the linear probe at one grid "
+                        "point, trained on that subset; `probe` is its old name). A --resume without it keeps the "
+                        "run's own metric")
     p.add_argument("--knn-k", type=runs.positive_int, default=10, help="neighbours for --select-by knn")
     p.add_argument("--centroid-clips-per-class", type=runs.positive_int, default=32,
-                   help="train clips per class encoded each epoch for the valid metric (centroids, neighbours "
-                        "or probe training set)")
+                   help="train clips per class encoded each epoch for --select-by centroid, knn and linear "
+                        "(centroids, neighbours or probe training set); unused by epoch-centroid")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and crops")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
     p.add_argument("--precision", choices=backbone.PRECISIONS, default="auto",
@@ -112,12 +124,46 @@ def parse_args(argv=None):
                 f"{args.clips_per_class}: give at least {2 * args.clips_per_class}")
     if args.micro_batch is not None and args.micro_batch < 1:
         p.error(f"--micro-batch must be at least 1 (got {args.micro_batch})")
+    if args.select_by == "probe":  # the old name: the quick probe it named is now probes.py's linear probe
+        args.select_by = "linear"
+    if args.select_by is None and not args.resume:  # under --resume, main() takes the run's own (resumed_metric)
+        args.select_by = DEFAULT_METRIC
     return args
 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation on valid: the metric that selects the saved epoch (and feeds the convergence curve)
 # ----------------------------------------------------------------------------------------------
+
+# --select-by: what each metric is, in the words run.json's selected_by gives
+SELECTION_METRICS = {
+    "epoch-centroid": "nearest class centroid by cosine, the centroids averaged from the L2-normalised r of the "
+                      "epoch's own training pass",
+    "centroid": "nearest class centroid by cosine, the centroids from --centroid-clips-per-class train clips "
+                "encoded after the epoch",
+    "knn": "the k-NN probe (probes.knn_predict: exp(cos/T)-weighted vote of --knn-k neighbours) over "
+           "--centroid-clips-per-class train clips encoded after the epoch",
+    "linear": "the linear probe (probes.train_linear at lr {lr:g}, batch {batch}, {epochs} epochs) trained on "
+              "--centroid-clips-per-class train clips encoded after the epoch",
+}
+DEFAULT_METRIC = "epoch-centroid"
+# --select-by linear: one point of probe.py's grid (its largest lr, its larger batch, its epochs), not a grid
+# search every epoch; seeded, so the metric of given features is always the same
+LINEAR_PROBE = {"lr": 1e-2, "batch": 128, "epochs": 100, "seed": 0}
+
+
+def resumed_metric(args, out: Path) -> str:
+    """--select-by for a --resume that does not give it: the metric the run was started with (its
+    run.json's arguments; a run started before epoch-centroid was the default says centroid and keeps
+    it), or the default where there is no checkpoint to resume from."""
+    if args.select_by is not None:
+        return args.select_by
+    if (out / rundir.CHECKPOINT).exists():
+        saved = (outdir.read_run_json(out).get("args") or {}).get("select_by")
+        if saved:  # "probe", the old name, becomes "linear": runs.resume then refuses it as another metric
+            return "linear" if saved == "probe" else saved
+    return DEFAULT_METRIC
+
 
 def centroid_subset(train_clips, per_class):
     """The first `per_class` clips of each class, by path: the same subset every epoch."""
@@ -129,72 +175,84 @@ def centroid_subset(train_clips, per_class):
     return chosen
 
 
-def decode_once(encoder, train_clips, valid_clips, classes, args):
-    """The valid metric's inputs, decoded and preprocessed once, within --eval-cache-mb together:
-    {"train subset": batches, "valid": batches}, None for clips to decode again every epoch."""
+def metric_train_clips(train_clips, args):
+    """The train clips the valid metric encodes after each epoch: none for epoch-centroid (its
+    centroids come from the training pass), else the fixed per-class subset."""
+    return [] if args.select_by == "epoch-centroid" else centroid_subset(train_clips, args.centroid_clips_per_class)
+
+
+def decode_once(args, encoder, train_clips, splits, classes, start_epoch: int):
+    """The valid metric's inputs, decoded and preprocessed once (rank 0, with epochs left to run),
+    within --eval-cache-mb together: {"train subset": batches, "valid": batches}, None for clips to
+    decode again every epoch (and for an empty train subset, which is never encoded). The metric
+    encodes the same clips every epoch: decoding them once gives the same features."""
     kept, left_mb = {"train subset": None, "valid": None}, args.eval_cache_mb
-    for name, clips in (("train subset", train_clips), ("valid", valid_clips)):
-        if args.eval_cache_mb > 0:
+    if not ddp.is_main() or start_epoch > args.epochs:
+        return kept
+    for name, clips in (("train subset", train_clips), ("valid", splits["valid"])):
+        if args.eval_cache_mb > 0 and clips:
             kept[name] = backbone.batches_in_memory(encoder, clips, classes, args.max_seconds, left_mb,
                                                     args.eval_batch_size, args.num_workers, desc=f"decoding {name}")
             left_mb -= backbone.size_mb(kept[name] or [])
     return kept
 
 
-def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device, decoded=None):
-    """The per-epoch valid metric that selects the epoch (--select-by), on L2-normalised encoder
-    features (r, not z): train features come from a fixed per-class subset of train. `decoded`:
-    the clips' inputs from decode_once (None: decode them now)."""
+def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device, decoded=None, epoch_centroids=None):
+    """The per-epoch valid metric that selects the epoch (--select-by), on encoder features (r, not z).
+    epoch-centroid takes its centroids from `epoch_centroids` ((per-class mean of the training pass's
+    r, clips per class), from train_one_epoch); the others encode `train_clips`, a fixed per-class
+    subset of train. `decoded`: the clips' inputs from decode_once (None: decode them now)."""
     decoded = decoded or {"train subset": None, "valid": None}
     kwargs = dict(max_seconds=args.max_seconds, device=device, batch_size=args.eval_batch_size,
                   num_workers=args.num_workers, precision=args.precision)
-    train_x, train_y = backbone.extract_features(encoder, train_clips, classes, desc="train subset",
-                                                 batches=decoded["train subset"], **kwargs)
     valid_x, valid_y = backbone.extract_features(encoder, valid_clips, classes, desc="valid",
                                                  batches=decoded["valid"], **kwargs)
-    runs.check_finite(torch.cat([train_x, valid_x]), "the valid metric's features", f"lower --lr (now {args.lr:g})")
-    train_x, valid_x = F.normalize(train_x, dim=1), F.normalize(valid_x, dim=1)
+    runs.check_finite(valid_x, "the valid metric's features", f"lower --lr (now {args.lr:g})")
+    if args.select_by == "epoch-centroid":
+        unseen = [classes[i] for i in (epoch_centroids[1] == 0).nonzero().flatten().tolist()]
+        if unseen:  # not expected: the sampler visits every class each epoch
+            print(f"warning: the training pass saw no clip of {', '.join(unseen)}: the epoch-centroid metric "
+                  "cannot predict these classes this epoch", file=sys.stderr)
+        predictions = nearest_centroid(*epoch_centroids, F.normalize(valid_x, dim=1))
+        return (predictions == valid_y).float().mean().item()
+    train_x, train_y = backbone.extract_features(encoder, train_clips, classes, desc="train subset",
+                                                 batches=decoded["train subset"], **kwargs)
+    runs.check_finite(train_x, "the valid metric's features", f"lower --lr (now {args.lr:g})")
     if args.select_by == "centroid":
-        predictions = centroid_predictions(train_x, train_y, valid_x, len(classes))
-    elif args.select_by == "knn":
-        predictions = knn_predictions(train_x, train_y, valid_x, len(classes), args.knn_k)
-    else:  # on the training device: at TIMIT's size this is real work (see the README)
-        predictions = probe_predictions(train_x.to(device), train_y.to(device), valid_x.to(device),
-                                        len(classes)).cpu()
+        predictions = centroid_predictions(F.normalize(train_x, dim=1), train_y, F.normalize(valid_x, dim=1),
+                                           len(classes))
+    elif args.select_by == "knn":  # the reported k-NN probe's vote (it normalises the features itself)
+        predictions = probes.knn_predict(train_x, train_y, valid_x, args.knn_k, len(classes))
+    else:
+        return linear_probe_accuracy(train_x, train_y, valid_x, valid_y, len(classes))
     return (predictions == valid_y).float().mean().item()
 
 
 def centroid_predictions(train_x, train_y, valid_x, n_classes):
-    """Nearest class centroid by cosine."""
-    centroids = torch.zeros(n_classes, train_x.shape[1]).index_add_(0, train_y, train_x)
-    return (valid_x @ F.normalize(centroids, dim=1).T).argmax(1)
+    """Nearest class centroid by cosine, the centroids from the (L2-normalised) train features."""
+    sums = torch.zeros(n_classes, train_x.shape[1]).index_add_(0, train_y, train_x)
+    return nearest_centroid(sums, torch.bincount(train_y, minlength=n_classes), valid_x)
 
 
-def knn_predictions(train_x, train_y, valid_x, n_classes, k):
-    """Majority vote of the k most cosine-similar train clips; a tied vote goes to the class whose
-    voters are more similar in total."""
-    similarity, index = (valid_x @ train_x.T).topk(min(k, len(train_y)), dim=1)
-    votes = torch.zeros(len(valid_x), n_classes).scatter_add_(1, train_y[index], torch.ones_like(similarity))
-    closeness = torch.zeros(len(valid_x), n_classes).scatter_add_(1, train_y[index], similarity)
-    most_votes = votes == votes.max(dim=1, keepdim=True).values
-    return closeness.masked_fill(~most_votes, -math.inf).argmax(1)
+def nearest_centroid(centroids, counts, valid_x):
+    """Each valid clip's most cosine-similar class centroid (only directions matter: a centroid may be
+    given as a sum or a mean, valid_x at any scale). A class with no features (counts 0) has no
+    centroid and is never predicted: its valid clips count as errors."""
+    similarity = valid_x @ F.normalize(centroids, dim=1).T
+    return similarity.masked_fill(counts == 0, -math.inf).argmax(1)
 
 
-def probe_predictions(train_x, train_y, valid_x, n_classes, steps=300, lr=0.01):
-    """A quick linear probe: softmax regression trained full-batch with Adam from zero weights
-    (deterministic), a cheap stand-in for probe.py's grid search."""
-    head = nn.Linear(train_x.shape[1], n_classes, device=train_x.device)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = F.cross_entropy(head(train_x), train_y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        return head(valid_x).argmax(1)
+def linear_probe_accuracy(train_x, train_y, valid_x, valid_y, n_classes):
+    """probes.train_linear at one point of probe.py's grid (LINEAR_PROBE), on features standardised
+    with the train subset's statistics as probe.py standardises them: its best-valid epoch's accuracy."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    # train_linear seeds torch's global generator: forked, so the run's own random stream (crops,
+    # dropout) goes on as it would under any other metric
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        _, accuracy, _, _ = probes.train_linear((train_x - mean) / std, train_y, (valid_x - mean) / std, valid_y,
+                                                n_classes, LINEAR_PROBE["lr"], LINEAR_PROBE["batch"],
+                                                LINEAR_PROBE["epochs"], LINEAR_PROBE["seed"])
+    return accuracy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,28 +260,51 @@ def probe_predictions(train_x, train_y, valid_x, n_classes, steps=300, lr=0.01):
 # ----------------------------------------------------------------------------------------------
 
 class Embedder(nn.Module):
-    """z = f_p(r) with r = f_e(x), both on the unit sphere: one module, so DDP wraps one forward."""
+    """z = f_p(r) with r = f_e(x), both on the unit sphere: one module, so DDP wraps one forward.
+    With with_r, (z, r): the training pass's r also gives the epoch's class centroids."""
 
     def __init__(self, encoder, head, precision):
         super().__init__()
         self.encoder, self.head, self.precision = encoder, head, precision
 
-    def forward(self, inputs):
+    def forward(self, inputs, with_r=False):
         with backbone.autocast(inputs["attention_mask"].device, self.precision):
             pooled = self.encoder(inputs)  # [B, d]
         r = F.normalize(pooled.float(), dim=1)  # representation on the unit sphere
-        return F.normalize(self.head(r), dim=1)  # [B, p] projection on the unit sphere
+        z = F.normalize(self.head(r), dim=1)  # [B, p] projection on the unit sphere
+        return (z, r) if with_r else z
 
 
-def train_one_epoch(embedder, loader, optimizer, args, device, epoch):
-    """One pass; returns the mean loss and the clips seen (over all processes)."""
+class EpochCentroids:
+    """Per-class sums and counts of the r a training pass computes (detached: no graph is kept), for
+    --select-by epoch-centroid; under torchrun each process adds its own clips and `result` sums them
+    over the processes (every process must call it)."""
+
+    def __init__(self, n_classes: int, dim: int, device):
+        self.sums = torch.zeros(n_classes, dim + 1, device=device)  # the last column counts the clips
+
+    def add(self, r, labels):
+        self.sums.index_add_(0, labels, torch.cat([r.detach().float(), torch.ones_like(r[:, :1])], dim=1))
+
+    def result(self):
+        """(centroids [classes, d], clips [classes]) on the CPU: each class's mean r over the pass, all
+        processes together (zeros, and 0 clips, for a class the pass did not see)."""
+        total = ddp.summed(self.sums).cpu()
+        counts = total[:, -1]
+        return total[:, :-1] / counts.clamp(min=1).unsqueeze(1), counts.long()
+
+
+def train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids=None):
+    """One pass; returns the mean loss and the clips seen (over all processes). `centroids`
+    (EpochCentroids): each batch's r (this process's clips) is added to it."""
     embedder.train()
     loss_fn = fused_supcon_loss if args.loss == "fused" else supcon_loss
     total, batches, clips = 0.0, 0, 0
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
     for inputs, labels in progress:
         inputs = backbone.to_device(inputs, device)
-        labels = ddp.gather(labels.to(device))  # the global batch's labels, in rank order
+        own_labels = labels.to(device)
+        labels = ddp.gather(own_labels)  # the global batch's labels, in rank order
         finite_z = []
 
         def batch_loss(z):  # SupCon over every process's z: the global batch, as one process would see it
@@ -235,10 +316,13 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch):
 
         optimizer.zero_grad(set_to_none=True)
         if args.micro_batch and args.micro_batch < len(inputs["attention_mask"]):
-            loss = gradient_cached_backward(embedder, inputs, batch_loss, args.micro_batch, device)
+            loss, r = gradient_cached_backward(embedder, inputs, batch_loss, args.micro_batch, device)
         else:
-            loss = batch_loss(embedder(inputs))
+            z, r = embedder(inputs, with_r=True)
+            loss = batch_loss(z)
             loss.backward()
+        if centroids is not None:  # the r the step used, before the step moves the weights
+            centroids.add(r, own_labels)
         optimizer.step()  # a non-finite step is never saved: the run stops below, before its checkpoint
         loss_value, z_ok = torch.stack([loss.detach().float(), finite_z[0].float()]).tolist()
         if not (math.isfinite(loss_value) and z_ok):
@@ -259,15 +343,18 @@ def gradient_cached_backward(embedder, inputs, batch_loss, micro_batch, device):
     The second pass must see the same dropout (and LayerDrop) as the first, or dL/dz would belong to
     other embeddings: each micro-batch's random state is saved before pass 1 and restored for pass 2.
     Under DDP the gradients are all-reduced once, on the last micro-batch. The inputs are sliced from
-    the collated batch, so each clip keeps the padding it has in the whole batch."""
+    the collated batch, so each clip keeps the padding it has in the whole batch. Returns the loss and
+    pass 1's r (this process's rows, no graph): the batch's r, as the plain step computes it."""
     rows = len(inputs["attention_mask"])
     parts = [{k: v[i:i + micro_batch] for k, v in inputs.items()} for i in range(0, rows, micro_batch)]
     single = getattr(embedder, "module", embedder)  # without the DDP wrapper: pass 1 needs no gradient hooks
-    states, z_parts = [], []
+    states, z_parts, r_parts = [], [], []
     with torch.no_grad():
         for part in parts:
             states.append(rng_state(device))
-            z_parts.append(single(part))
+            z_part, r_part = single(part, with_r=True)
+            z_parts.append(z_part)
+            r_parts.append(r_part)
     z = torch.cat(z_parts).requires_grad_()
     loss = batch_loss(z)
     loss.backward()  # only as far as z: z.grad = dL/dz for this process's rows
@@ -276,7 +363,7 @@ def gradient_cached_backward(embedder, inputs, batch_loss, micro_batch, device):
         last = i == len(parts) - 1
         with contextlib.nullcontext() if last or embedder is single else embedder.no_sync():
             embedder(part).backward(z.grad[i * micro_batch:(i + 1) * micro_batch])
-    return loss.detach()
+    return loss.detach(), torch.cat(r_parts)
 
 
 def rng_state(device):
@@ -309,26 +396,98 @@ def main(argv=None):
     # and new, empty, or this kind of run asked to be continued (--resume) or replaced (--overwrite).
     with runs.output_lock(out):
         runs.prepare_run_folder(out, "pairtune", args)
+        args.select_by = resumed_metric(args, out)  # a --resume without --select-by: the run's own metric
         train(args, out)
 
 
 def train(args, out: Path):
-    device = ddp.start(runs.resolve_device(args.device))  # this process's device; under torchrun, joins the group
+    device = set_up_device(args)
+    if finished_already(args, out):
+        return
+    if args.loss == "fused":
+        check_fused_loss(args, device)
+
+    # ---------------- preparing data ----------------
+    splits, classes, shots = load_data(args)
+
+    # ---------------- building networks ----------------
+    encoder, head, embedder, optimizer = build_model(args, device)
+    loader, loader_generator, sampler = build_loader(args, encoder, splits, classes, device)
+    run = runs.new_run("pairtune", args, data.dataset_name(args.dataset),
+                       data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
+    run["shots"] = shots  # None, or K, its seed and the classes short of K
+
+    # ---------------- resuming ----------------
+    modules = {"encoder": encoder.model, "head": head}
+    start_epoch, history, best = start_or_resume(args, out, run, modules, optimizer, loader_generator)
+
+    # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
+    metric_clips = metric_train_clips(splits["train"], args)  # none for epoch-centroid
+    decoded = decode_once(args, encoder, metric_clips, splits, classes, start_epoch)
+    for epoch in range(start_epoch, args.epochs + 1):
+        started = runs.start_epoch_clock(device)
+        sampler.set_epoch(epoch)
+        centroids = EpochCentroids(len(classes), encoder.hidden_size, device)
+        train_loss, clips = train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids)
+        runs.check_finite(embedder, f"the weights after epoch {epoch}",
+                          f"training diverged; lower --lr (now {args.lr:g})")
+        epoch_centroids = centroids.result()  # summed over the processes: every process takes part
+        throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
+        # Once, on rank 0, then shared: every process selects the same epoch.
+        valid_started = time.time()
+        valid_acc = ddp.broadcast_float(
+            valid_accuracy(encoder, metric_clips, splits["valid"], classes, args, device, decoded, epoch_centroids)
+            if ddp.is_main() else None, device)
+        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_metric_acc": round(valid_acc, 6),
+                "valid_metric": args.select_by, "seconds": round(time.time() - started, 2),
+                "valid_seconds": round(time.time() - valid_started, 2), **throughput}
+        runs.log_epoch(out, history, line)
+        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
+              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
+        best = runs.keep_if_best(out, best, epoch, valid_acc, {"encoder": encoder.model.state_dict()})
+        runs.save_checkpoint(out / rundir.CHECKPOINT, args, modules, optimizer, loader_generator, epoch, history,
+                             best)
+        runs.drop_stale_best(out, best)
+
+    # ---------------- saving: the best-valid encoder (the one probe.py uses) and the last ----------------
+    if not ddp.is_main():  # the other processes are done: rank 0 saves
+        ddp.stop()
+        return
+    save_best(args, out, encoder, best, device)
+
+    # ---------------- writing ----------------
+    write_results(args, out, run, history, best)
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps of train()
+# ----------------------------------------------------------------------------------------------
+
+def set_up_device(args) -> torch.device:
+    """This process's device (under torchrun, joining the group), the --num-workers and --precision
+    defaults for it, and the run's seed."""
+    device = ddp.start(runs.resolve_device(args.device))
     if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
         args.num_workers = 4 if device.type == "cuda" else 0
     args.precision = backbone.resolve_precision(args.precision, device)
     if device.type == "cuda":  # TF32 tensor cores for what stays float32 (the head, the loss's GEMMs)
         torch.set_float32_matmul_precision("high")
     runs.seed_everything(args.seed)
-    if args.resume and runs.finished_epochs(out) >= args.epochs:
-        runs.tidy_finished(out)
-        print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
-        ddp.stop()
-        return
-    if args.loss == "fused":
-        check_fused_loss(args, device)
+    return device
 
-    # ---------------- preparing data ----------------
+
+def finished_already(args, out: Path) -> bool:
+    """A --resume of a run that has all its epochs: tidied, said, and nothing else to do."""
+    if not (args.resume and runs.finished_epochs(out) >= args.epochs):
+        return False
+    runs.tidy_finished(out)
+    print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
+    ddp.stop()
+    return True
+
+
+def load_data(args):
+    """(splits, classes, shots): the manifest's splits, cut to --shots clips per class if asked."""
     splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
     data.require_two_classes(classes, args.dataset, args.data_root)
     shots = None
@@ -336,8 +495,12 @@ def train(args, out: Path):
         splits, shots = data.keep_shots(splits, args.shots, args.seed if args.shot_seed is None else args.shot_seed)
     print(f"data: {data.dataset_name(args.dataset)}: " + ", ".join(f"{s} {len(c)}" for s, c in splits.items())
           + f" clips, {len(classes)} classes")
+    return splits, classes, shots
 
-    # ---------------- building networks ----------------
+
+def build_model(args, device):
+    """(encoder, head f_p, the Embedder (DDP-wrapped under torchrun), Adam over both); then each
+    process's own random stream (ddp.seed_this_rank)."""
     encoder = backbone.load_encoder(args.backbone).to(device)
     if encoder.chunk_seconds(args.max_seconds) != args.max_seconds:  # a training crop cannot be chunked
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
@@ -351,7 +514,12 @@ def train(args, out: Path):
           f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}, "
           f"{args.precision}" + (f", {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
     ddp.seed_this_rank(args.seed)
+    return encoder, head, embedder, optimizer
 
+
+def build_loader(args, encoder, splits, classes, device):
+    """(loader, its generator, the P x K sampler): random crops of train in class-balanced batches,
+    each process taking whole classes of the global batch."""
     if args.shots is not None and args.shots < args.clips_per_class:
         # Said, not hidden: the sampler repeats a class's clips to fill its K places in a batch, so
         # some positives are two random crops of one clip; a clip no longer than the crop is the same
@@ -375,66 +543,49 @@ def train(args, out: Path):
         num_workers=args.num_workers, collate_fn=data.CollateTrain(encoder.preprocess),
         pin_memory=device.type == "cuda", generator=loader_generator,  # seeds the workers' crops
         worker_init_fn=ddp.worker_init(args.num_workers))
-    centroid_clips = centroid_subset(splits["train"], args.centroid_clips_per_class)
+    return loader, loader_generator, sampler
 
-    run = runs.new_run("pairtune", args, data.dataset_name(args.dataset),
-                       data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
-    run["shots"] = shots  # None, or K, its seed and the classes short of K
 
-    # ---------------- resuming ----------------
-    selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}
-    modules = {"encoder": encoder.model, "head": head}
+def start_or_resume(args, out: Path, run, modules, optimizer, loader_generator):
+    """(start_epoch, history, best): a fresh start, or the checkpoint's state under --resume; then
+    run.json, unfinished, and the old results gone."""
     start_epoch, history, best = runs.resume(out, args, modules, optimizer, loader_generator)
+    if args.select_by == "knn" and any("valid_acc" in line for line in history):
+        # logged before knn was the k-NN probe's weighted vote (a majority vote then): another metric
+        sys.exit(f"error: {out} was selected so far by the old --select-by knn (a majority vote, logged as "
+                 "valid_acc), not the k-NN probe's weighted vote it now is: start the run again (--overwrite)")
     if ddp.is_main():
-        runs.write_json(out / "run.json", run)  # unfinished from here on, before anything is removed
+        runs.write_json(out / rundir.RUN_JSON, run)  # unfinished from here on, before anything is removed
     runs.remove_old_results(out)
+    return start_epoch, history, best
 
-    # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
-    # The valid metric encodes the same clips every epoch: decoding them once gives the same features.
-    decoded = (decode_once(encoder, centroid_clips, splits["valid"], classes, args)
-               if ddp.is_main() and start_epoch <= args.epochs else None)
-    for epoch in range(start_epoch, args.epochs + 1):
-        started = runs.start_epoch_clock(device)
-        sampler.set_epoch(epoch)
-        train_loss, clips = train_one_epoch(embedder, loader, optimizer, args, device, epoch)
-        runs.check_finite(embedder, f"the weights after epoch {epoch}",
-                          f"training diverged; lower --lr (now {args.lr:g})")
-        throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
-        # Once, on rank 0, then shared: every process selects the same epoch.
-        valid_started = time.time()
-        valid_acc = ddp.broadcast_float(
-            valid_accuracy(encoder, centroid_clips, splits["valid"], classes, args, device, decoded)
-            if ddp.is_main() else None, device)
-        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
-                "valid_metric": args.select_by, "seconds": round(time.time() - started, 2),
-                "valid_seconds": round(time.time() - valid_started, 2), **throughput}
-        runs.log_epoch(out, history, line)
-        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
-              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
-        best = runs.keep_if_best(out, best, epoch, valid_acc, {"encoder": encoder.model.state_dict()})
-        runs.save_checkpoint(out / "checkpoint.pt", args, modules, optimizer, loader_generator, epoch, history, best)
-        runs.drop_stale_best(out, best)
 
-    # ---------------- saving: the best-valid encoder (the one probe.py uses) and the last ----------------
-    if not ddp.is_main():  # the other processes are done: rank 0 saves
-        ddp.stop()
-        return
+def save_best(args, out: Path, encoder, best, device):
+    """encoder/ with the selected epoch's weights (the one probe.py uses), and encoder-last/ with the
+    last epoch's unless --only-best."""
     if args.only_best:
-        outdir.remove_written(out / "encoder-last")  # a previous run's, in a reused --out
+        outdir.remove_written(out / rundir.ENCODER_LAST)  # a previous run's, in a reused --out
     else:
-        runs.save_encoder(encoder, out / "encoder-last")
+        runs.save_encoder(encoder, out / rundir.ENCODER_LAST)
     encoder.model.load_state_dict(runs.load_best(out, best, device)["encoder"])
-    runs.save_encoder(encoder, out / "encoder")
+    runs.save_encoder(encoder, out / rundir.ENCODER)
+
+
+def write_results(args, out: Path, run, history, best):
+    """run.json finished, with the selected epoch and what selected it; the checkpoints removed unless
+    --keep-checkpoint; the next command."""
+    selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}
+    about = SELECTION_METRICS[args.select_by].format(**LINEAR_PROBE)
     run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"], selection=selection,
-               selected_by=f"valid_acc in log.jsonl: {args.select_by} accuracy on valid",
+               selected_by=f"valid_metric_acc in log.jsonl: the accuracy on valid of {args.select_by}, {about}",
                selected_valid_acc=round(best["valid_acc"], 6))
-    runs.write_json(out / "run.json", run)
+    runs.write_json(out / rundir.RUN_JSON, run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
         runs.remove_checkpoints(out)
     ddp.stop()
     print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_acc "
-          f"{best['valid_acc']:.4f}) to {out / 'encoder'}" + ("" if args.only_best else
-          f", the last epoch's to {out / 'encoder-last'}") + f"; next: python probe.py --ckpt {out}")
+          f"{best['valid_acc']:.4f}) to {out / rundir.ENCODER}" + ("" if args.only_best else
+          f", the last epoch's to {out / rundir.ENCODER_LAST}") + f"; next: python probe.py --ckpt {out}")
 
 
 if __name__ == "__main__":

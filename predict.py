@@ -31,6 +31,7 @@ import backbone
 import data
 import outdir
 import runs
+from trained import load_trained
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64"}
 # Input samples per forward pass: 16 chunks of 10 s at 16 kHz, the largest pass a run's evaluation makes
@@ -72,7 +73,7 @@ def audio_files(inputs: list[str]) -> list[str]:
 def main(argv=None):
     args = parse_args(argv)
     device = runs.resolve_device(args.device)
-    trained = runs.load_trained(args.model)
+    trained = load_trained(args.model)
     encoder, head, classes = trained["encoder"].to(device), trained["head"].to(device), trained["classes"]
 
     # ---------------- the files: every usable one, the others named ----------------

@@ -12,7 +12,7 @@ published splits.
     python prepare.py hf --path DIR_OR_PARQUET_OR_HUB_ID --out data/NAME        # a Hugging Face dataset
 
 Each turns a dataset as distributed into OUT/manifest.csv (paths relative to OUT, the audio left
-where it is) and OUT/summary.json; the README's table says where to get each and which split it
+where it is) and OUT/summary.json; docs/datasets.md says where to get each and which split it
 uses. Each prepare_* function below builds the rows of one dataset with its published split; they
 all end in `finish_prepare`, which reads every file's header, reports unreadable files by name (and
 skips them only with --skip-bad), checks the counts the dataset is known to have, and writes.
@@ -988,7 +988,7 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     names = {command.split()[0] for command in PREPARE_COMMANDS.values()} | {"hf"}
     prepare.add_argument("name", choices=sorted(names),
-                         help="which dataset (see the README's table for where to get each); hf: any Hugging "
+                         help="which dataset (see docs/datasets.md for where to get each); hf: any Hugging "
                               "Face dataset")
     prepare.add_argument("--root", help="the raw dataset as distributed (not needed for demo)")
     prepare.add_argument("--out", help="output folder (default: $CONFIT_DATA or data/, then the name that "

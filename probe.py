@@ -1,16 +1,19 @@
 """Linear probe, stage 2 of AudioConFit: freeze the encoder, train linear + softmax on pooled features.
 
     python probe.py --ckpt out/                                # a PairTune run: dataset etc. from run.json
-    python probe.py --ckpt wav2vec2 --dataset gtzan            # the frozen pre-trained encoder, no PairTune
-    python probe.py --ckpt ../shared/models/whisper-tiny.en-encoder --dataset data/fsdd-digit --random-init
+    python probe.py --backbone wav2vec2 --dataset gtzan        # the frozen pre-trained encoder, no PairTune
+    python probe.py --backbone ../shared/models/whisper-tiny.en-encoder --dataset data/fsdd-digit --random-init
+
+--ckpt also takes a backbone, as it always has (`--ckpt wav2vec2 --dataset gtzan` is the second line):
+a folder holding run.json is a run, anything else a backbone; --backbone says so explicitly.
 
 Each split is encoded once (whole clips, chunked, as in the other stages) and the features are cached
 in CKPT/features/ for a run's own probe (OUT/features/ for a frozen backbone, or for a probe with
 another --dataset, --fold or --max-seconds than its run, which must then be given its own --out).
-A grid over learning rates and batch sizes is trained on the cached train features; the
-configuration and epoch are chosen on valid accuracy (ties: lower valid loss, then grid order).
-Beside it, the k-NN probe (knn.py) on the same features, its k chosen on valid. Test is read once,
-with the chosen classifiers.
+A grid over learning rates and batch sizes is trained on the cached train features (probes.train_linear);
+the configuration and epoch are chosen on valid accuracy (ties: lower valid loss, then grid order).
+Beside it, the k-NN probe (probes.knn_results) on the same features, its k chosen on valid. Test is
+read once, with the chosen classifiers.
 
 Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ otherwise): test_acc,
 valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix, and the
@@ -21,25 +24,28 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import backbone
 import data
-import knn
 import outdir
+import probes
+import rundir
 import runs
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True,
-                   help="a pairtune.py output folder, or a backbone alias, hub id or directory "
-                        "(frozen pre-trained encoder)")
-    p.add_argument("--dataset", default=None, help="overrides the run's dataset (needed when --ckpt is a backbone)")
+    probed = p.add_mutually_exclusive_group(required=True)
+    probed.add_argument("--ckpt", help="a pairtune.py output folder (one holding run.json); anything else is taken "
+                                       "as a backbone, as with --backbone")
+    probed.add_argument("--backbone", help="a frozen pre-trained encoder: alias (wav2vec2, hubert, wavlm, tiny), "
+                                           "hub id or local directory; needs --dataset")
+    p.add_argument("--dataset", default=None, help="overrides the run's dataset (needed for a backbone)")
     p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv")
     p.add_argument("--fold", type=int, default=None, help="overrides the run's fold")
     p.add_argument("--skip-bad", action="store_true",
@@ -58,9 +64,9 @@ def parse_args(argv=None):
                    help="comma-separated batch sizes of the grid")
     p.add_argument("--epochs", type=runs.positive_int, default=100,
                    help="epochs per grid point (on cached features: cheap)")
-    p.add_argument("--knn-ks", type=runs.comma_separated(runs.positive_int), default=",".join(map(str, knn.K_GRID)),
+    p.add_argument("--knn-ks", type=runs.comma_separated(runs.positive_int), default=",".join(map(str, probes.K_GRID)),
                    help="comma-separated k of the k-NN probe's grid, chosen on valid")
-    p.add_argument("--knn-temperature", type=runs.positive_float, default=knn.TEMPERATURE,
+    p.add_argument("--knn-temperature", type=runs.positive_float, default=probes.TEMPERATURE,
                    help="k-NN votes are weighted exp(cosine similarity / T)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the run's, else 0)")
     p.add_argument("--device", default="auto", help="device for encoding: auto, cuda, cpu")
@@ -74,183 +80,254 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# The linear classifier and its grid search
+# What to probe: a PairTune run's encoder, or a backbone's
 # ----------------------------------------------------------------------------------------------
 
-def train_linear(train_x, train_y, valid_x, valid_y, n_classes, lr, batch_size, epochs, seed):
-    """Adam on linear + softmax; returns the best-valid epoch's (state, valid_acc, valid_loss, epoch)."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = nn.Linear(train_x.shape[1], n_classes)
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    best = None
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(train_y), generator=generator)
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            logits = head(valid_x)
-            acc = (logits.argmax(1) == valid_y).float().mean().item()
-            valid_loss = F.cross_entropy(logits, valid_y).item()
-        if best is None or (acc, -valid_loss) > (best[1], -best[2]):
-            best = ({k: v.clone() for k, v in head.state_dict().items()}, acc, valid_loss, epoch)
-    return best
+@dataclass
+class Probed:
+    """The frozen encoder a probe reads and the settings it is read with (the run's, or the arguments')."""
+    method: str  # "pairtune" (a run's encoder) or "frozen" (a backbone)
+    encoder: backbone.AudioEncoder
+    backbone_name: str
+    random_init: bool
+    dataset: str
+    data_root: str | None
+    dataset_label: str  # the name in results.json and features/
+    fold: int | None
+    max_seconds: float  # before the encoder's chunk length caps it
+    seed: int
+    skip_bad: bool
+    shots: int | None
+    shot_seed: int | None
+    out: Path
+    feature_root: Path  # features/ lives here
+    run_dir: Path | None  # the PairTune run probed, None for a backbone
+    given: str  # --ckpt or --backbone as given
+
+
+def set_up_device(args) -> torch.device:
+    """The device that encodes the clips, and --num-workers' default for it."""
+    device = runs.resolve_device(args.device)
+    if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
+        args.num_workers = 4 if device.type == "cuda" else 0
+    return device
+
+
+def load_frozen_encoder(args) -> Probed:
+    """The encoder to probe and its settings: a PairTune run folder's (--ckpt RUN: the run's data, seed
+    and chunk length unless overridden), or a backbone's (--backbone, or --ckpt naming no run folder)."""
+    if args.backbone is not None:
+        if (Path(args.backbone) / rundir.RUN_JSON).exists():
+            sys.exit(f"error: {args.backbone} is a run folder (it holds run.json): probe a pairtune run with --ckpt")
+        return frozen_backbone(args, args.backbone)
+    if (Path(args.ckpt) / rundir.RUN_JSON).exists():
+        return pairtune_run(args, Path(args.ckpt))
+    return frozen_backbone(args, args.ckpt)
+
+
+def pairtune_run(args, ckpt: Path) -> Probed:
+    """A finished PairTune run's best-valid encoder, probed with the run's own settings by default."""
+    run = outdir.read_run_json(ckpt)
+    if not run.get("finished"):
+        sys.exit(f"error: {ckpt} is an unfinished run (no final encoder); finish it with pairtune.py --resume")
+    if run.get("stage") != "pairtune":
+        sys.exit(f"error: {ckpt} is a {run.get('stage')} run, not a pairtune run; probe its backbone instead")
+    run_args = run["args"]
+    encoder = backbone.load_encoder(str(ckpt / rundir.ENCODER))
+    runs.check_finite(encoder.model, f"the encoder of {ckpt}", "the run diverged: train it again with a lower --lr")
+    fold = args.fold if args.fold is not None else run_args.get("fold")
+    max_seconds = args.max_seconds or run_args["max_seconds"]
+    # The run's clips, no fewer: a run that skipped unusable files is probed without them too, and
+    # a few-shot run's probe trains on the same K clips per class.
+    shots = args.shots if args.shots is not None else run_args.get("shots")
+    run_shot_seed = run_args.get("shot_seed") if run_args.get("shot_seed") is not None else run_args["seed"]
+    shot_seed = args.shot_seed if args.shot_seed is not None else run_shot_seed
+    # The probe with the run's own data and chunk length is the run's stage 2: RUN/probe/, with its
+    # features in RUN/features/, where eval.py reads the run's test features. Any other probe is a
+    # side experiment: it must be given its own --out, and keeps its features there.
+    run_settings = (args.dataset is None and fold == run_args.get("fold")
+                    and encoder.chunk_seconds(max_seconds) == encoder.chunk_seconds(run_args["max_seconds"])
+                    and shots == run_args.get("shots") and (shots is None or shot_seed == run_shot_seed))
+    if not run_settings and (not args.out or Path(args.out).resolve() == (ckpt / rundir.PROBE_DIR).resolve()):
+        sys.exit(f"error: with another --dataset, --fold, --max-seconds or --shots than the run's, this probe is "
+                 f"not the run's own stage 2: give it an --out other than {ckpt / rundir.PROBE_DIR}")
+    out = Path(args.out) if args.out else ckpt / rundir.PROBE_DIR
+    dataset = args.dataset or run["manifest"]
+    return Probed(method="pairtune", encoder=encoder, backbone_name=run["backbone"],
+                  random_init=run["backbone_random_init"], dataset=dataset,
+                  data_root=args.data_root or run_args.get("data_root"),
+                  dataset_label=data.dataset_name(dataset) if args.dataset else run["dataset"], fold=fold,
+                  max_seconds=max_seconds, seed=args.seed if args.seed is not None else run_args["seed"],
+                  skip_bad=args.skip_bad or run_args.get("skip_bad", False), shots=shots, shot_seed=shot_seed,
+                  out=out, feature_root=ckpt if run_settings else out, run_dir=ckpt, given=args.ckpt)
+
+
+def frozen_backbone(args, given: str) -> Probed:
+    """A backbone: the frozen pre-trained (or, with --random-init, untrained) encoder."""
+    if not args.dataset:
+        if args.backbone is not None:
+            sys.exit("error: --backbone needs --dataset")
+        sys.exit("error: --ckpt is not a pairtune run folder (no run.json), so --dataset is needed")
+    seed = args.seed if args.seed is not None else 0
+    encoder = backbone.load_encoder(given, random_init=args.random_init, seed=seed)
+    shots, fold = args.shots, args.fold
+    tag = encoder.name.replace("/", "_") + ("-random" if encoder.random_init else "")
+    fold_tag = ("" if fold is None else f"-fold{fold}") + ("" if shots is None else f"-shots{shots}")
+    default_out = Path("out") / f"probe-{tag}-{data.dataset_name(args.dataset)}{fold_tag}-seed{seed}"
+    out = Path(args.out) if args.out else default_out
+    return Probed(method="frozen", encoder=encoder, backbone_name=encoder.name, random_init=encoder.random_init,
+                  dataset=args.dataset, data_root=args.data_root, dataset_label=data.dataset_name(args.dataset),
+                  fold=fold, max_seconds=args.max_seconds or 10.0, seed=seed, skip_bad=args.skip_bad, shots=shots,
+                  shot_seed=args.shot_seed if args.shot_seed is not None else seed, out=out, feature_root=out,
+                  run_dir=None, given=given)
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps of a probe
+# ----------------------------------------------------------------------------------------------
+
+def load_data(probed: Probed):
+    """The splits and classes, cut to K train clips per class for a few-shot probe (shot_info: None or its draw)."""
+    splits, classes = data.load_splits(probed.dataset, probed.data_root, probed.fold, probed.skip_bad)
+    data.require_two_classes(classes, probed.dataset, probed.data_root)
+    shot_info = None
+    if probed.shots is not None:
+        splits, shot_info = data.keep_shots(splits, probed.shots, probed.shot_seed)
+    return splits, classes, shot_info
+
+
+def start_run(args, probed: Probed, encoder, splits, classes, shot_info, max_seconds) -> dict:
+    """OUT/run.json, unfinished until results.json is written (eval.py finds runs by run.json)."""
+    probe_run = runs.new_run("probe", args, probed.dataset_label,
+                             data.resolve_dataset(probed.dataset, probed.data_root), encoder, splits, classes)
+    # The arguments as used; a local folder as an absolute path (export.py loads it from anywhere). A
+    # backbone is recorded as --ckpt whichever flag named it: that is where trained.load_trained and
+    # export.py's command line read a frozen probe's encoder, and the two flags exclude each other.
+    given = str(Path(probed.given).resolve()) if Path(probed.given).is_dir() else probed.given
+    used = {name: value for name, value in vars(args).items() if name != "backbone"}
+    probe_run.update(args={**used, "seed": probed.seed, "fold": probed.fold, "max_seconds": max_seconds,
+                           "skip_bad": probed.skip_bad, "shots": probed.shots, "shot_seed": probed.shot_seed,
+                           "ckpt": given},
+                     shots=shot_info,
+                     method=probed.method, backbone=probed.backbone_name, backbone_random_init=probed.random_init,
+                     probe_of=str(probed.run_dir.resolve()) if probed.run_dir else None)
+    runs.write_json(probed.out / rundir.RUN_JSON, probe_run)
+    return probe_run
+
+
+def grid_search(args, train_x, train_y, valid_x, valid_y, n_classes: int, seed: int):
+    """probes.train_linear at every (lr, batch size); returns the grid as recorded and the chosen
+    (state, point): best valid accuracy, then lower valid loss, then grid order."""
+    grid, best = [], None
+    for lr in [float(v) for v in args.lrs.split(",")]:
+        for batch_size in [int(v) for v in args.batch_sizes.split(",")]:
+            state, valid_acc, valid_loss, epoch = probes.train_linear(
+                train_x, train_y, valid_x, valid_y, n_classes, lr, batch_size, args.epochs, seed)
+            if not math.isfinite(valid_loss):  # this lr diverged: recorded, never selected
+                grid.append({"lr": lr, "batch_size": batch_size, "diverged": True})
+                print(f"lr {lr:g}  batch {batch_size}  diverged (non-finite valid loss): not selectable")
+                continue
+            point = {"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
+                     "valid_loss": round(valid_loss, 6), "selected_epoch": epoch}
+            grid.append(point)
+            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  "
+                  f"epoch {epoch}", flush=True)
+            # Compare the recorded (rounded) numbers, so results.json always agrees with its own grid.
+            rank = lambda p: (p["valid_acc"], -p["valid_loss"])
+            if best is None or rank(point) > rank(best[1]):
+                best = (state, point)
+    if best is None:
+        raise outdir.Refused(f"every point of the probe's grid diverged (lrs {args.lrs}): give smaller --lrs")
+    return grid, best
+
+
+def encode(args, probed: Probed, encoder, splits, classes, max_seconds, device, names, lever: str) -> dict:
+    """{split: (features, labels)} of the named splits, from features/ or encoded into it; stops on NaN or inf."""
+    cache_dir = rundir.feature_dir(probed.feature_root, probed.dataset_label, probed.fold)
+    features = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, names,
+                                    args.eval_batch_size, args.num_workers)
+    runs.check_finite(torch.cat([features[name][0] for name in names]),
+                      f"the features of {probed.backbone_name} on {' and '.join(names)}", lever)
+    return features
+
+
+def score_test(state, test_x, test_y, n_classes: int):
+    """The chosen linear classifier's test accuracy and predictions (test_x standardised)."""
+    head = nn.Linear(test_x.shape[1], n_classes)
+    head.load_state_dict(state)
+    with torch.no_grad():
+        predictions = head(test_x).argmax(1)
+    return (predictions == test_y).float().mean().item(), predictions
+
+
+def confusion_matrix(labels, predictions, n_classes: int) -> torch.Tensor:
+    """[true class, predicted class] counts."""
+    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
+    return confusion
+
+
+def write_results(out: Path, probe_run: dict, head: dict, results: dict):
+    """head.pt, results.json, then run.json marked finished: a probe with results is a finished probe."""
+    runs.atomic_save(head, out / rundir.HEAD)
+    runs.write_json(out / rundir.RESULTS, results)
+    runs.write_json(out / rundir.RUN_JSON, {**probe_run, "finished": True})
 
 
 def main(argv=None):
     args = parse_args(argv)
-    ckpt = Path(args.ckpt)
-    run_file = ckpt / "run.json"
-    device = runs.resolve_device(args.device)
-    if args.num_workers is None:  # on CPU, workers would compete with the model for the same cores
-        args.num_workers = 4 if device.type == "cuda" else 0
+    device = set_up_device(args)
 
     # ---------------- what to probe ----------------
-    run = None
-    if run_file.exists():  # a PairTune run
-        run = outdir.read_run_json(ckpt)
-        if not run.get("finished"):
-            sys.exit(f"error: {ckpt} is an unfinished run (no final encoder); finish it with pairtune.py --resume")
-        if run.get("stage") != "pairtune":
-            sys.exit(f"error: {ckpt} is a {run.get('stage')} run, not a pairtune run; probe its backbone instead")
-        run_args = run["args"]
-        method, backbone_name, random_init = "pairtune", run["backbone"], run["backbone_random_init"]
-        encoder = backbone.load_encoder(str(ckpt / "encoder"))
-        runs.check_finite(encoder.model, f"the encoder of {ckpt}", "the run diverged: train it again with a lower --lr")
-        dataset = args.dataset or run["manifest"]
-        data_root = args.data_root or run_args.get("data_root")
-        fold = args.fold if args.fold is not None else run_args.get("fold")
-        max_seconds = args.max_seconds or run_args["max_seconds"]
-        seed = args.seed if args.seed is not None else run_args["seed"]
-        # The run's clips, no fewer: a run that skipped unusable files is probed without them too, and
-        # a few-shot run's probe trains on the same K clips per class.
-        skip_bad = args.skip_bad or run_args.get("skip_bad", False)
-        shots = args.shots if args.shots is not None else run_args.get("shots")
-        run_shot_seed = run_args.get("shot_seed") if run_args.get("shot_seed") is not None else run_args["seed"]
-        shot_seed = args.shot_seed if args.shot_seed is not None else run_shot_seed
-        # The probe with the run's own data and chunk length is the run's stage 2: RUN/probe/, with its
-        # features in RUN/features/, where eval.py reads the run's test features. Any other probe is a
-        # side experiment: it must be given its own --out, and keeps its features there.
-        run_settings = (args.dataset is None and fold == run_args.get("fold")
-                        and encoder.chunk_seconds(max_seconds) == encoder.chunk_seconds(run_args["max_seconds"])
-                        and shots == run_args.get("shots") and (shots is None or shot_seed == run_shot_seed))
-        if not run_settings and (not args.out or Path(args.out).resolve() == (ckpt / "probe").resolve()):
-            sys.exit(f"error: with another --dataset, --fold, --max-seconds or --shots than the run's, this probe is "
-                     f"not the run's own stage 2: give it an --out other than {ckpt / 'probe'}")
-        out = Path(args.out) if args.out else ckpt / "probe"
-        feature_root = ckpt if run_settings else out
-    else:  # a backbone: the frozen pre-trained (or, with --random-init, untrained) encoder
-        if not args.dataset:
-            sys.exit("error: --ckpt is not a pairtune run folder (no run.json), so --dataset is needed")
-        method = "frozen"
-        seed = args.seed if args.seed is not None else 0
-        encoder = backbone.load_encoder(args.ckpt, random_init=args.random_init, seed=seed)
-        backbone_name, random_init = encoder.name, encoder.random_init
-        dataset, data_root, fold, skip_bad = args.dataset, args.data_root, args.fold, args.skip_bad
-        shots, shot_seed = args.shots, args.shot_seed if args.shot_seed is not None else seed
-        max_seconds = args.max_seconds or 10.0
-        tag = backbone_name.replace("/", "_") + ("-random" if random_init else "")
-        fold_tag = ("" if fold is None else f"-fold{fold}") + ("" if shots is None else f"-shots{shots}")
-        default_out = Path("out") / f"probe-{tag}-{data.dataset_name(dataset)}{fold_tag}-seed{seed}"
-        out = Path(args.out) if args.out else default_out
-        feature_root = out
+    probed = load_frozen_encoder(args)
+    out = probed.out
     # The output folder (outdir.py): held by its lock from here, and new, empty, or a probe asked to be redone.
     with runs.output_lock(out):
         if runs.prepare_run_folder(out, "probe", args) == "finished":
             print(f"{out} holds a finished probe; nothing to do (--overwrite probes again)")
             return
-        encoder = encoder.to(device)
-        max_seconds = encoder.chunk_seconds(max_seconds)
+        encoder = probed.encoder.to(device)
+        max_seconds = encoder.chunk_seconds(probed.max_seconds)
 
         # ---------------- preparing data ----------------
-        splits, classes = data.load_splits(dataset, data_root, fold, skip_bad)
-        data.require_two_classes(classes, dataset, data_root)
-        shot_info = None
-        if shots is not None:
-            splits, shot_info = data.keep_shots(splits, shots, shot_seed)
-        dataset_label = run["dataset"] if method == "pairtune" and not args.dataset else data.dataset_name(dataset)
-        cache_dir = runs.feature_dir(feature_root, dataset_label, fold)
-        # The probe is a run of its own (eval.py finds runs by run.json), unfinished until results.json is written.
-        probe_run = runs.new_run("probe", args, dataset_label, data.resolve_dataset(dataset, data_root), encoder,
-                                 splits, classes)
-        # The arguments as used; a local --ckpt folder as an absolute path (export.py loads it from anywhere).
-        ckpt_used = str(Path(args.ckpt).resolve()) if Path(args.ckpt).is_dir() else args.ckpt
-        probe_run.update(args={**vars(args), "seed": seed, "fold": fold, "max_seconds": max_seconds,
-                               "skip_bad": skip_bad, "shots": shots, "shot_seed": shot_seed, "ckpt": ckpt_used},
-                         shots=shot_info,
-                         method=method, backbone=backbone_name, backbone_random_init=random_init,
-                         probe_of=str(ckpt.resolve()) if run else None)
-        runs.write_json(out / "run.json", probe_run)
+        splits, classes, shot_info = load_data(probed)
+        probe_run = start_run(args, probed, encoder, splits, classes, shot_info, max_seconds)
         # test is encoded only once the classifier is chosen: nothing before that can look at it
-        features = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("train", "valid"),
-                                            args.eval_batch_size, args.num_workers)
-        (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
-        runs.check_finite(torch.cat([train_x, valid_x]), f"the features of {backbone_name} on train and valid",
+        features = encode(args, probed, encoder, splits, classes, max_seconds, device, ("train", "valid"),
                           "its weights are not usable (a diverged run: train it again with a lower --lr)")
+        (train_x, train_y), (valid_x, valid_y) = features["train"], features["valid"]
         # Standardise with train statistics: an affine map the linear layer could absorb, so the model
         # class is unchanged, but one lr grid then suits every backbone's feature scale.
         mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
         standardise = lambda x: (x - mean) / std
 
         # ---------------- grid search on valid ----------------
-        grid, best = [], None
-        lrs = [float(v) for v in args.lrs.split(",")]
-        batch_sizes = [int(v) for v in args.batch_sizes.split(",")]
         started = time.time()
-        for lr in lrs:
-            for batch_size in batch_sizes:
-                state, valid_acc, valid_loss, epoch = train_linear(
-                    standardise(train_x), train_y, standardise(valid_x), valid_y, len(classes), lr, batch_size,
-                    args.epochs, seed)
-                if not math.isfinite(valid_loss):  # this lr diverged: recorded, never selected
-                    grid.append({"lr": lr, "batch_size": batch_size, "diverged": True})
-                    print(f"lr {lr:g}  batch {batch_size}  diverged (non-finite valid loss): not selectable")
-                    continue
-                point = {"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
-                         "valid_loss": round(valid_loss, 6), "selected_epoch": epoch}
-                grid.append(point)
-                print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  "
-                      f"epoch {epoch}", flush=True)
-                # Compare the recorded (rounded) numbers, so results.json always agrees with its own grid.
-                rank = lambda p: (p["valid_acc"], -p["valid_loss"])
-                if best is None or rank(point) > rank(best[1]):
-                    best = (state, point)
+        grid, (state, chosen) = grid_search(args, standardise(train_x), train_y, standardise(valid_x), valid_y,
+                                            len(classes), probed.seed)
 
-        if best is None:
-            raise outdir.Refused(f"every point of the probe's grid diverged (lrs {args.lrs}): give smaller --lrs")
-
-        # ---------------- testing the chosen classifier, once ----------------
-        state, chosen = best
-        head = nn.Linear(train_x.shape[1], len(classes))
-        head.load_state_dict(state)
-        test_x, test_y = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, ("test",),
-                                                 args.eval_batch_size, args.num_workers)["test"]
-        runs.check_finite(test_x, f"the features of {backbone_name} on test", "its weights are not usable")
-        with torch.no_grad():
-            predictions = head(standardise(test_x)).argmax(1)
-        test_acc = (predictions == test_y).float().mean().item()
+        # ---------------- testing the chosen classifiers, once ----------------
+        features.update(encode(args, probed, encoder, splits, classes, max_seconds, device, ("test",),
+                               "its weights are not usable"))
+        test_x, test_y = features["test"]
+        test_acc, predictions = score_test(state, standardise(test_x), test_y, len(classes))
         # The k-NN probe on the same features (L2-normalised): k chosen on valid, then test read once.
-        nearest = knn.knn_results({"train": (train_x, train_y), "valid": (valid_x, valid_y), "test": (test_x, test_y)},
-                                  len(classes), [int(k) for k in args.knn_ks.split(",")], args.knn_temperature)
-        confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
-        confusion.index_put_((test_y, predictions), torch.ones_like(test_y), accumulate=True)
-        runs.atomic_save({"head": state, "mean": mean, "std": std, "classes": classes}, out / "head.pt")
-        results = {"method": method, "dataset": dataset_label, "backbone": backbone_name,
-                   "backbone_random_init": random_init, "seed": seed, "fold": fold, "shots": shots,
-                   "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"], "lr": chosen["lr"],
-                   "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"], "grid": grid,
-                   "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
-                   "confusion": confusion.tolist(), "grid_seconds": round(time.time() - started, 2), **nearest}
-        runs.write_json(out / "results.json", results)
-        runs.write_json(out / "run.json", {**probe_run, "finished": True})
-        print(f"{method} probe of {backbone_name}{' (RANDOM INIT)' if random_init else ''} on {dataset_label}: "
-              f"test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, lr {chosen['lr']:g}, "
-              f"batch {chosen['batch_size']}); k-NN test/acc {nearest['knn_test_acc']:.4f} (valid/acc "
-              f"{nearest['knn_valid_acc']:.4f}, k {nearest['knn_k']}); wrote {out / 'results.json'}")
+        nearest = probes.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
+                                     args.knn_temperature)
+
+        # ---------------- writing ----------------
+        results = {"method": probed.method, "dataset": probed.dataset_label, "backbone": probed.backbone_name,
+                   "backbone_random_init": probed.random_init, "seed": probed.seed, "fold": probed.fold,
+                   "shots": probed.shots, "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"],
+                   "lr": chosen["lr"], "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"],
+                   "grid": grid, "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
+                   "confusion": confusion_matrix(test_y, predictions, len(classes)).tolist(),
+                   "grid_seconds": round(time.time() - started, 2), **nearest}
+        write_results(out, probe_run, {"head": state, "mean": mean, "std": std, "classes": classes}, results)
+        print(f"{probed.method} probe of {probed.backbone_name}{' (RANDOM INIT)' if probed.random_init else ''} on "
+              f"{probed.dataset_label}: test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, "
+              f"lr {chosen['lr']:g}, batch {chosen['batch_size']}); k-NN test/acc {nearest['knn_test_acc']:.4f} "
+              f"(valid/acc {nearest['knn_valid_acc']:.4f}, k {nearest['knn_k']}); wrote {out / rundir.RESULTS}")
 
 
 if __name__ == "__main__":

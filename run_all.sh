@@ -125,7 +125,7 @@ list_of BATCH_SIZES BATCH_LIST '^[1-9][0-9]*$' "a list of positive integers"
 list_of SHOTS SHOT_LIST '^[1-9][0-9]*$' "a list of positive integers"
 [[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || bad_value EPOCHS "a positive integer"
 # Names (and manifest paths) are quoted into the commands; a control character would break the job list's
-# one-line-a-run files (--list, eval.py done --print), as in RUNS and SEARCH_RUNS.
+# one-line-a-run files (--list, grid.py done --print), as in RUNS and SEARCH_RUNS.
 list_of DATASETS DATASET_LIST '^[^[:cntrl:]]+$' "a list of names without control characters"
 list_of BACKBONES BACKBONE_LIST '^[^[:cntrl:]]+$' "a list of names without control characters"
 list_of FOLD_DATASETS FOLD_DATASET_LIST '^[^[:cntrl:]]+$' "a list of names without control characters"
@@ -211,7 +211,7 @@ for pass in search grid; do
                   "$(arm_command "$arm" "$out" "${common[@]}" --batch-size "$batch")"
               done
             elif (( ${#BATCH_LIST[@]} )); then  # the batch size the search chose, read when the job starts
-              chooser="$(printf %q "$PYTHON") eval.py best-batch"
+              chooser="$(printf %q "$PYTHON") grid.py best-batch"
               chooser+="$(printf ' %q' "$SEARCH_RUNS/$dataset/$name/$arm" "${BATCH_LIST[@]}")"
               add_job "$out" "$arm $dataset $backbone $shot_dir$repeat (searched batch size)" \
                 "batch=\$($chooser) && $(arm_command "$arm" "$out" "${common[@]}" --batch-size "$BATCH_WORD")"
@@ -227,9 +227,9 @@ for pass in search grid; do
 done
 N_JOBS=${#JOB_OUT[@]}
 
-# done = the run marked finished with its results written (eval.py's rule; for PairTune: its probe too)
-is_done() { "$PYTHON" eval.py done "$1"; }
-done_of_all() { (( N_JOBS )) && "$PYTHON" eval.py done --print "${JOB_OUT[@]}"; }  # the done ones, a line each
+# done = the run marked finished with its results written (rundir.run_is_done; for PairTune: its probe too)
+is_done() { "$PYTHON" grid.py done "$1"; }
+done_of_all() { (( N_JOBS )) && "$PYTHON" grid.py done --print "${JOB_OUT[@]}"; }  # the done ones, a line each
 
 # ---------------- one job: skip if done, lock its folder, log, keep the exit status ----------------
 # RUN/.lock is one line, HOST PID START [SLURM_JOB_ID], START being the process's start time (field 22 of
@@ -544,7 +544,7 @@ case $MODE in
   plan)
     for (( i = 0; i < N_JOBS; i++ )); do  # job, run folder, dataset, backbone, arm, epochs, fold
       printf '%s\t%s\t%s\n' "$i" "${JOB_OUT[$i]}" "${JOB_CELL[$i]}"
-    done | "$PYTHON" eval.py plan --search-jobs "$SEARCH_JOBS" --logs "$RUNS" --logs "$SEARCH_RUNS" \
+    done | "$PYTHON" grid.py plan --search-jobs "$SEARCH_JOBS" --logs "$RUNS" --logs "$SEARCH_RUNS" \
              --logs "$RUNS-timing" --data-root "$CONFIT_DATA";;
   report) finish;;
   sequential|parallel)

@@ -3,15 +3,9 @@ temporary file), so that a kill leaves no half-written file and --resume continu
 checkpoint exactly as an uninterrupted run would (tests/test_kill.py: PairTune killed before and
 after each kind of write, and at random moments).
 
-    RUN/run.json           arguments, data, backbone, versions, git commit; "finished" and the
-                           selected epoch at the end
-    RUN/log.jsonl          one line per epoch (train loss, the valid metric it selects by)
-    RUN/checkpoint.pt      weights, optimiser, history, best-valid so far, random states
-    RUN/best-e<epoch>.pt   the best-valid weights so far
-    RUN/features/...       cached pooled features (probe.py, finetune.py's last pass, eval.py)
-
-load_trained reads a finished run (or an export.py folder) back as encoder + classifier, for
-export.py and predict.py.
+The folder's layout, and every reader of it, are rundir.py's; this module writes the files (run.json,
+log.jsonl, checkpoint.pt, best-e<epoch>.pt, the feature cache). Reading a finished run's classifier
+back (for export.py and predict.py) is trained.py's.
 
 PairTune and FineTune keep their best-valid epoch by the same rule, `keep_if_best`, so the fairness
 of the comparison rests on this one implementation. Each stage script keeps its own forward pass,
@@ -36,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
 import ddp
 import outdir
-from backbone import AudioEncoder, extract_features, load_encoder
+import rundir
+from backbone import FRONTEND_VERSION, AudioEncoder, extract_features
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,8 +155,8 @@ def prepare_run_folder(out, stage: str, args) -> str:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 decides (and writes) for all
         return None
     state = outdir.check_run_folder(out, stage, args.resume, args.overwrite, lambda: saved_epoch(out))
-    if state != "new" and (Path(out) / "probe").is_dir():
-        with outdir.FolderLock(Path(out) / "probe"):  # its own probe must not be running (Refused, naming it)
+    if state != "new" and (Path(out) / rundir.PROBE_DIR).is_dir():
+        with outdir.FolderLock(Path(out) / rundir.PROBE_DIR):  # its own probe must not be running (Refused, naming it)
             pass
     if state == "replace":
         outdir.clear_run(out, stage)
@@ -173,7 +167,7 @@ def prepare_run_folder(out, stage: str, args) -> str:
 def saved_epoch(out):
     """The epoch RUN/checkpoint.pt holds (None without a readable one); mmap: the weights are not read."""
     try:
-        return torch.load(Path(out) / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)["epoch"]
+        return torch.load(Path(out) / rundir.CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)["epoch"]
     except Exception:
         return None
 
@@ -283,7 +277,7 @@ def new_run(stage: str, args, dataset: str, manifest: Path, encoder: AudioEncode
 def finished_epochs(out: Path) -> int:
     """Epochs of a finished run in `out` (0 if none): --resume leaves such a run alone. run.json is
     marked finished only after the results are written, so the flag alone is enough."""
-    run = outdir.read_run_json(out) if (Path(out) / "run.json").exists() else {}
+    run = outdir.read_run_json(out) if (Path(out) / rundir.RUN_JSON).exists() else {}
     return run.get("epochs_run", 0) if run.get("finished") else 0
 
 
@@ -301,14 +295,14 @@ def remove_old_results(out):
     take them for the new run's. Called once run.json marks the run unfinished."""
     if not ddp.is_main():
         return
-    for stale in ("results.json", "probe", "features"):
+    for stale in (rundir.RESULTS, rundir.PROBE_DIR, rundir.FEATURES):
         outdir.remove_written(Path(out) / stale)  # a probe/ that is running stops this run, naming it
 
 
 def best_file(out, epoch: int) -> Path:
     """The best weights go to a file named by their epoch, and the checkpoint names the one it
     means: a kill between the two writes then leaves the checkpoint's own best file in place."""
-    return Path(out) / f"best-e{epoch}.pt"
+    return Path(out) / rundir.best_file_name(epoch)
 
 
 # Flags a resumed run may change: where and how fast it runs, how long, and what it keeps, never
@@ -344,13 +338,13 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
     optimizer and random states back, and its log.jsonl rewritten from the checkpoint's history, so
     lines of an epoch cut short by a kill are gone and that epoch is logged once, when it is run again.
     """
-    checkpoint_path = Path(out) / "checkpoint.pt"
+    checkpoint_path = Path(out) / rundir.CHECKPOINT
     if args.resume and finished_epochs(out) and not checkpoint_path.exists():
         sys.exit(f"error: {out} holds a finished run without checkpoint.pt, so it cannot be extended to "
                  f"{args.epochs} epochs; start it again with --overwrite (and keep checkpoints with --keep-checkpoint)")
     if not (args.resume and checkpoint_path.exists()):
         if ddp.is_main():
-            (Path(out) / "log.jsonl").unlink(missing_ok=True)
+            (Path(out) / rundir.LOG_FILE).unlink(missing_ok=True)
         return 1, [], {"epoch": 0, "valid_acc": -1.0}
     fresh_start = "start the run again (--overwrite instead of --resume, or another --out)"
     # map to CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device.
@@ -379,7 +373,7 @@ def resume(out: Path, args, modules: dict, optimizer, loader_generator):
     optimizer.load_state_dict(state["optimizer"])
     restore_random_states(rng[ddp.rank()], loader_generator)
     if ddp.is_main():
-        write_text(Path(out) / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state["history"]))
+        write_text(Path(out) / rundir.LOG_FILE, "".join(json.dumps(line) + "\n" for line in state["history"]))
     print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     return state["epoch"] + 1, state["history"], state["best"]
 
@@ -389,7 +383,7 @@ def log_epoch(out: Path, history: list, line: dict):
     history.append(line)
     if not ddp.is_main():
         return
-    with open(Path(out) / "log.jsonl", "a") as f:
+    with open(Path(out) / rundir.LOG_FILE, "a") as f:
         f.write(json.dumps(line) + "\n")
 
 
@@ -407,7 +401,7 @@ def drop_stale_best(out: Path, best: dict):
     """Remove best-e*.pt files other than the current best; only after the checkpoint names it."""
     if not ddp.is_main():
         return
-    for stale in Path(out).glob("best-e*.pt"):
+    for stale in Path(out).glob(rundir.BEST_GLOB):
         if stale != best_file(out, best["epoch"]):
             stale.unlink()
 
@@ -447,8 +441,8 @@ def remove_checkpoints(out: Path):
     """At the end of a run: the checkpoint and best file are only needed to resume."""
     if not ddp.is_main():
         return
-    (Path(out) / "checkpoint.pt").unlink(missing_ok=True)
-    for best in Path(out).glob("best-e*.pt"):
+    (Path(out) / rundir.CHECKPOINT).unlink(missing_ok=True)
+    for best in Path(out).glob(rundir.BEST_GLOB):
         best.unlink()
 
 
@@ -464,16 +458,6 @@ def weights_fingerprint(encoder: AudioEncoder) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
     return digest.hexdigest()
-
-
-def feature_dir(run_dir, dataset: str, fold) -> Path:
-    """Where a run keeps its cached features: RUN/features/<dataset>[-fold<k>]/<split>.pt."""
-    return Path(run_dir) / "features" / (dataset if fold is None else f"{dataset}-fold{fold}")
-
-
-# Bumped when the audio -> model input path changes what features come out (2: Whisper clips see
-# zeros past their end and ceil(samples / hop) frames, alone or batched), so older caches are not served.
-FRONTEND_VERSION = 2
 
 
 def cache_key(clips, classes, max_seconds, fingerprint: str) -> dict:
@@ -513,8 +497,10 @@ def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_secon
     """{split: (features [N, d], labels [N])} for the splits in `names`, from cache_dir/<split>.pt when
     it holds the very same clips and weights, else encoded (extract_features) and saved there.
 
-    probe.py caches train/valid/test of a PairTune run this way, finetune.py its test split, and
-    eval.py reads (or fills) the same files for its analyses of test representations."""
+    probe.py caches train, valid and test of the encoder it probes (a PairTune run's own probe in
+    the run's folder, any other probe in its own), finetune.py the same three splits of its selected
+    epoch (test for its linear head and, with train and valid, for the k-NN probe), and eval.py reads
+    (or fills) the test file for its analyses of test representations."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     features = {}
@@ -533,135 +519,3 @@ def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_secon
         print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")
         features[split] = (feats, labels)
     return features
-
-
-# ----------------------------------------------------------------------------------------------
-# A trained classifier from a run folder or an export (export.py, predict.py)
-# ----------------------------------------------------------------------------------------------
-
-EXPORT_INFO = "audioconfit.json"  # what export.py adds to a transformers folder: chunk length, provenance
-
-
-class ProbeHead(torch.nn.Module):
-    """probe.py's classifier as it computes it: standardise with train statistics, then linear."""
-
-    def __init__(self, linear: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.linear = linear
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-
-    def forward(self, features):
-        return self.linear((features - self.mean) / self.std)
-
-
-def read_finished(folder: Path, results: bool = True) -> dict:
-    """A folder's run.json, if the run is finished (and, with results, has written results.json)."""
-    run = outdir.read_run_json(folder)
-    if not run.get("finished") or (results and not (Path(folder) / "results.json").is_file()):
-        raise ValueError(f"{folder}: the {run.get('stage')} run is not finished (rerun its command; the training "
-                         "scripts continue with --resume)")
-    return run
-
-
-def load_trained(path) -> dict:
-    """A finished classifier: a finetune run, a pairtune run with its probe (or that probe's folder),
-    a frozen encoder's probe, or an export.py folder. Returns encoder (AudioEncoder), head (pooled
-    features -> logits), classes, max_seconds (the chunk length evaluation used), precision and
-    eval_batch_size (how it encoded), and about (method, dataset, backbone, seed, fold, results, the
-    runs it came from)."""
-    path = Path(path)
-    if (path / EXPORT_INFO).is_file():
-        return load_export(path)
-    run_file = path / "run.json"
-    if not run_file.is_file():
-        raise FileNotFoundError(f"{path}: neither a run folder (run.json) nor an export ({EXPORT_INFO})")
-    stage = outdir.read_run_json(path).get("stage")
-    if stage == "pairtune":
-        read_finished(path, results=False)
-        if not (path / "probe" / "run.json").is_file():
-            raise FileNotFoundError(f"{path}: this pairtune run has no probe yet: python probe.py --ckpt {path}")
-        return load_trained(path / "probe")
-    if stage == "finetune":
-        run = read_finished(path)
-        encoder = load_encoder(str(path / "encoder"))
-        linear = torch.nn.Linear(encoder.hidden_size, len(run["classes"]))
-        # map_location (load_plain's default, CPU): a head saved on a GPU loads on a machine without one
-        linear.load_state_dict(load_plain(path / "head.pt", "train the run again (finetune.py --overwrite)"))
-        head, runs_used, model_run, model_dir = linear, {"finetune": str(path.resolve())}, run, path
-    elif stage == "probe":
-        run = read_finished(path)
-        saved = load_plain(path / "head.pt", "probe again (probe.py --overwrite)")
-        if run["method"] == "pairtune":
-            # A run's own probe is RUN/probe/: the run beside it, wherever the run was copied or moved to
-            # (probe_of is where it was probed); a side probe's run is found by probe_of.
-            own = path.resolve().name == "probe" and (path.resolve().parent / "run.json").is_file()
-            model_dir = path.resolve().parent if own else Path(run["probe_of"])
-            if not (model_dir / "run.json").is_file():
-                raise FileNotFoundError(f"{path}: the pairtune run it probed, {model_dir}, is not there")
-            model_run = outdir.read_run_json(model_dir)
-            encoder = load_encoder(str(model_dir / "encoder"))
-            runs_used = {"pairtune": str(model_dir), "probe": str(path.resolve())}
-        else:  # a frozen backbone (pre-trained, or --random-init with its seed)
-            model_run, model_dir = run, path
-            encoder = load_encoder(run["args"]["ckpt"], random_init=run["backbone_random_init"],
-                                   seed=run["args"]["seed"])
-            runs_used = {"probe": str(path.resolve())}
-        linear = torch.nn.Linear(encoder.hidden_size, len(saved["classes"]))
-        linear.load_state_dict(saved["head"])
-        head = ProbeHead(linear, saved["mean"], saved["std"])
-    else:
-        raise ValueError(f"{path}: a {stage} run holds no classifier (finetune, pairtune + probe, or probe)")
-    check_finite(encoder.model, f"the encoder of {model_dir}", "the run diverged: train it again with a lower --lr")
-    check_finite(head, f"the classifier of {path}", "the run diverged: train it again with a lower --lr")
-    check_weights(encoder, model_dir, path, run)
-    if encoder.whisper and model_run.get("frontend") != FRONTEND_VERSION:
-        print(f"warning: {model_dir} was trained before the Whisper front end of version {FRONTEND_VERSION} "
-              "(zeros past each clip, ceil(samples / hop) frames): its clips' features now differ a little from "
-              "the ones its classifier was trained on", file=sys.stderr)
-    try:
-        results = json.loads((path / "results.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise outdir.Refused(f"{path / 'results.json'} cannot be read ({type(error).__name__}); run the stage again "
-                             "with --overwrite") from None
-    about = {"method": run.get("method", stage), "dataset": run["dataset"], "backbone": run["backbone"],
-             "backbone_random_init": run["backbone_random_init"], "seed": run["args"]["seed"],
-             "fold": run["args"].get("fold"), "test_acc": results["test_acc"], "valid_acc": results["valid_acc"],
-             "clips": run["clips"], "manifest": run["manifest"], "runs": runs_used,
-             "args": {"model": model_run["args"], "head": run["args"]}, "stage": model_run["stage"],
-             "selected_epoch": model_run.get("selected_epoch"), "selected_by": model_run.get("selected_by"),
-             "results": {k: v for k, v in results.items() if k != "confusion"}}
-    # How the run encoded its test clips: FineTune at its --precision, probe.py at "auto" (bf16 on CUDA).
-    precision = run["args"].get("precision", "auto") if stage == "finetune" else "auto"
-    return {"encoder": encoder.eval(), "head": head.eval(), "classes": run["classes"],
-            "max_seconds": encoder.chunk_seconds(run["args"]["max_seconds"]), "precision": precision,
-            "eval_batch_size": run["args"].get("eval_batch_size", 16), "about": about}
-
-
-def check_weights(encoder: AudioEncoder, model_dir: Path, classifier_dir: Path, run: dict):
-    """Refuse an encoder other than the one the classifier was made with (a run folder changed after
-    its probe, another revision of a hub model): its weights' SHA-1 against the run's cached test
-    features, where they are cached."""
-    cache = feature_dir(classifier_dir if run["stage"] == "probe" and run["method"] == "frozen" else model_dir,
-                        run["dataset"], run["args"].get("fold")) / "test.pt"
-    saved = load_cache(cache)
-    if saved and saved.get("key", {}).get("encoder") not in (None, weights_fingerprint(encoder)):
-        raise ValueError(f"{classifier_dir}: the encoder found ({model_dir}) is not the one its classifier was "
-                         f"made with (its weights differ from those that encoded {cache})")
-
-
-def load_export(path: Path) -> dict:
-    """An export.py folder, read back as our own pipeline computes it: the encoder's masked mean pool
-    (AudioEncoder), then the model's projector and classifier (mean pooling commutes with them)."""
-    info = json.loads((path / EXPORT_INFO).read_text())
-    model = transformers.AutoModelForAudioClassification.from_pretrained(path)
-    extractor = transformers.AutoFeatureExtractor.from_pretrained(path)
-    whisper = isinstance(model, transformers.WhisperForAudioClassification)
-    encoder = AudioEncoder(model if whisper else model.base_model, extractor, name=info["about"]["backbone"],
-                           random_init=info["about"]["backbone_random_init"])
-    check_finite(model, f"the export {path}", "the run it came from diverged: train it again with a lower --lr")
-    head = torch.nn.Sequential(model.projector, model.classifier)
-    classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return {"encoder": encoder.eval(), "head": head.eval(), "classes": classes, "max_seconds": info["max_seconds"],
-            "precision": info.get("precision", "auto"), "eval_batch_size": info["eval_batch_size"],
-            "about": info["about"]}

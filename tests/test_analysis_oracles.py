@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import figures
+import tables
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_PY = Path(os.environ.get("EVAL_PY", REPO_ROOT / "eval.py"))
 
@@ -390,7 +393,7 @@ def test_geometry_cells_mean_and_sample_std():
     rows = [("seed-0", geo_row(1.0, 0.2, 0.1, 0.3, 10, 5, 7)),
             ("seed-1", geo_row(2.0, 0.4, 0.1, 0.3, 20, 5, 8)),
             ("seed-2", geo_row(3.0, 0.9, 0.1, 0.3, 30, 8, 9))]
-    cells = ev.geometry_cells(rows)
+    cells = tables.geometry_cells(rows)
     expected = {  # field: (mean, sample std)
         "anisotropy": (2.0, 1.0),
         "top1": (0.5, math.sqrt((0.09 + 0.01 + 0.16) / 2)),
@@ -407,7 +410,7 @@ def test_geometry_cells_mean_and_sample_std():
 
 def test_geometry_cells_single_run_has_no_std():
     """One run: mean is the value, std is None, n is 1."""
-    cells = ev.geometry_cells([("fold-1", geo_row(0.25, 0.5, 0.6, 0.7, 3, 9, 12))])
+    cells = tables.geometry_cells([("fold-1", geo_row(0.25, 0.5, 0.6, 0.7, 3, 9, 12))])
     for field, value in zip(GEOMETRY_FIELDS, (0.25, 0.5, 0.6, 0.7, 3, 9, 12)):
         assert cells[field] == {"mean": pytest.approx(value), "std": None, "n": 1}
 
@@ -422,7 +425,7 @@ def test_format_geometry_table_bold_follows_arrows_and_printed_precision():
     pairtune = [("seed-0", geo_row(0.20, 0.30, 0.80, 0.3004, 10, 35, 20.04))]
     # FINETUNE means: .500 .500 .700 .3001 3 40 20.02 (stds .141 .141 0 0 1.4 14.1 0)
     # PAIRTUNE:       .200 .300 .800 .3004 10 35 20.04
-    header, rows = parse_md_table(ev.format_geometry_table({"finetune": finetune, "pairtune": pairtune}))
+    header, rows = parse_md_table(tables.format_geometry_table({"finetune": finetune, "pairtune": pairtune}))
     assert header == GEOMETRY_HEADER
     assert [r[0] for r in rows] == ["FINETUNE", "PAIRTUNE"]
     ft, pt = (dict(zip(header, r)) for r in rows)
@@ -443,7 +446,7 @@ def test_format_geometry_table_swapped_arms_swap_bold():
     b = [("seed-0", geo_row(0.9, 0.1, 0.4, 0.4, 9, 2, 7))]
     # b better on top1 (lower) and dims50 (higher); a better on top2 (lower) and dims80 (higher).
     for first, second in ((a, b), (b, a)):
-        header, rows = parse_md_table(ev.format_geometry_table({"finetune": first, "pairtune": second}))
+        header, rows = parse_md_table(tables.format_geometry_table({"finetune": first, "pairtune": second}))
         cells = {r[0]: dict(zip(header, r)) for r in rows}
         bold = {arm: sorted(k for k, v in row.items() if v.startswith("**")) for arm, row in cells.items()}
         a_arm, b_arm = ("FINETUNE", "PAIRTUNE") if first is a else ("PAIRTUNE", "FINETUNE")
@@ -454,7 +457,7 @@ def test_format_geometry_table_swapped_arms_swap_bold():
 def test_format_geometry_table_single_arm_has_no_bold():
     """With only one arm there is nothing to compare: no bold at all, one row."""
     rows_ = [("seed-0", geo_row(0.1, 0.2, 0.3, 0.4, 5, 6, 7)), ("seed-1", geo_row(0.3, 0.2, 0.3, 0.4, 5, 6, 9))]
-    md = ev.format_geometry_table({"finetune": rows_})
+    md = tables.format_geometry_table({"finetune": rows_})
     header, rows = parse_md_table(md)
     assert header == GEOMETRY_HEADER
     assert [r[0] for r in rows] == ["FINETUNE"]
@@ -500,6 +503,19 @@ def test_curve_data_per_epoch_mean_std_n(tmp_path):
     assert list(p["std"]) == [None, None]
     assert list(p["n"]) == [1, 1]
     assert isinstance(p["metric"], str)
+
+
+def test_curve_data_reads_pairtunes_valid_metric_acc_beside_older_valid_acc(tmp_path):
+    """PairTune logs its selection metric's accuracy as valid_metric_acc (older runs: valid_acc): one curve."""
+    new = tmp_path / "pt-new"
+    new.mkdir()
+    (new / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_metric_acc": acc, "valid_metric":
+                                                       "epoch-centroid"}) + "\n" for e, acc in ((1, 0.2), (2, 0.6))))
+    old = write_log(tmp_path / "pt-old", [0.4, 0.8])
+    entry = only_entry(ev.curve_data({("gtzan", "hubert"): {"pairtune": [{"dir": new, "run": {"args": {}}}, old]}}))
+    # epoch 1: 20, 40 -> 30; epoch 2: 60, 80 -> 70; the metric named by the first run's log
+    assert entry["pairtune"]["mean"] == pytest.approx([30.0, 70.0]) and entry["pairtune"]["n"] == [2, 2]
+    assert entry["pairtune"]["metric"] == "epoch-centroid accuracy of encoder features"
 
 
 def test_curve_data_groups_are_kept_apart(tmp_path):
@@ -578,12 +594,12 @@ def test_project_2d_auto_falls_back_to_pca_and_says_so(no_optional_projection_pa
 
 def test_project_2d_umap_missing_raises(no_optional_projection_packages):
     """method='umap' without umap-learn raises MissingPackage with the install command."""
-    with pytest.raises(ev.MissingPackage, match="pip install umap-learn"):
+    with pytest.raises(figures.MissingPackage, match="pip install umap-learn"):
         ev.project_2d(pca_test_features(seed=52), "umap")
 
 
 def test_pyplot_missing_matplotlib_raises(monkeypatch):
     """pyplot() without matplotlib raises MissingPackage with the install command."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ev.MissingPackage, match="pip install matplotlib"):
-        ev.pyplot()
+    with pytest.raises(figures.MissingPackage, match="pip install matplotlib"):
+        figures.pyplot()

@@ -1,4 +1,4 @@
-"""Bad input never crashes deep inside: each row of the README's "Bad input" table, then a fuzz test.
+"""Bad input never crashes deep inside: each row of docs/bad-input.md's table, then a fuzz test.
 
 Every bad file or manifest must end in a DataError naming the file (and the manifest line), or be
 used as documented; never another exception, never a silently different set of clips.
@@ -411,7 +411,7 @@ def test_an_odd_but_valid_dataset_trains_through_both_arms(dataset):
         saved = json.loads(results.read_text())
         assert saved["classes"] == ["a, first", "b", "c"] and 0 <= saved["test_acc"] <= 1
     line = json.loads((root / "pt/log.jsonl").read_text().splitlines()[0])
-    assert np.isfinite(line["train_loss"]) and np.isfinite(line["valid_acc"])
+    assert np.isfinite(line["train_loss"]) and np.isfinite(line["valid_metric_acc"])
 
 
 def test_the_probe_of_a_run_made_with_skip_bad_skips_the_same_files(dataset):

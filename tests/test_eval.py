@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import grid
+import rundir
+import tables
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_PY = REPO_ROOT / "eval.py"
 
@@ -89,7 +93,7 @@ def test_mean_and_sample_std_match_hand_computation(tmp_path, capsys):
     table = parse_markdown(out)
     assert table[("wav2vec2", "FINETUNE")]["gtzan"] == "80.00 ± 10.00 (n=3)"
 
-    cell = ev.summarise(ev.collect_results(tmp_path))["backbones"]["wav2vec2"]["finetune"]["gtzan"]
+    cell = tables.summarise(tables.collect_results(tmp_path))["backbones"]["wav2vec2"]["finetune"]["gtzan"]
     assert cell["n"] == 3
     assert cell["mean"] == pytest.approx(80.0)
     assert cell["std"] == pytest.approx(10.0)  # ddof=1; population std would be 8.16
@@ -276,13 +280,13 @@ def test_broken_and_incomplete_files_are_skipped_with_warning(tmp_path, capsys):
     ],
 )
 def test_parse_result_rejects_bad_payloads(payload, problem):
-    result, message = ev.parse_result(payload)
+    result, message = tables.parse_result(payload)
     assert result is None
     assert problem in message
 
 
 def test_parse_result_accepts_fold_only_and_defaults_random_init():
-    result, message = ev.parse_result(
+    result, message = tables.parse_result(
         {"method": "PAIRTUNE", "dataset": "esc50", "backbone": "b", "fold": 3, "test_acc": 1}
     )
     assert message is None
@@ -327,7 +331,7 @@ def write_json(path, payload):
 
 
 def test_done_needs_a_finished_run_with_results_and_for_pairtune_its_probe(tmp_path):
-    done = lambda run_dir: ev.main(["done", str(run_dir)])
+    done = lambda run_dir: grid.main(["done", str(run_dir)])
     assert done(tmp_path / "nothing") == 1
     finetune = tmp_path / "ft"
     write_json(finetune / "run.json", {"stage": "finetune", "finished": False})
@@ -357,13 +361,13 @@ def test_find_runs_skips_unfinished_and_unknown_stages_and_gives_each_its_result
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken/run.json").write_text("[1, 2")
     warnings = []
-    everything = ev.find_runs(tmp_path, ("finetune", "pairtune", "probe"), warn=warnings.append)
+    everything = rundir.find_runs(tmp_path, ("finetune", "pairtune", "probe"), warn=warnings.append)
     assert [(f["stage"], f["method"]) for f in everything] == [("probe", "pairtune"), ("pairtune", "pairtune")]
     assert [f["results"] for f in everything] == [tmp_path / "pt/probe/results.json"] * 2
     assert everything[1]["seed"] == 1 and everything[1]["backbone"] == "b"
     assert sorted(w.split(":")[0] for w in warnings) == sorted(
         [f"skipping {tmp_path / 'broken/run.json'}", f"skipping {tmp_path / 'unfinished'}"])
-    assert [f["stage"] for f in ev.find_runs(tmp_path, warn=warnings.append)] == ["pairtune"]  # default: the arms
+    assert [f["stage"] for f in rundir.find_runs(tmp_path, warn=warnings.append)] == ["pairtune"]  # default: the arms
 
 
 def test_a_finished_run_without_results_is_warned_and_left_out(tmp_path, capsys):
@@ -404,7 +408,7 @@ def test_csv_and_json_agree_with_markdown(tmp_path, capsys):
     assert code == 0
     md = (tmp_path / "table.md").read_text()
     assert md == out  # the file holds exactly what was printed
-    assert ev.LEGEND in md
+    assert tables.LEGEND in md
 
     table = parse_markdown(md)
     with open(tmp_path / "table.csv", newline="") as handle:
@@ -474,7 +478,7 @@ def test_cli_subprocess_prints_table(tmp_path):
     assert proc.stdout.splitlines()[0] == "| Backbone | Method | esc50 | gtzan |"
     assert "| wav2vec2 | FINETUNE | – | 80.00 ± 10.00 (n=3) |" in proc.stdout
     assert "| tiny (random init) | FINETUNE | 55.00 ± 7.07 (n=2) | – |" in proc.stdout
-    assert proc.stdout.rstrip().endswith(ev.LEGEND)
+    assert proc.stdout.rstrip().endswith(tables.LEGEND)
     assert (tmp_path / "table.md").exists()
 
 
@@ -562,7 +566,7 @@ def test_the_training_batch_size_shows_in_the_cells_where_it_differs(tmp_path, c
     table = parse_markdown(out)
     assert table[("wav2vec2", "FINETUNE")]["gtzan"] == "80.00 ± 0.00 (n=2, b=64)"
     assert table[("wav2vec2", "PAIRTUNE")]["gtzan"].endswith("(n=2, b=32)")
-    cells = ev.summarise(ev.collect_results(tmp_path))["backbones"]["wav2vec2"]
+    cells = tables.summarise(tables.collect_results(tmp_path))["backbones"]["wav2vec2"]
     assert cells["finetune"]["gtzan"]["batch_sizes"] == [64] and cells["pairtune"]["gtzan"]["batch_sizes"] == [32]
     for seed in (0, 1):  # one batch size everywhere: nothing to note
         with_batch(tmp_path / f"gtzan/ft/s{seed}", 32)

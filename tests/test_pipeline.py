@@ -30,7 +30,7 @@ def check_results(results, method, test_size):
 def check_knn_from_cached_features(results, cache):
     """The k-NN probe's numbers in results.json, recomputed from the cached features by the test's
     own brute-force k-NN: k chosen on valid (ties: the smaller), then test."""
-    from test_knn import brute_force_knn
+    from test_probes import brute_force_knn
     loaded = {split: torch.load(cache / f"{split}.pt", weights_only=False) for split in ("train", "valid", "test")}
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = (
         (loaded[s]["features"].double(), loaded[s]["labels"]) for s in ("train", "valid", "test"))
@@ -61,11 +61,11 @@ def test_pairtune_writes_encoder_run_json_and_log(pairtune_run, demo_manifest):
     log = read_log(pairtune_run)
     assert [line["epoch"] for line in log] == [1, 2]
     # On CPU: no peak_memory_mb (CUDA only); clips_per_s counts the training pass's clips.
-    columns = {"epoch", "train_loss", "valid_acc", "valid_metric", "seconds", "valid_seconds", "clips_per_s"}
+    columns = {"epoch", "train_loss", "valid_metric_acc", "valid_metric", "seconds", "valid_seconds", "clips_per_s"}
     assert all(set(line) == columns for line in log)
     assert all(line["clips_per_s"] > 0 for line in log)
-    assert {line["valid_metric"] for line in log} == {"centroid"}  # the --select-by default
-    assert all(0 <= line["valid_acc"] <= 1 and line["train_loss"] > 0 for line in log)
+    assert {line["valid_metric"] for line in log} == {"epoch-centroid"}  # the --select-by default
+    assert all(0 <= line["valid_metric_acc"] <= 1 and line["train_loss"] > 0 for line in log)
     # The saved encoder loads with transformers alone; the projection head is not in it.
     model = transformers.AutoModel.from_pretrained(pairtune_run / "encoder")
     assert isinstance(model, transformers.Wav2Vec2Model)
@@ -140,7 +140,7 @@ def test_fused_and_eager_loss_train_the_same(demo_manifest, tmp_path):
     fused, eager = read_log(tmp_path / "fused")[0], read_log(tmp_path / "eager")[0]
     assert json.loads((tmp_path / "fused" / "run.json").read_text())["args"]["loss"] == "fused"
     assert fused["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
-    assert fused["valid_acc"] == pytest.approx(eager["valid_acc"], abs=0.02)
+    assert fused["valid_metric_acc"] == pytest.approx(eager["valid_metric_acc"], abs=0.02)
 
 
 def test_frozen_probe_of_a_backbone(demo_manifest, tmp_path):

@@ -1,8 +1,7 @@
-"""Tests for `eval.py plan`: jobs done and left, and device-hours from earlier runs' logs, on a hand-built
+"""Tests for `grid.py plan`: jobs done and left, and device-hours from earlier runs' logs, on a hand-built
 tree of manifests (no audio) and runs whose run.json, log.jsonl and results.json mimic finetune.py's,
 pairtune.py's and probe.py's. Every expected number is worked out by hand in the comments."""
 
-import importlib.util
 import io
 import json
 import sys
@@ -10,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-EVAL_PY = Path(__file__).resolve().parents[1] / "eval.py"
-_spec = importlib.util.spec_from_file_location("audioconfit_eval_plan", EVAL_PY)
-ev = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ev)
+import grid
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -94,7 +90,7 @@ def tree(tmp_path):
 
 def plan(root, tsv, monkeypatch, capsys, search_jobs=2):
     monkeypatch.setattr(sys, "stdin", io.StringIO(tsv))
-    code = ev.main(["plan", "--search-jobs", str(search_jobs), "--logs", str(root / "runs"),
+    code = grid.main(["plan", "--search-jobs", str(search_jobs), "--logs", str(root / "runs"),
                     "--logs", str(root / "runs-search"), "--logs", str(root / "runs-timing"),
                     "--data-root", str(root / "data")])
     return code, capsys.readouterr().out
@@ -109,7 +105,7 @@ def row(out, dataset, backbone, arm):
     raise AssertionError(f"no row for {dataset} {backbone} {arm} in:\n{out}")
 
 
-def test_counts_jobs_done_and_left_by_eval_py_done_rule(tree, monkeypatch, capsys):
+def test_counts_jobs_done_and_left_by_grid_py_done_rule(tree, monkeypatch, capsys):
     # done: the finished FineTune run and the PairTune run whose probe finished; not done: a killed run, a
     # PairTune run whose probe has not finished, and every job without a folder.
     code, out = plan(*tree, monkeypatch, capsys)
@@ -128,12 +124,36 @@ def test_same_cell_is_the_median_epoch_times_epochs(tree, monkeypatch, capsys):
 
 def test_other_dataset_is_scaled_by_clips(tree, monkeypatch, capsys):
     _, out = plan(*tree, monkeypatch, capsys)
-    # gtzan: train 400 clips / 100 clips/s = 4 s, plus the valid metric's 100 valid + min(400, 320) train
-    # subset = 420 clips x 0.01 s = 4.2 s: 8.2 s an epoch; 2 jobs x 40 epochs x 8.2 s = 656 s = 0.18 h
-    assert row(out, "gtzan", "tiny", "pairtune") == ("2", "8.2", "0.18", "scaled from demo (2 logs, cuda)")
-    # 1200 + 320 + 656 = 2176 s = 0.60 h; search: one FineTune job, 400 s = 0.11 h; grid 1776 s = 0.49 h
-    assert "total 8 0.60 + 2 unmeasured job(s)" in " ".join(out.split())
-    assert "of which batch-size search 0.11 h, grid 0.49 h" in out
+    # demo's PairTune runs predate --select-by (centroid: their metric encoded 320 train clips + 80 valid); a job
+    # not started selects by epoch-centroid, which encodes valid only. gtzan: train 400 clips / 100 clips/s = 4 s,
+    # plus the valid metric's 100 valid clips x 0.01 s = 1 s: 5 s an epoch; 2 jobs x 40 epochs x 5 s = 400 s = 0.11 h
+    assert row(out, "gtzan", "tiny", "pairtune") == ("2", "5.0", "0.11", "scaled from demo (2 logs, cuda)")
+    # 1200 + 320 + 400 = 1920 s = 0.53 h; search: one FineTune job, 400 s = 0.11 h; grid 1520 s = 0.42 h
+    assert "total 8 0.53 + 2 unmeasured job(s)" in " ".join(out.split())
+    assert "of which batch-size search 0.11 h, grid 0.42 h" in out
+
+
+def test_a_job_started_with_a_train_subset_metric_is_scaled_with_it(tree, monkeypatch, capsys):
+    root, tsv = tree
+    # gtzan seed-1 was started (and killed before its first epoch) with --select-by centroid: its metric also
+    # encodes min(400, 32 x 10) = 320 train clips, 420 clips x 0.01 s = 4.2 s; 4 + 4.2 = 8.2 s an epoch. seed-0,
+    # not started: 5 s (above). (40 x 5 + 40 x 8.2) s = 528 s = 0.15 h, 6.6 s an epoch on average.
+    started = root / "runs/gtzan/tiny/pairtune/seed-1"
+    started.mkdir(parents=True)
+    (started / "run.json").write_text(json.dumps({"stage": "pairtune", "finished": False,
+                                                  "args": {"select_by": "centroid"}}))
+    _, out = plan(root, tsv, monkeypatch, capsys)
+    assert row(out, "gtzan", "tiny", "pairtune") == ("2", "6.6", "0.15", "scaled from demo (2 logs, cuda)")
+
+
+def test_scaled_rates_count_a_train_subset_only_for_the_metrics_that_encode_one():
+    lines = [{"seconds": 10, "valid_seconds": 2}]
+    run = lambda args: {"stage": "pairtune", "clips": {"train": 240, "valid": 80}, "classes": CLASSES, "args": args}
+    # epoch-centroid encodes the 80 valid clips: 2 s / 80; centroid (or a run from before --select-by) also
+    # min(240, 32 x 10) = 240 train clips: 2 s / 320. The training pass is 240 clips / (10 - 2) s either way.
+    assert grid.scaled_rates([{"run": run({"select_by": "epoch-centroid"}), "lines": lines}]) == (30.0, 0.025, False)
+    for args in ({"select_by": "centroid"}, {"select_by": "knn"}, {"select_by": "linear"}, {}):
+        assert grid.scaled_rates([{"run": run(args), "lines": lines}]) == (30.0, 2 / 320, False)
 
 
 def test_unmeasured_cells_print_a_timing_command(tree, monkeypatch, capsys):
@@ -165,17 +185,17 @@ def test_older_logs_without_valid_seconds_or_clips_per_s(tmp_path, monkeypatch, 
 def test_scaled_rates_from_valid_seconds_without_clips_per_s():
     run = {"stage": "finetune", "clips": {"train": 240, "valid": 80}, "classes": CLASSES}
     # the training pass is the epoch less the metric: 240 clips / (10 - 2) s; the metric 2 s / 80 clips
-    assert ev.scaled_rates([{"run": run, "lines": [{"seconds": 10, "valid_seconds": 2}]}]) == (30.0, 0.025, False)
+    assert grid.scaled_rates([{"run": run, "lines": [{"seconds": 10, "valid_seconds": 2}]}]) == (30.0, 0.025, False)
 
 
 def test_planned_clips_of_a_fold_dataset_carve_valid_from_train(tmp_path):
     # 10 classes x 20 clips in folds 1-5: fold 3 is test, the other 16 a class train, of which
     # carve_valid takes round(0.1 x 16) = 2 a class into valid
     manifest = write_manifest(tmp_path / "esc50" / "manifest.csv", {"train": 20}, folds=5)
-    assert ev.planned_clips(manifest, 3) == {"train": 140, "valid": 20, "classes": 10}
+    assert grid.planned_clips(manifest, 3) == {"train": 140, "valid": 20, "classes": 10}
 
 
 def test_a_bad_job_line_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("1\tout\tdemo\ttiny\tfinetune\tforty\t\n"))
-    assert ev.main(["plan", "--logs", str(tmp_path)]) == 1
+    assert grid.main(["plan", "--logs", str(tmp_path)]) == 1
     assert "job line 1: epochs 'forty'" in capsys.readouterr().err

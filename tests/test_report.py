@@ -17,7 +17,9 @@ import data
 import finetune
 import pairtune
 import probe
+import rundir
 import runs as run_bookkeeping
+import tables
 from conftest import ROOT
 
 _spec = importlib.util.spec_from_file_location("audioconfit_eval_report", ROOT / "eval.py")
@@ -132,7 +134,8 @@ def test_report_links_every_file_and_its_numbers_match_direct_computations(runs,
         logs = [[json.loads(line) for line in (runs / f"demo/tiny/{arm}/seed-{s}/log.jsonl").read_text().splitlines()]
                 for s in SEEDS]
         for i, epoch in enumerate((1, 2)):
-            values = [100 * log[i]["valid_acc"] for log in logs]
+            # FineTune's classifier logs valid_acc; PairTune's selection metric, valid_metric_acc (valid_acc before)
+            values = [100 * log[i].get("valid_acc", log[i].get("valid_metric_acc")) for log in logs]
             assert curves[arm]["epochs"][i] == epoch
             assert curves[arm]["mean"][i] == pytest.approx(np.mean(values))
             assert curves[arm]["std"][i] == pytest.approx(np.std(values, ddof=1))
@@ -149,7 +152,7 @@ def test_report_links_every_file_and_its_numbers_match_direct_computations(runs,
     assert len(umap["finetune"]["points"]) == len(umap["pairtune"]["points"]) == expected_points
 
 
-def test_confusion_umap_and_curves_commands(runs, ds, tmp_path, capsys):
+def test_confusion_projection_and_curves_commands(runs, ds, tmp_path, capsys):
     ft, pt = runs / "demo/tiny/finetune/seed-0", runs / "demo/tiny/pairtune/seed-0"
     assert ev.main(["confusion", str(pt), "--out", str(tmp_path / "c")]) == 0
     printed = capsys.readouterr().out
@@ -159,7 +162,8 @@ def test_confusion_umap_and_curves_commands(runs, ds, tmp_path, capsys):
     assert f"accuracy {100 * results['test_acc']:.2f}%" in printed
     assert_plausible_png(tmp_path / "c/confusion.png")
 
-    assert ev.main(["umap", "--finetune", str(ft), "--pairtune", str(pt), "--classes", "sine,square,chord",
+    # `projection` (its old name `umap`, below, still works)
+    assert ev.main(["projection", "--finetune", str(ft), "--pairtune", str(pt), "--classes", "sine,square,chord",
                     "--method", "pca", "--out", str(tmp_path / "u/fig.png"), "--device", "cpu"]) == 0
     info = json.loads((tmp_path / "u/fig.json").read_text())
     assert info["classes"] == ["sine", "square", "chord"] and info["finetune"]["method"] == "PCA"
@@ -256,16 +260,16 @@ def test_a_probe_with_another_chunk_length_leaves_the_runs_features_alone(runs, 
                 "--batch-sizes", "32", "--epochs", "2", "--device", "cpu", "--num-workers", "0"])
     assert (run_dir / f"features/{ds}/test.pt").read_bytes() == before
     assert (tmp_path / f"side/features/{ds}/test.pt").is_file()
-    assert not ev.is_runs_own_probe(tmp_path / "side")
-    assert ev.is_runs_own_probe(run_dir / "probe")
-    side_run, own_run = (ev.read_run_json(folder) for folder in (tmp_path / "side", run_dir / "probe"))
+    assert not rundir.is_runs_own_probe(tmp_path / "side")
+    assert rundir.is_runs_own_probe(run_dir / "probe")
+    side_run, own_run = (rundir.read_run_json(folder) for folder in (tmp_path / "side", run_dir / "probe"))
     assert side_run["probe_of"] == str(run_dir.resolve())  # (own_run's: where the run was probed, before the copy)
     assert own_run["finished"] and own_run["stage"] == "probe" and own_run["method"] == "pairtune"
     with pytest.raises(SystemExit, match="not the run's own stage 2"):  # it may not pose as RUN/probe
         probe.main(["--ckpt", str(run_dir), "--max-seconds", "0.5", "--device", "cpu"])
     # Table 2 prefers the run's own probe to the side one, whichever it finds first
     (tmp_path / "side").rename(run_dir / "a-probe-0.5s")  # found before probe/
-    kept = ev.collect_results(run_dir, warn=lambda message: None)
+    kept = tables.collect_results(run_dir, warn=lambda message: None)
     assert len(kept) == 1 and kept[0]["path"] == str(run_dir / "probe/results.json")
 
 
@@ -287,7 +291,7 @@ def test_a_copied_run_counts_once_and_table_3_pairs_repeats(runs, tmp_path, caps
     shutil.copytree(runs, tree)
     shutil.copytree(tree / "demo/tiny/finetune/seed-0", tree / "old-sweep/finetune-seed-0")
     warnings = []
-    found = ev.find_runs(tree, warn=warnings.append)
+    found = rundir.find_runs(tree, warn=warnings.append)
     assert len(found) == 4 and any("duplicate run" in w for w in warnings)
     shutil.rmtree(tree / "demo/tiny/pairtune/seed-1")  # PAIRTUNE now has seed 0 only
     assert ev.main(["dimcontrib", "--runs", str(tree), "--device", "cpu"]) == 0
@@ -301,7 +305,7 @@ def test_an_epoch_logged_twice_counts_once(tmp_path):
     lines = [{"epoch": 1, "valid_acc": 0.1}, {"epoch": 2, "valid_acc": 0.2}, {"epoch": 2, "valid_acc": 0.25},
              {"epoch": 3, "valid_acc": 0.3}]  # killed after epoch 2's log line, resumed: epoch 2 again
     (run_dir / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert ev.read_log(run_dir) == {1: 0.1, 2: 0.25, 3: 0.3}
+    assert rundir.read_log(run_dir) == {1: 0.1, 2: 0.25, 3: 0.3}
     curves = ev.curve_data({("d", "b"): {"finetune": [{"dir": run_dir, "run": {"args": {}}}], "pairtune": []}})
     assert curves[("d", "b")]["finetune"]["n"] == [1, 1, 1]
 

@@ -20,7 +20,7 @@ from conftest import ROOT
 
 RECORDER = textwrap.dedent("""\
     #!/usr/bin/env bash
-    # Records "script args..." and fakes the files each script leaves behind; eval.py's done, best-batch
+    # Records "script args..." and fakes the files each script leaves behind; grid.py's done, best-batch
     # and plan (the skip test, the search's choice, the estimate) are the real ones, on those files, and
     # are not recorded. FAKE_FAIL: a job whose folder contains it exits 3. FAKE_VALID: "finetune/batch-16=0.6
     # ...": the valid accuracy of runs whose folder contains "/finetune/batch-16/" (else 0.5). FAKE_SLEEP:
@@ -29,7 +29,7 @@ RECORDER = textwrap.dedent("""\
     # script takes to stop on SIGINT (a checkpoint written). FAKE_HOLD_SLOT: the script leaves a process
     # holding GPU slot 0 of --parallel (something outside the grid's control). Each word is logged quoted
     # (shlex.split gives it back whole).
-    if [[ $1 == eval.py && $2 =~ ^(done|best-batch|plan)$ ]]; then exec "$REAL_PYTHON" "$@"; fi
+    if [[ $1 == grid.py ]]; then exec "$REAL_PYTHON" "$@"; fi
     echo "$(printf '%q ' "$@")@gpu=${CUDA_VISIBLE_DEVICES:-none} @threads=${OMP_NUM_THREADS:-none}" >> "$CALL_LOG"
     script=$1; shift
     out=""; ckpt=""
@@ -199,7 +199,7 @@ def test_a_batch_script_submits_the_grid_as_an_array(tmp_path):
     env = environment(tmp_path, **GRID, BATCH_SIZES="16 32", FAKE_VALID="pairtune/batch-32=0.9",
                       PATH=f"{bin_dir}:{os.environ['PATH']}", ROOT=str(ROOT), SUBMIT_DIR=str(ROOT),
                       SLURM_OUT=str(tmp_path / "slurm.out"))
-    # The README's commands: the search's jobs, then the grid's once they are done.
+    # docs/cluster.md's commands: the search's jobs, then the grid's once they are done.
     script = textwrap.dedent("""\
         S=$(bash run_all.sh --count search); N=$(bash run_all.sh --count)
         search=$(sbatch --parsable --array=0-$((S - 1)) slurm/run_all.sbatch)
@@ -281,7 +281,7 @@ def test_killing_a_runner_mid_grid_and_starting_again_repeats_no_finished_job(tm
     every_run = [str(tmp_path / "runs" / d / "tiny" / arm / r)
                  for d, repeats in (("esc50", ("fold-1", "fold-2")), ("gtzan", ("seed-0", "seed-1")))
                  for arm in ("finetune", "pairtune") for r in repeats]
-    assert subprocess.run([sys.executable, str(ROOT / "eval.py"), "done", *every_run]).returncode == 0
+    assert subprocess.run([sys.executable, str(ROOT / "grid.py"), "done", *every_run]).returncode == 0
     cut = {line.split()[2] for line in before if line.startswith("start")} - finished
     if cut and not mode:  # a job was running at the kill: its lock names the dead runner
         assert "took over the stale lock" in stdout

@@ -1,12 +1,11 @@
-"""The k-NN probe (knn.py) against a brute-force k-NN written here independently, ties included, and
+"""The k-NN probe (probes.py) against a brute-force k-NN written here independently, ties included, and
 on hand-made features where the linear probe wins and the k-NN loses, and the other way round."""
 import math
 
 import pytest
 import torch
 
-import knn
-import probe
+import probes
 
 
 def brute_force_knn(train_x, train_y, query_x, k, n_classes, temperature):
@@ -42,7 +41,7 @@ def test_knn_equals_brute_force_with_ties_in_similarity_and_in_votes(k, seed):
     train_y = torch.randint(0, 3, (60,), generator=generator)
     query_x = torch.cat([directions, -directions, torch.randn(20, 4, generator=generator).double()])
     for temperature in (0.07, 1.0):
-        ours = knn.knn_predict(train_x, train_y, query_x, k, 3, temperature, chunk=7)  # several chunks
+        ours = probes.knn_predict(train_x, train_y, query_x, k, 3, temperature, chunk=7)  # several chunks
         assert ours.tolist() == brute_force_knn(train_x, train_y, query_x, min(k, 60), 3, temperature)
 
 
@@ -51,8 +50,8 @@ def test_equal_votes_go_to_the_lower_class_and_equal_similarities_to_the_earlier
     query = torch.tensor([[1.0, 0.0]])
     # Two identical train clips, classes 2 and 0: with k = 1 the earlier one (class 2) is nearest;
     # with k = 2 both vote equally and class 0, the lower index, wins.
-    assert knn.knn_predict(train_x, torch.tensor([2, 0, 1]), query, 1, 3).tolist() == [2]
-    assert knn.knn_predict(train_x, torch.tensor([2, 0, 1]), query, 2, 3).tolist() == [0]
+    assert probes.knn_predict(train_x, torch.tensor([2, 0, 1]), query, 1, 3).tolist() == [2]
+    assert probes.knn_predict(train_x, torch.tensor([2, 0, 1]), query, 2, 3).tolist() == [0]
 
 
 def test_k_is_chosen_on_valid_ties_to_the_smaller_and_test_is_scored_with_it():
@@ -60,16 +59,16 @@ def test_k_is_chosen_on_valid_ties_to_the_smaller_and_test_is_scored_with_it():
     train_x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.1, 1.0], [0.2, 1.0]])
     train_y = torch.tensor([0, 1, 1, 1, 1])
     valid = (torch.tensor([[1.0, 0.05]]), torch.tensor([0]))
-    k, valid_acc, by_k = knn.choose_k(train_x, train_y, *valid, 2, grid=(5, 3, 1), temperature=1.0)
+    k, valid_acc, by_k = probes.choose_k(train_x, train_y, *valid, 2, grid=(5, 3, 1), temperature=1.0)
     assert by_k == {1: 1.0, 3: 1.0, 5: 0.0} and (k, valid_acc) == (1, 1.0)
-    results = knn.knn_results({"train": (train_x, train_y), "valid": valid,
-                               "test": (torch.tensor([[0.9, 0.1], [0.0, 2.0]]), torch.tensor([0, 1]))},
-                              2, grid=(5, 3, 1), temperature=1.0)
+    results = probes.knn_results({"train": (train_x, train_y), "valid": valid,
+                                  "test": (torch.tensor([[0.9, 0.1], [0.0, 2.0]]), torch.tensor([0, 1]))},
+                                 2, grid=(5, 3, 1), temperature=1.0)
     assert results["knn_k"] == 1 and results["knn_test_acc"] == 1.0 and results["knn_grid"]["5"] == 0.0
 
 
 def linear_probe_accuracy(train, valid, test, n_classes):
-    state, *_ = probe.train_linear(*train, *valid, n_classes, lr=0.05, batch_size=32, epochs=100, seed=0)
+    state, *_ = probes.train_linear(*train, *valid, n_classes, lr=0.05, batch_size=32, epochs=100, seed=0)
     head = torch.nn.Linear(train[0].shape[1], n_classes)
     head.load_state_dict(state)
     with torch.no_grad():
@@ -77,7 +76,7 @@ def linear_probe_accuracy(train, valid, test, n_classes):
 
 
 def knn_accuracy(train, valid, test, n_classes):
-    return knn.knn_results({"train": train, "valid": valid, "test": test}, n_classes)["knn_test_acc"]
+    return probes.knn_results({"train": train, "valid": valid, "test": test}, n_classes)["knn_test_acc"]
 
 
 def split_three(x, y):
