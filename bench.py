@@ -286,7 +286,7 @@ def epochs_table(step_ms, metrics, n_classes_per_batch, args, device):
     for arm in ("pairtune", "finetune"):
         train_s, valid_s = batches[arm] * step_ms[arm] / 1e3, metric_ms[arm] / 1e3
         epoch_s[arm] = train_s + valid_s
-        print(f"{arm:>8} {batches[arm]:>8} {train_s:>9.2f} {valid_s:>9.2f} {epoch_s[arm]:>9.2f}  {names[arm]}")
+        print(f"{arm:>8} {batches[arm]:>8} {train_s:>9.3f} {valid_s:>9.3f} {epoch_s[arm]:>9.3f}  {names[arm]}")
     print(f"epoch pairtune/finetune {epoch_s['pairtune'] / epoch_s['finetune']:.3f}")
 
 

@@ -19,7 +19,7 @@ def test_steps_table_has_both_arms_and_a_ratio_that_matches_their_times(capsys):
     ratio = float(re.search(r"^pairtune/finetune (\d+\.\d{3})$", out, re.M).group(1))
     (pairtune, _), (finetune, _) = rows["pairtune"], rows["finetune"]
     # The printed ms are rounded to 0.005, the ratio to 0.0005: it must lie within those bounds.
-    assert (pairtune - 0.005) / (finetune + 0.005) - 5e-4 <= ratio <= (pairtune + 0.005) / (finetune - 0.005) + 5e-4
+    assert (pairtune - 5e-4) / (finetune + 5e-4) - 5e-4 <= ratio <= (pairtune + 5e-4) / (finetune - 5e-4) + 5e-4
 
 
 def test_epoch_rows_are_the_steps_times_batches_plus_each_arms_valid_metric(capsys):
@@ -30,7 +30,7 @@ def test_epoch_rows_are_the_steps_times_batches_plus_each_arms_valid_metric(caps
     steps = {arm: float(ms)
              for arm, ms in re.findall(r"^\s*(pairtune|finetune)\s+(\d+\.\d{2})\s+\d+\.\d$", out, re.M)}
     assert "per epoch: 20 train clips, 6 valid clips, 3 classes" in out
-    row = r"^\s*(pairtune|finetune)\s+(\d+)\s+(\d+\.\d{2})\s+(\d+\.\d{2})\s+(\d+\.\d{2})\s+(\S+)$"
+    row = r"^\s*(pairtune|finetune)\s+(\d+)\s+(\d+\.\d{3})\s+(\d+\.\d{3})\s+(\d+\.\d{3})\s+(\S+)$"
     rows = {arm: (int(batches), float(train), float(metric), float(epoch), name)
             for arm, batches, train, metric, epoch, name in re.findall(row, out, re.M)}
     assert set(rows) == {"pairtune", "finetune"}, out
@@ -38,9 +38,10 @@ def test_epoch_rows_are_the_steps_times_batches_plus_each_arms_valid_metric(caps
     assert rows["pairtune"][0] == rows["finetune"][0] == 3
     assert rows["pairtune"][4] == "centroid" and rows["finetune"][4] == "classifier"
     for arm, (batches, train, metric, epoch, _) in rows.items():
-        assert abs(train - batches * steps[arm] / 1e3) <= 0.005 + batches * 0.005e-3  # the steps' printed ms
-        assert metric > 0  # measured: encoding valid (and, for centroid, the train subset) takes time
-        assert abs(epoch - (train + metric)) <= 0.015
+        assert abs(train - batches * steps[arm] / 1e3) <= 0.0005 + batches * 0.005e-3  # the steps' printed ms
+        # a measured time, printed to the ms: on a fast machine the tiny backbone's 6 valid clips can round to 0.000
+        assert metric >= 0
+        assert abs(epoch - (train + metric)) <= 0.0015
     ratio = float(re.search(r"^epoch pairtune/finetune (\d+\.\d{3})$", out, re.M).group(1))
     (_, _, _, pairtune, _), (_, _, _, finetune, _) = rows["pairtune"], rows["finetune"]
-    assert (pairtune - 0.005) / (finetune + 0.005) - 5e-4 <= ratio <= (pairtune + 0.005) / (finetune - 0.005) + 5e-4
+    assert (pairtune - 5e-4) / (finetune + 5e-4) - 5e-4 <= ratio <= (pairtune + 5e-4) / (finetune - 5e-4) + 5e-4
