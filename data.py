@@ -8,10 +8,12 @@ Every script reads its data through a *manifest*: a CSV file with a header and o
 
 `path` is relative to the manifest's folder (absolute paths work too); `split` is one of train, valid,
 test. Fold datasets (ESC-50) also fill `fold`; `--fold k` then makes fold k the test set and the other
-folds train. Whenever a manifest has no valid rows, valid is carved from train (see `carve_valid`).
+folds train. Whenever a manifest has no valid rows, valid is carved from train (see `carve_valid`;
+whole speakers where test's speakers are unseen in train, see `valid_grouping`).
 
 Datasets are prepared into manifests by prepare.py (`python prepare.py esc50 --root ESC-50-master`,
-docs/datasets.md lists every dataset); point any script at one with `--dataset esc50` (looked up
+docs/datasets.md lists every dataset; `python prepare.py folder --root DIR` for a folder of class
+subfolders or a list of files with labels); point any script at one with `--dataset esc50` (looked up
 as data/esc50/manifest.csv, root overridable with --data-root or $CONFIT_DATA) or
 `--dataset path/to/manifest.csv`.
 """
@@ -75,11 +77,14 @@ def resolve_dataset(dataset: str, data_root: str | None = None) -> Path:
     root = Path(data_root or os.environ.get("CONFIT_DATA") or "data")
     manifest = root / dataset / "manifest.csv"
     if not manifest.is_file():
-        prepare = PREPARE_COMMANDS.get(dataset, "NAME")
-        raise DataError(
-            f"dataset '{dataset}' not found: expected a manifest at {manifest}. Prepare it first "
-            f"(e.g. `python prepare.py {prepare} --root RAW --out {root / dataset}`, see "
-            "docs/datasets.md), pass --data-root, or give the path of a manifest CSV.")
+        if dataset in PREPARE_COMMANDS:
+            how = f"`python prepare.py {PREPARE_COMMANDS[dataset]} --root RAW --out {root / dataset}`, see " \
+                  "docs/datasets.md"
+        else:  # the user's own data: a folder of class subfolders (or a list of files) is one command away
+            how = (f"from a folder of class subfolders DIR/<class>/*.wav, `python prepare.py folder --root DIR "
+                   f"--out {root / dataset}`, see docs/data.md")
+        raise DataError(f"dataset '{dataset}' not found: expected a manifest at {manifest}. Prepare it first "
+                        f"({how}), pass --data-root, or give the path of a manifest CSV.")
     return manifest
 
 
@@ -222,12 +227,15 @@ def check_audio(path: str) -> AudioCheck:
     return AudioCheck(None, samples.shape[0], sample_rate, silent=not samples.any())
 
 
-def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], list[Clip]]:
-    """Move a deterministic `fraction` of train into valid, keeping each `group` on one side.
+def carve_valid(train: list[Clip], fraction: float = 0.1, by: str = "group",
+                seed: int = 0) -> tuple[list[Clip], list[Clip]]:
+    """Move a deterministic `fraction` of train into valid, keeping each group on one side.
 
-    Clips are sorted by path and shuffled with a fixed seed (0), independent of the run's seed, so
-    every method and every seed sees the same valid set. Clips sharing a `group` (the manifest's
-    optional group column) move together, so valid never holds part of a group that train also holds.
+    Clips are sorted by path and shuffled with a fixed seed (0 when loading), independent of the run's
+    seed, so every method and every seed sees the same valid set. `by` names the Clip field that makes
+    the groups: "group" (the manifest's optional group column) or "speaker"; clips sharing one move
+    together, so valid never holds part of a group that train also holds, and a clip without one is a
+    group of its own. prepare.py folder carves test the same way, with its --seed.
 
     - Every group within one class (ESC-50: the takes cut from one recording): class-stratified.
       Per class, groups are taken in shuffled order while they fit the target (round(fraction *
@@ -238,21 +246,23 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
       never taken if it would leave some class with no train clip (so train keeps a group). If none
       fits, the smallest group that may go goes (the first in shuffled order on ties).
     """
+    def group_of(clip):
+        return getattr(clip, by) or clip.path
+
     labels_of: dict[str, set[str]] = {}
     for clip in train:
-        if clip.group is not None:
-            labels_of.setdefault(clip.group, set()).add(clip.label)
+        labels_of.setdefault(group_of(clip), set()).add(clip.label)
     if any(len(labels) > 1 for labels in labels_of.values()):
-        return carve_whole_groups(train, fraction)
+        return carve_whole_groups(train, fraction, group_of, seed)
     by_label: dict[str, list[Clip]] = {}
     for clip in train:
         by_label.setdefault(clip.label, []).append(clip)
     keep, valid = [], []
-    rng = random.Random(0)
+    rng = random.Random(seed)
     for label in sorted(by_label):
         groups: dict[str, list[Clip]] = {}
         for clip in sorted(by_label[label], key=lambda c: c.path):
-            groups.setdefault(clip.group or clip.path, []).append(clip)
+            groups.setdefault(group_of(clip), []).append(clip)
         order = list(groups.values())
         rng.shuffle(order)
         target = max(1, round(fraction * len(by_label[label])))
@@ -268,14 +278,15 @@ def carve_valid(train: list[Clip], fraction: float = 0.1) -> tuple[list[Clip], l
     return keep, valid
 
 
-def carve_whole_groups(train: list[Clip], fraction: float) -> tuple[list[Clip], list[Clip]]:
+def carve_whole_groups(train: list[Clip], fraction: float, group_of,
+                       seed: int = 0) -> tuple[list[Clip], list[Clip]]:
     """carve_valid's rule for groups that span classes: whole groups, not a share of each class
     (stratifying would send a speaker's anger clips to valid and keep their sadness clips in train)."""
     groups: dict[str, list[Clip]] = {}
     for clip in sorted(train, key=lambda c: c.path):
-        groups.setdefault(clip.group or clip.path, []).append(clip)
+        groups.setdefault(group_of(clip), []).append(clip)
     order = list(groups.values())
-    random.Random(0).shuffle(order)
+    random.Random(seed).shuffle(order)
     left = Counter(c.label for c in train)  # train clips per class once the chosen groups have gone
 
     def may_go(group):  # every class keeps a train clip without it
@@ -298,6 +309,27 @@ def carve_whole_groups(train: list[Clip], fraction: float) -> tuple[list[Clip], 
     return keep, valid
 
 
+def valid_grouping(train: list[Clip], test: list[Clip]) -> tuple[str, str | None]:
+    """How load_splits carves valid from train: carve_valid's `by`, and why (None: nothing to say).
+
+    The rule: valid is as independent of train as test is. A manifest's group column is followed as it
+    always was. Otherwise, where it names speakers: if none of test's speakers is in train (speaker-
+    independent test), valid is whole train speakers; if test shares speakers with train, clips are
+    carved one by one, as test was."""
+    if any(c.group for c in train):
+        return "group", None
+    train_speakers = {c.speaker for c in train if c.speaker}
+    test_speakers = {c.speaker for c in test if c.speaker}
+    if not train_speakers:
+        return "group", None  # no group, no speaker: clip by clip
+    if test_speakers and not train_speakers & test_speakers:
+        return "speaker", "test's speakers are all unseen in train"
+    shared = len(train_speakers & test_speakers)
+    why = (f"test shares {shared} of its {len(test_speakers)} speakers with train" if test_speakers
+           else "test rows name no speaker")
+    return "group", why
+
+
 def require_two_classes(classes: list, dataset: str, data_root: str | None = None):
     """Training or probing on one class: every prediction is right, and a table would say 100%."""
     if len(classes) < 2:
@@ -310,7 +342,9 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
     """Read a dataset into {train, valid, test} lists of Clip plus the sorted class names.
 
     With `fold`, rows of that fold are test and all other rows train (the split column is ignored);
-    valid is then carved from train, as it is for any manifest without valid rows. check_files=False
+    valid is then carved from train, as it is for any manifest without valid rows: `valid_fraction` of
+    it, grouped as `valid_grouping` says (whole speakers where test's speakers are unseen in train, with
+    a note on stderr saying so, or clip by clip where test shares them). check_files=False
     skips decoding every file first (check_audio_files), for a caller that reads a few clips only and
     meets a bad one as a DataError when it loads it; skip_bad then has no effect.
     """
@@ -335,11 +369,24 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
                 if all(c.fold is not None for c in clips) else " Add test rows.")
         raise DataError(f"{manifest}: no test rows.{hint}")
     if not splits["valid"]:
-        splits["train"], splits["valid"] = carve_valid(splits["train"], valid_fraction)
-    if not splits["valid"]:
-        raise DataError(f"{manifest}: no valid rows, and train is too small to carve a valid set from "
-                        "(every class has a single train clip or group, or no group can go without leaving "
-                        "a class with no train clip). Add valid rows.")
+        by, why = valid_grouping(splits["train"], splits["test"])
+        splits["train"], splits["valid"] = carve_valid(splits["train"], valid_fraction, by)
+        if not splits["valid"] and by == "speaker":
+            raise DataError(f"{manifest}: no valid rows, and no whole train speaker can go to valid without "
+                            "leaving a class with no train clip (test's speakers are unseen in train, so valid "
+                            "is whole speakers too). Add valid rows.")
+        if not splits["valid"]:
+            raise DataError(f"{manifest}: no valid rows, and train is too small to carve a valid set from "
+                            "(every class has a single train clip or group, or no group can go without leaving "
+                            "a class with no train clip). Add valid rows.")
+        if by == "speaker":  # a line either way where speakers are known: which rule, and why
+            speakers = sorted({c.speaker for c in splits["valid"]})
+            named = ", ".join(speakers[:5]) + (" ..." if len(speakers) > 5 else "")
+            print(f"note: {manifest} has no valid rows: valid is {len(splits['valid'])} clips of whole train "
+                  f"speaker(s) {named} (target {valid_fraction:g} of train), as {why}", file=sys.stderr)
+        elif why:
+            print(f"note: {manifest} has no valid rows: valid is {len(splits['valid'])} train clips carved one "
+                  f"by one ({valid_fraction:g} of each class), not whole speakers, as {why}", file=sys.stderr)
     classes = sorted({c.label for c in splits["train"]})
     known = set(classes)
     for split in ("valid", "test"):

@@ -10,19 +10,23 @@
     # the batch-size search's choice for one dataset x backbone x arm, by valid accuracy
     python grid.py best-batch runs-search/gtzan/wav2vec2/finetune 16 32 64
 
+    # the folder names of datasets or backbones in run paths, one a line (mine, whisper-tiny.en-encoder)
+    python grid.py names dataset -- gtzan /data/mine/manifest.csv
+    python grid.py names backbone -- wav2vec2 ../shared/models/whisper-tiny.en-encoder
+
 run_all.sh writes the job list and asks these; a person asks `plan` (bash run_all.sh --plan) before
-committing device-hours. `done` and `best-batch` need only the standard library; `plan` reads the
-datasets' manifests (data.py, which imports torch) to count the clips left to train on.
+committing device-hours. `done`, `best-batch` and `names` need only the standard library (run_all.sh asks
+them often); `plan` reads the datasets' manifests (data.py, which imports torch) to count the clips left.
 """
 import argparse
 import json
+import statistics
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-
-from rundir import LOG_FILE, RUN_JSON, TRAINING_STAGES, find_runs, print_warning, read_run_json, run_is_done
+from rundir import (LOG_FILE, RUN_JSON, TRAINING_STAGES, find_runs, print_warning, read_run_json, readable_backbone,
+                    readable_dataset, run_is_done)
 
 # ----------------------------------------------------------------------------------------------
 # Planning a grid: the jobs left and their device-hours, from earlier runs' logs
@@ -135,10 +139,11 @@ def planned_clips(manifest, fold) -> dict:
     clips = data.read_manifest(manifest)
     if fold is None:
         train, valid = [c for c in clips if c.split == "train"], [c for c in clips if c.split == "valid"]
+        test = [c for c in clips if c.split == "test"]
     else:  # the job's fold is test, the other folds train
-        train, valid = [c for c in clips if c.fold != fold], []
-    if not valid:
-        train, valid = data.carve_valid(train)
+        train, valid, test = [c for c in clips if c.fold != fold], [], [c for c in clips if c.fold == fold]
+    if not valid:  # the default --valid-fraction, by whole speakers where load_splits would take them
+        train, valid = data.carve_valid(train, 0.1, data.valid_grouping(train, test)[0])
     return {"train": len(train), "valid": len(valid), "classes": len({c.label for c in train})}
 
 
@@ -161,7 +166,7 @@ def scaled_rates(logs):
             assumed = assumed or valid_seconds is None
             rates.append(rate)
             per_clip.append(valid_seconds / metric if valid_seconds is not None else 1 / (3 * rate))
-    return float(np.median(rates)), float(np.median(per_clip)), assumed
+    return float(statistics.median(rates)), float(statistics.median(per_clip)), assumed
 
 
 def estimate_cell(jobs, logs, data_root=None) -> dict:
@@ -178,7 +183,7 @@ def estimate_cell(jobs, logs, data_root=None) -> dict:
         log["run"].get("backbone") == name or (log["run"].get("args") or {}).get("backbone") == jobs[0]["backbone"])]
     same = [log for log in ours if log["run"].get("dataset") == dataset]
     if same:
-        seconds = float(np.median([line["seconds"] for log in same for line in log["lines"]]))
+        seconds = float(statistics.median([line["seconds"] for log in same for line in log["lines"]]))
         return {"seconds": [seconds] * len(jobs), "source": "same cell", "logs": same, "assumed": False}
     by_dataset = {}  # logs that can be scaled: their run record counts the clips
     for log in ours:
@@ -204,11 +209,13 @@ def estimate_cell(jobs, logs, data_root=None) -> dict:
 def timing_command(job, timing_dir, data_root=None) -> str:
     """One epoch of a cell's first job, into timing_dir (the last --logs), where the next plan finds its log."""
     import shlex
-    dataset, name, arm = job["cell"]
+    arm = job["arm"]
     words = [f"{arm}.py", "--dataset", job["dataset"], "--backbone", job["backbone"], "--epochs", "1"]
     words += ["--fold", str(job["fold"])] if job["fold"] is not None else []
     words += ["--data-root", data_root] if data_root else []
-    words += ["--out", str(Path(timing_dir) / dataset / name.replace("/", "_") / arm)]  # run_all.sh's naming
+    # run_all.sh's folder names (cmd_names), under timing_dir
+    out = Path(timing_dir, readable_dataset(job["dataset"]), readable_backbone(job["backbone"]), arm)
+    words += ["--out", str(out)]
     return "python " + " ".join(shlex.quote(word) for word in words)
 
 
@@ -341,6 +348,35 @@ def cmd_best_batch(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# Run folder names
+# ----------------------------------------------------------------------------------------------
+
+# The names' rules, by what is named; each a name no two of a grid's datasets (or backbones) may share.
+READABLE = {"dataset": readable_dataset, "backbone": readable_backbone}
+
+
+def cmd_names(args):
+    """Each dataset's (or backbone's) name in run folder paths (rundir's rule, as a run without --out names
+    its folder), one a line in the order given: run_all.sh builds every path of its grid from these. Exit 2,
+    one line, where a value has no usable name, or two different values would share one (their runs would
+    land in each other's folders)."""
+    named = {}  # folder name -> the first value with it
+    for value in args.values:
+        name = READABLE[args.kind](value)
+        if name in ("", ".", "..") or not name.isprintable():  # run_all.sh reads one name a line
+            print(f"error: {args.kind} {value!r}: no name for its run folders in it", file=sys.stderr)
+            return 2
+        first = named.setdefault(name, value)
+        if first != value:
+            print(f"error: {args.kind}s {first!r} and {value!r} would share run folders (both named {name!r}): "
+                  "list one of them (rename a manifest or folder), or run the other under another RUNS",
+                  file=sys.stderr)
+            return 2
+    print("\n".join(READABLE[args.kind](value) for value in args.values))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 
@@ -384,6 +420,13 @@ def build_parser():
                             help="the search's folder of one dataset x backbone x arm, holding batch-B/ folders")
     best_batch.add_argument("batch_sizes", metavar="B", type=int, nargs="+", help="the batch sizes searched")
     best_batch.set_defaults(func=cmd_best_batch)
+
+    names = subcommands.add_parser(
+        "names", help="datasets' or backbones' names in run folder paths, one a line (for run_all.sh)")
+    names.add_argument("kind", choices=sorted(READABLE), help="what the values are")
+    names.add_argument("values", metavar="VALUE", nargs="+",
+                       help="--dataset or --backbone values as given (put -- before them: one may start with -)")
+    names.set_defaults(func=cmd_names)
     return parser
 
 

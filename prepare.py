@@ -10,6 +10,7 @@ published splits.
     python prepare.py fsdd --root ../shared/data/fsdd --task digit              # -> data/fsdd-digit
     python prepare.py demo                                                      # synthetic, < 20 s
     python prepare.py hf --path DIR_OR_PARQUET_OR_HUB_ID --out data/NAME        # a Hugging Face dataset
+    python prepare.py folder --root mydata                                      # your own: mydata/<class>/*.wav
 
 Each turns a dataset as distributed into OUT/manifest.csv (paths relative to OUT, the audio left
 where it is) and OUT/summary.json; docs/datasets.md says where to get each and which split it
@@ -17,7 +18,9 @@ uses. Each prepare_* function below builds the rows of one dataset with its publ
 all end in `finish_prepare`, which reads every file's header, reports unreadable files by name (and
 skips them only with --skip-bad), checks the counts the dataset is known to have, and writes.
 The training scripts then find it with `--dataset NAME` (data.py reads manifests). `hf` takes any
-Hugging Face dataset (the optional `datasets` package) and writes its audio under OUT/audio/.
+Hugging Face dataset (the optional `datasets` package) and writes its audio under OUT/audio/. `folder`
+takes the user's own audio, a folder of class subfolders or a CSV/JSON list of files with labels, keeps
+the split it gives and carves the rest (test, then valid) with data.carve_valid (docs/data.md).
 """
 import argparse
 import csv
@@ -28,6 +31,7 @@ import json
 import os
 import random
 import re
+import shlex
 import sys
 import time
 import unicodedata
@@ -39,7 +43,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 import outdir
-from data import PREPARE_COMMANDS, SPLITS, Clip, DataError, carve_valid, check_audio
+from data import PREPARE_COMMANDS, SPLITS, UNSUPPORTED_SUFFIXES, Clip, DataError, carve_valid, check_audio
 
 
 # ----------------------------------------------------------------------------------------------
@@ -967,6 +971,247 @@ def prepare_hf(path: str, out_dir: Path, audio_column: str = "audio", label_colu
     return finish_prepare("hf", out_dir, rows, {}, notes, skip_bad, ("fold",) if fold_column is not None else ())
 
 
+# --- Your own data: a folder of class subfolders, or a list of files with labels --------------
+# As torchvision's ImageFolder and datasets' audiofolder: DIR/<class>/**/<clip>, the class being the
+# folder right under DIR (or under DIR/train/ and DIR/test/, where the user split them already). Files
+# are taken by suffix: those libsndfile reads, and also the containers it cannot (.m4a, ...), so that
+# the audio check names them instead of their being left out unseen.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
+                  ".sph", ".nist", ".caf", ".w64", ".rf64")
+SPLIT_FOLDERS = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
+LIST_COLUMNS = "path,label[,speaker][,group][,split]"
+
+
+def visible_subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(audio files, other files) anywhere under `folder`, sorted. Hidden files and folders (.DS_Store,
+    the ._x.wav that macOS copies leave) are neither."""
+    audio, other = [], []
+    for parent, subfolders, files in os.walk(folder, followlinks=True):  # symlinked folders too
+        subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                path = Path(parent) / name
+                (audio if path.suffix.lower() in AUDIO_SUFFIXES + UNSUPPORTED_SUFFIXES else other).append(path)
+    return audio, other
+
+
+def folder_rows(root: Path) -> tuple[list[dict], str]:
+    """Rows of DIR/<class>/**/<clip> (all train: test and valid are carved later), or of
+    DIR/{train,test}/<class>/... (and DIR/valid/ or DIR/validation/), whose splits are kept; and the layout."""
+    tops = visible_subfolders(root)
+    split_tops = [p for p in tops if p.name.lower() in SPLIT_FOLDERS]
+    if split_tops:
+        others = [p.name for p in tops if p not in split_tops]
+        if others:
+            raise DataError(f"--root {root} holds split folders ({', '.join(p.name for p in split_tops)}) beside "
+                            f"other folders ({', '.join(others[:5])}): give either DIR/<class>/... or "
+                            "DIR/train/<class>/... and DIR/test/<class>/..., not both.")
+        splits = Counter(SPLIT_FOLDERS[p.name.lower()] for p in split_tops)
+        if splits["valid"] > 1:
+            raise DataError(f"--root {root} has both valid/ and validation/: keep one.")
+        if not splits["train"]:
+            raise DataError(f"--root {root} has {', '.join(p.name + '/' for p in split_tops)} but no train/.")
+        parts = [(p, SPLIT_FOLDERS[p.name.lower()]) for p in split_tops]
+        layout = f"split folders {', '.join(p.name + '/' for p in split_tops)}, each of class subfolders"
+    else:
+        parts, layout = [(root, "train")], "class subfolders"
+    rows, loose, other, empty = [], [], [], []
+    for top, split in parts:
+        loose += [p for p in top.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+        for class_dir in visible_subfolders(top):
+            audio, not_audio = audio_files(class_dir)
+            other += not_audio
+            if not audio:
+                empty.append(str(class_dir))
+            rows += [{"path": absolute(path), "label": class_dir.name, "split": split, "where": str(path)}
+                     for path in audio]
+    if not rows:
+        raise DataError(f"--root {root}: no audio files in class subfolders (expected DIR/<class>/*.wav, or "
+                        f"DIR/train/<class>/ and DIR/test/<class>/; audio is {' '.join(AUDIO_SUFFIXES)}).")
+    if loose:
+        print(f"note: left out {len(loose)} audio file(s) that are in no class folder, e.g. {loose[0]}",
+              file=sys.stderr)
+    if empty:
+        print(f"note: left out {len(empty)} folder(s) without audio: {', '.join(empty[:5])}", file=sys.stderr)
+    if other:
+        print(f"note: left out {len(other)} file(s) that are not audio by their suffix, e.g. {other[0]}",
+              file=sys.stderr)
+    return rows, layout
+
+
+def list_rows(list_file: Path) -> list[dict]:
+    """Rows of a CSV list (header path,label[,speaker][,group][,split]) or a JSON list of such objects;
+    a relative path starts from the list's folder. Every bad row is named by file and line (or index)."""
+    try:
+        text = list_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{list_file}: cannot be read as UTF-8 text ({error}).") from None
+    if list_file.suffix.lower() == ".json":
+        try:
+            content = json.loads(text)
+        except ValueError as error:
+            raise DataError(f"{list_file}: not valid JSON ({error}).") from None
+        if not isinstance(content, list) or not all(isinstance(item, dict) for item in content):
+            raise DataError(f"{list_file}: expected a JSON list of objects with {LIST_COLUMNS}.")
+        records = [(f"{list_file} [{i}]", item) for i, item in enumerate(content)]
+        columns = {str(key).strip().lower() for item in content for key in item}
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        records = []
+        try:
+            for row in reader:
+                if None in row:  # more fields than the header names
+                    raise DataError(f"{list_file} line {reader.line_num}: more fields than the header names; a "
+                                    "comma inside a path or label needs the field in double quotes.")
+                records.append((f"{list_file} line {reader.line_num}", row))
+        except csv.Error as error:
+            raise DataError(f"{list_file} line {reader.line_num}: not valid CSV ({error}).") from None
+        columns = {(name or "").strip().lower() for name in reader.fieldnames or []}
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        found = ", ".join(sorted(columns)) or "none"
+        raise DataError(f"{list_file}: no {' or '.join(missing)} column (found: {found}); a list names {LIST_COLUMNS}.")
+    rows, first = [], {}  # first: path -> where it was first listed
+    for where, record in records:
+        values = {str(k).strip().lower(): "" if v is None else str(v).strip() for k, v in record.items()}
+        path, label = values.get("path", ""), values.get("label", "")
+        if not path or not label:
+            raise DataError(f"{where}: empty path or label.")
+        split = values.get("split", "") if "split" in columns else "train"
+        if split not in SPLITS:
+            raise DataError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)} (a split column, where "
+                            "there is one, names the split of every row).")
+        full = absolute(Path(path) if os.path.isabs(path) else list_file.parent / path)
+        if full in first:
+            raise DataError(f"{where}: {path} is listed again (first at {first[full]}).")
+        first[full] = where
+        rows.append({"path": full, "label": label, "split": split, "speaker": values.get("speaker") or None,
+                     "group": values.get("group") or None, "where": where})
+    if not rows:
+        raise DataError(f"{list_file}: no rows.")
+    return rows
+
+
+def carve_own_split(rows: list[dict], test_fraction: float, valid_fraction: float, by: str | None,
+                    seed: int, source: Path) -> dict:
+    """Carve test (unless the rows give test) from train, then valid (unless given) from what is left,
+    in place, with data.carve_valid: per class, round(fraction x clips) (at least 1, one kept for train),
+    or whole groups with `by` (speaker or group). Returns what the summary's notes record."""
+    given = sorted({r["split"] for r in rows}, key=SPLITS.index)
+    carved = [split for split in ("test", "valid") if split not in given]
+    train_labels = Counter(r["label"] for r in rows if r["split"] == "train")
+    for split in given:  # a class that train lacks cannot be learnt (load_splits would stop later)
+        unknown = Counter(r["label"] for r in rows if r["split"] == split and r["label"] not in train_labels)
+        if unknown:
+            label, count = unknown.most_common(1)[0]
+            raise DataError(f"{source}: class '{label}' has {count} {split} clip(s) but no train clip (e.g. "
+                            f"{next(r['where'] for r in rows if r['label'] == label)}): give it train clips or "
+                            "leave it out.")
+    minimum = 1 + len(carved)  # one clip for train and one for each split carved
+    small = sorted((n, label) for label, n in train_labels.items() if n < minimum)
+    if carved and small:
+        listing = ", ".join(f"'{label}' ({n} clip{'s' * (n != 1)})" for n, label in small[:10])
+        listing += " ..." if len(small) > 10 else ""
+        raise DataError(f"{source}: class(es) too small to split: {listing}; each needs at least {minimum} "
+                        f"train clips (one for train, one each for {' and '.join(carved)}). Add clips, or leave "
+                        "the class out.")
+    if by is not None:
+        missing = next((r for r in rows if not r.get(by)), None)
+        if missing is not None:
+            hint = ("give --speaker-pattern, or a list with a speaker column" if by == "speaker"
+                    else "a list with a group column")
+            raise DataError(f"--group-by {by}: {missing['where']} has no {by} ({hint}, filled on every row).")
+        for row in rows:
+            row["group"] = row[by]  # the manifest's group column: load_splits keeps these together too
+    fractions = {"test": test_fraction, "valid": valid_fraction}
+    for split in carved:
+        train = [Clip(r["path"], r["label"], "train", group=r["group"] if by else None)
+                 for r in rows if r["split"] == "train"]
+        _, taken = carve_valid(train, fractions[split], "group", seed)
+        if not taken:
+            raise DataError(f"{source}: --group-by {by}: no whole {by} can go to {split} without leaving a class "
+                            f"with no train clip ({len({c.group for c in train})} {by}s in train). Add clips of "
+                            f"more {by}s, or carve clip by clip (without --group-by).")
+        taken_paths = {clip.path for clip in taken}
+        for row in rows:
+            if row["split"] == "train" and row["path"] in taken_paths:
+                row["split"] = split
+        absent = sorted(set(train_labels) - {clip.label for clip in taken})
+        if absent:  # whole groups that hold no clip of a class, or a share that rounds to a class's every clip
+            print(f"warning: {len(absent)} class(es) get no {split} clip: {', '.join(absent[:10])}"
+                  f"{' ...' if len(absent) > 10 else ''}", file=sys.stderr)
+    share = "of each class's" if by is None else "of the"
+    rule = [f"{split}: given" for split in given if split != "train"]
+    if "test" in carved:
+        rule.append(f"test: {test_fraction:g} {share} clips")
+    if "valid" in carved:
+        rule.append(f"valid: {valid_fraction:g} {share} train clips left")
+    if carved and by:
+        rule.append(f"whole {by}s (--group-by {by}): as near that share as whole {by}s allow, never a class's "
+                    f"last train clip (data.carve_valid); seed {seed}")
+    elif carved:
+        rule.append(f"clip by clip: round(share x clips) a class, at least 1, one left in train; seed {seed}")
+    rule = "; ".join(rule)
+    return {"given_splits": given if len(given) > 1 else [], "carved_splits": carved,
+            "test_fraction": test_fraction if "test" in carved else None,
+            "valid_fraction": valid_fraction if "valid" in carved else None,
+            "seed": seed, "group_by": by, "rule": rule}
+
+
+def prepare_folder(root: Path, out_dir: Path, name: str, test_fraction: float = 0.2, valid_fraction: float = 0.1,
+                   group_by: str | None = None, speaker_pattern: str | None = None, seed: int = 0,
+                   skip_bad: bool = False) -> dict:
+    """The user's own data: a folder of class subfolders (see `folder_rows`) or a CSV or JSON list of
+    files with labels (`list_rows`); the splits it gives are kept, the others carved (`carve_own_split`).
+
+    speaker_pattern: a regular expression searched in each file's name, whose first group is the
+    speaker (FSDD's 3_theo_12.wav: '^\\d+_([a-z]+)_'); for a list, only where it has no speaker column."""
+    if root.is_dir():
+        rows, layout = folder_rows(root)
+    else:
+        rows, layout = list_rows(root), f"a {root.suffix.lower().lstrip('.').upper()} list"
+    if speaker_pattern is not None:
+        try:
+            pattern = re.compile(speaker_pattern)
+        except re.error as error:
+            raise DataError(f"--speaker-pattern '{speaker_pattern}': not a regular expression ({error}).") from None
+        if pattern.groups < 1:
+            raise DataError(f"--speaker-pattern '{speaker_pattern}': no group in parentheses to take the speaker "
+                            "from, e.g. '^\\d+_([a-z]+)_' for FSDD's 3_theo_12.wav.")
+        if any(r.get("speaker") for r in rows):
+            raise DataError(f"--speaker-pattern: {root} has a speaker column already; give one or the other.")
+        for row in rows:
+            match = pattern.search(Path(row["path"]).name)
+            if not match or not match.group(1):
+                raise DataError(f"{row['where']}: --speaker-pattern '{speaker_pattern}' finds no speaker in the "
+                                f"file name {Path(row['path']).name}.")
+            row["speaker"] = match.group(1)
+    notes = {"source": str(root), "layout": layout, "speaker_pattern": speaker_pattern,
+             **carve_own_split(rows, test_fraction, valid_fraction, group_by, seed, root)}
+    if group_by is None and notes["carved_splits"] and any(r.get("speaker") for r in rows):
+        print("note: speakers are known, but the split is carved clip by clip, so a speaker may be on two "
+              "sides; --group-by speaker keeps each on one", file=sys.stderr)
+    print(f"{name}: {len(rows)} clips of {len({r['label'] for r in rows})} classes ({layout})\n"
+          f"  split     {notes['rule']}")
+    columns = (("speaker",) if any(r.get("speaker") for r in rows) else ()) + (("group",) if group_by else ())
+    return finish_prepare(name, out_dir, rows, {}, notes, skip_bad, columns)
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (a share of the clips)")
+    return value
+
+
 def default_dataset_name(args) -> str:
     """The name `--dataset` looks the prepared dataset up by: the PREPARE_COMMANDS entry whose
     command these arguments run (mswc and fsdd have one per language or task)."""
@@ -986,13 +1231,18 @@ def main(argv=None):
         description="Prepare a dataset into OUT/manifest.csv and OUT/summary.json (audio stays where it is; "
                     "hf writes it under OUT/audio/).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    names = {command.split()[0] for command in PREPARE_COMMANDS.values()} | {"hf"}
+    names = {command.split()[0] for command in PREPARE_COMMANDS.values()} | {"hf", "folder"}
     prepare.add_argument("name", choices=sorted(names),
                          help="which dataset (see docs/datasets.md for where to get each); hf: any Hugging "
-                              "Face dataset")
-    prepare.add_argument("--root", help="the raw dataset as distributed (not needed for demo)")
+                              "Face dataset; folder: your own audio (docs/data.md)")
+    prepare.add_argument("--root", help="the raw dataset as distributed (not needed for demo); folder: DIR of "
+                         f"class subfolders DIR/<class>/**/<audio> ({' '.join(AUDIO_SUFFIXES)}), or "
+                         "DIR/train/<class>/... and DIR/test/<class>/... (also valid/ or validation/), kept as "
+                         f"given; or a list LIST.csv ({LIST_COLUMNS}; paths relative to its folder) or LIST.json "
+                         "(a list of such objects)")
     prepare.add_argument("--out", help="output folder (default: $CONFIT_DATA or data/, then the name that "
-                         "--dataset looks up: " + ", ".join(PREPARE_COMMANDS) + ")")
+                         "--dataset looks up: " + ", ".join(PREPARE_COMMANDS) + "; folder: the name of DIR, or "
+                         "of the list without its suffix)")
     prepare.add_argument("--skip-bad", action="store_true",
                          help="leave out missing or unreadable audio files (listed in summary.json) "
                               "instead of stopping")
@@ -1009,7 +1259,18 @@ def main(argv=None):
                          help="mswc: keep keywords with at least this many train clips")
     prepare.add_argument("--task", choices=["digit", "speaker"], default="digit",
                          help="fsdd: classify the spoken digit (10-way) or the speaker (6-way)")
-    prepare.add_argument("--seed", type=int, default=0, help="demo: random seed of the synthesis")
+    prepare.add_argument("--seed", type=int, default=0, help="demo: random seed of the synthesis; folder: seed "
+                         "of the carving of test and valid")
+    prepare.add_argument("--test-fraction", type=fraction, default=0.2, help="folder: share of each class's clips "
+                         "carved into test, where DIR/test/ or a split column does not give test")
+    prepare.add_argument("--valid-fraction", type=fraction, default=0.1, help="folder: share of each class's "
+                         "train clips left after test that is carved into valid, where valid is not given")
+    prepare.add_argument("--group-by", choices=["speaker", "group"], help="folder: carve whole speakers (or "
+                         "groups), none on two sides: the list's speaker or group column, or the speaker that "
+                         "--speaker-pattern finds; None: clip by clip")
+    prepare.add_argument("--speaker-pattern", metavar="REGEX", help="folder: the speaker of each clip, as the "
+                         "first (group) of REGEX searched in its file name, e.g. '^\\d+_([a-z]+)_' for FSDD's "
+                         "3_theo_12.wav; written to the manifest's speaker column")
     prepare.add_argument("--path", help="hf: a save_to_disk folder, parquet files (a folder, a file or a quoted "
                          "glob), or a Hub id")
     prepare.add_argument("--audio-column", default="audio", help="hf: the column holding the audio (an Audio "
@@ -1031,14 +1292,27 @@ def main(argv=None):
                       "that --dataset knows fits an arbitrary dataset)")
     if args.name == "hf" and args.root:
         prepare.error("hf reads --path, not --root")
+    folder_only = ("test_fraction", "valid_fraction", "group_by", "speaker_pattern")
+    given = [f"--{dest.replace('_', '-')}" for dest in folder_only
+             if getattr(args, dest) != prepare.get_default(dest)]
+    if args.name != "folder" and given:
+        prepare.error(f"{', '.join(given)}: only for folder (your own audio), not for {args.name}")
 
-    default_name = default_dataset_name(args)
-    out_dir = Path(args.out or Path(os.environ.get("CONFIT_DATA") or "data") / default_name)
     if args.name not in ("demo", "hf") and not args.root:
         prepare.error(f"{args.name} needs --root, the folder of the dataset as distributed")
     root = Path(args.root) if args.root else None
-    if root is not None and not root.is_dir():
-        prepare.error(f"--root {root} is not a folder")
+    if args.name == "folder" and root is not None and root.is_file() and root.suffix.lower() in (".csv", ".json"):
+        default_name = root.stem  # a list of files with labels
+    elif root is not None and not root.is_dir():
+        prepare.error(f"--root {root} is not a folder" + (" (nor a .csv or .json list)" if args.name == "folder"
+                                                          else ""))
+    else:
+        default_name = root.resolve().name if args.name == "folder" else default_dataset_name(args)
+    if args.name == "folder" and not args.out and default_name in PREPARE_COMMANDS:
+        prepare.error(f"--root {root}: its name '{default_name}' is that of a dataset prepare.py prepares; give "
+                      "--out, so that its manifest is not taken for that one")
+    data_root = Path(os.environ.get("CONFIT_DATA") or "data")
+    out_dir = Path(args.out or data_root / default_name)
     splits = Path(args.splits) if args.splits else None
     try:
         check_out(out_dir)  # the user's own manifest.csv or summary.json: refused before any work
@@ -1059,6 +1333,13 @@ def main(argv=None):
         elif args.name == "hf":
             prepare_hf(args.path, out_dir, args.audio_column, args.label_column, args.split_map, args.fold_column,
                        args.skip_bad)
+        elif args.name == "folder":
+            prepare_folder(root, out_dir, out_dir.name, args.test_fraction, args.valid_fraction, args.group_by,
+                           args.speaker_pattern, args.seed, args.skip_bad)
+            # the name where OUT is where --dataset NAME looks (data/NAME), else OUT itself
+            dataset = (out_dir.name if out_dir.parent.resolve() == data_root.resolve()
+                       else shlex.quote(str(out_dir)))
+            print(f"use it with --dataset {dataset}, e.g. python pairtune.py --dataset {dataset}")
     except (DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
 

@@ -232,6 +232,56 @@ def test_carve_valid_stays_per_class_for_single_class_groups():
     assert Counter(c.label for c in valid) == {"a": 1, "b": 1}
 
 
+def speaker_manifest(tmp_path, test_speakers) -> tuple:
+    """240 train clips over 10 classes from 4 speakers of 2, 6, 7 and 9 clips a class (20, 60, 70, 90
+    clips), and 2 test clips a class from `test_speakers`; written as tiny real WAV files."""
+    rows = []
+    for speaker, per_class in (("s20", 2), ("s60", 6), ("s70", 7), ("s90", 9)):
+        rows += [[f"{speaker}/{label}{i}.wav", label, "train", speaker] for label in "abcdefghij"
+                 for i in range(per_class)]
+    rows += [[f"test/{label}{k}.wav", label, "test", speaker] for label in "abcdefghij"
+             for k, speaker in enumerate(test_speakers)]
+    for row in rows:
+        write_wav(tmp_path / row[0], np.full(160, 0.1))
+    return write_csv(tmp_path / "manifest.csv", ["path", "label", "split", "speaker"], rows), rows
+
+
+def test_carved_valid_is_whole_speakers_where_test_speakers_are_unseen(tmp_path, capsys):
+    manifest, _ = speaker_manifest(tmp_path, ["t1", "t2"])
+    splits, _ = data.load_splits(str(manifest))
+    # Whole speakers over all of train: the target round(0.1 x 240) = 24 fits s20 (20 clips) and no
+    # other speaker, whatever the shuffle, so valid is s20's 20 clips and no valid speaker is in train.
+    assert {c.speaker for c in splits["valid"]} == {"s20"} and len(splits["valid"]) == 20
+    assert {c.speaker for c in splits["train"]} == {"s60", "s70", "s90"} and len(splits["train"]) == 220
+    err = capsys.readouterr().err
+    assert "valid is 20 clips of whole train speaker(s) s20" in err and "test's speakers are all unseen" in err
+    # valid_fraction is the share: round(0.35 x 240) = 84 fits s20 + s60 (80) taken in either order, or
+    # s70 (70) where it comes first (then nothing else fits); never a part of a speaker
+    splits, _ = data.load_splits(str(manifest), valid_fraction=0.35)
+    valid_speakers = {c.speaker for c in splits["valid"]}
+    assert (valid_speakers, len(splits["valid"])) in (({"s20", "s60"}, 80), ({"s70"}, 70))
+    assert not valid_speakers & {c.speaker for c in splits["train"]}
+
+
+def test_carved_valid_stays_per_clip_where_test_shares_speakers(tmp_path, capsys):
+    manifest, _ = speaker_manifest(tmp_path, ["s20", "t1"])  # test shares s20 with train
+    splits, _ = data.load_splits(str(manifest))
+    # clip by clip, as before: round(0.1 x 24) = 2 clips of each class
+    assert Counter(c.label for c in splits["valid"]) == {label: 2 for label in "abcdefghij"}
+    assert len(splits["train"]) == 220
+    before, _ = data.carve_valid([c for c in data.read_manifest(manifest) if c.split == "train"], 0.1)
+    assert sorted(c.path for c in splits["train"]) == sorted(c.path for c in before)  # the same clips as before
+    assert "carved one by one" in capsys.readouterr().err
+    # a group column is followed as always, speakers or not
+    rows = list(csv.reader(manifest.read_text().splitlines()))[1:]
+    grouped = write_csv(tmp_path / "grouped.csv", ["path", "label", "split", "speaker", "group"],
+                        [[*row[:3], "t9" if row[2] == "test" else row[3], row[0].split("/")[0] + row[1]]
+                         for row in rows])
+    splits, _ = data.load_splits(str(grouped))
+    assert Counter(c.label for c in splits["valid"]) == {label: 2 for label in "abcdefghij"}
+    assert capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------------------------
 # Audio
 # ----------------------------------------------------------------------------------------------
