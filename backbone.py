@@ -10,7 +10,7 @@ and trained.py (a finished run's classifier). Two families are supported:
   AutoFeatureExtractor; each model's own feature-extractor settings decide normalisation and
   whether the model is given an attention mask (wav2vec2-base is not: it was trained without one);
 - Whisper encoders (openai/whisper-* or a local copy), log-mel input, encoder only, without
-  padding every clip to 30 s.
+  padding every clip to 30 s (masked_whisper.whisper_frames, which Whisper exports ship too).
 
 The pooled representation r is the mean of the last hidden layer over valid (non-padding) frames.
 """
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import data
 import outdir
+from masked_whisper import whisper_frames  # the one definition, which Whisper exports ship too
 
 ALIASES = {
     "wav2vec2": "facebook/wav2vec2-base",
@@ -236,72 +237,6 @@ class AudioEncoder(nn.Module):
         (AutoModel, or WhisperForAudioClassification for Whisper) and with load_encoder(out_dir)."""
         self.model.save_pretrained(out_dir)
         self.extractor.save_pretrained(out_dir)
-
-
-def whisper_frames(encoder, features, mel_mask, training: bool = False):
-    """Whisper's encoder layers on unpadded (or padded and masked) log-mel input -> (last hidden
-    layer [B, T, d], valid frames [B, T]).
-
-    transformers' WhisperEncoder.forward insists on 3000 mel frames (30 s). Its positional table is
-    fixed (sinusoidal), so we run the same layers on unpadded input with the first T positions, and
-    mask padded frames out of attention so a clip's features do not depend on what it was batched
-    with (or on how far it was padded: 30 s gives what the batch's longest length gives)."""
-    # Zero what lies past each clip before each conv, as a clip alone would be zero-padded there.
-    valid_mel = mel_mask[:, None, :].to(encoder.conv1.weight.dtype)  # [B, 1, F]
-    x = nn.functional.gelu(encoder.conv1(features.to(valid_mel.dtype) * valid_mel))
-    x = nn.functional.gelu(encoder.conv2(x * valid_mel)).permute(0, 2, 1)  # [B, T, d], T = ceil(F/2)
-    frames = x.shape[1]
-    if frames > encoder.embed_positions.num_embeddings:
-        seconds = encoder.embed_positions.num_embeddings * 2 * 160 / 16_000
-        raise ValueError(f"Whisper takes at most {seconds:.0f} s per chunk; lower --max-seconds.")
-    x = x + encoder.embed_positions.weight[:frames]
-    x = nn.functional.dropout(x, p=encoder.dropout, training=training)
-    lengths = (mel_mask.sum(-1) - 1) // 2 + 1  # conv2 has stride 2
-    frame_mask = torch.arange(frames, device=x.device)[None] < lengths[:, None]  # [B, T]
-    additive = torch.zeros(frame_mask.shape, dtype=x.dtype, device=x.device)
-    additive = additive.masked_fill(~frame_mask, torch.finfo(x.dtype).min)[:, None, None, :]
-    for layer in encoder.layers:
-        if training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop:
-            continue  # LayerDrop, as in transformers' encoder
-        x = layer(x, additive)
-    return encoder.layer_norm(x), frame_mask
-
-
-class MaskedWhisperClassifier(transformers.WhisperForAudioClassification):
-    """transformers' Whisper classifier pooled as AudioConFit pools: over the clip's own frames.
-
-    WhisperForAudioClassification averages over all 1500 frames of its 30-s padded input, padding
-    included; this class (same weights, same files) reads the feature extractor's attention mask
-    and averages over valid frames only, which is what the run's probe or head was trained on. For
-    an export.py folder of a Whisper run (its feature extractor returns the mask):
-
-        model = MaskedWhisperClassifier.from_pretrained(folder)
-        extractor = transformers.AutoFeatureExtractor.from_pretrained(folder)  # an object: with a model
-        transformers.pipeline("audio-classification", model=model, feature_extractor=extractor)  # object, a
-        # path string is not read; the pipeline logs that the class is "not supported", and runs it
-    """
-
-    def forward(self, input_features=None, attention_mask=None, labels=None, **kwargs):
-        frames = input_features.shape[-1]
-        expected = self.config.max_source_positions * 2
-        if frames != expected:  # as the parent class: what the feature extractor gives by default (30 s)
-            raise ValueError(f"MaskedWhisperClassifier takes {expected} mel frames (the feature extractor's 30-s "
-                             f"padding), got {frames}: let the extractor pad (padding='max_length')")
-        if attention_mask is None:  # no mask given: every frame counts, as in the parent class
-            attention_mask = torch.ones(input_features.shape[0], frames, dtype=torch.long, device=input_features.device)
-        elif attention_mask.shape[-1] != frames:
-            # WhisperFeatureExtractor returns its mask per sample, not per frame, when return_attention_mask
-            # comes from its config rather than the call (as in transformers' pipeline): a clip of n
-            # samples has ceil(n / hop) frames, as backbone.Preprocessor gives it.
-            hop = attention_mask.shape[-1] // frames
-            valid = (attention_mask.sum(-1) + hop - 1) // hop
-            attention_mask = (torch.arange(frames, device=valid.device)[None] < valid[:, None]).long()
-        hidden, frame_mask = whisper_frames(self.encoder, input_features, attention_mask, self.training)
-        weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        logits = self.classifier(self.projector(pooled))  # the projector is affine: it commutes with the mean
-        loss = None if labels is None else nn.functional.cross_entropy(logits, labels.to(logits.device))
-        return transformers.modeling_outputs.SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def to_device(inputs: dict, device) -> dict:

@@ -5,7 +5,7 @@
     python export.py RUN --out DIR --push-to-hub user/name                             # and upload it
 
 RUN is a finished finetune run, a pairtune run with its probe (or the probe's own folder), or a
-frozen encoder's probe. DIR then loads with transformers alone (Whisper: see below):
+frozen encoder's probe. DIR then loads with transformers alone (Whisper: trust_remote_code=True, below):
 
     model = transformers.AutoModelForAudioClassification.from_pretrained(DIR)
     classify = transformers.pipeline("audio-classification", model=DIR)
@@ -17,20 +17,24 @@ frames of hidden)). The standardisation is affine, and an affine map commutes wi
 becomes the projector (weight diag(1/std), bias -mean/std) and the probe's linear layer the
 classifier; FineTune's head is the classifier after an identity projector.
 
-What transformers computes differs from our pipeline in two places, and the card says so:
-- Whisper: WhisperForAudioClassification pads every input to 30 s and averages over the padding;
-  our encoder averages over the clip's own frames. Same weights, other features (on FSDD: chance
-  level), so a Whisper export is loaded with backbone.MaskedWhisperClassifier, which pools as the
-  run did (the export turns on the feature extractor's attention mask for it); predict.py on DIR
-  computes the same.
-- Clips longer than the run's chunk length: we average the chunks' features, transformers takes the
-  whole clip at once (wav2vec2 family) or its first 30 s (Whisper).
+Whisper: transformers' WhisperForAudioClassification pads every input to 30 s and averages over
+the padding; our encoder averages over the clip's own frames. Same weights, other features (on
+FSDD: chance level). So a Whisper export is not a "whisper" model: its config.json has its own
+model_type (masked_whisper.MODEL_TYPE) and names, in auto_map, the classes of masked_whisper.py,
+which is copied into DIR (the one definition of the masked pooling, torch and transformers only).
+transformers then refuses DIR without trust_remote_code=True (a ValueError saying so), and with it
+runs masked_whisper.MaskedWhisperClassifier, which reads the feature extractor's attention mask
+(turned on in the export) and pools as the run did; predict.py on DIR computes the same without
+running the folder's code.
 
-The folder is written as DIR.partial and reloaded with transformers, which is compared with the
-run's own pipeline on up to --check-clips valid clips (cut to the chunk length, one at a time as
-the pipeline feeds them): the largest logit difference and the share of equal predictions go into
-the card and audioconfit.json. Only if the model that must agree (transformers' class; for Whisper
-the masked one) does, with finite logits, are its files moved into DIR; else the script exits 1.
+Clips longer than the run's chunk length: we average the chunks' features, transformers takes the
+whole clip at once (wav2vec2 family) or its first 30 s (Whisper); the card says so.
+
+The folder is written as DIR.partial and loaded back the way the card tells a Hub user to load it,
+transformers' pipeline (with trust_remote_code=True for Whisper), which is compared with the run's
+own pipeline on up to --check-clips valid clips (cut to the chunk length, one at a time): the
+largest logit difference and the share of equal predictions go into the card and audioconfit.json.
+Only if it agrees, with finite logits, are the files moved into DIR; else the script exits 1.
 
 DIR must be new or empty. A folder with anything in it (an earlier export, the same one cloned from
 the Hub with its .git/) takes --overwrite, which replaces only the files export.py writes
@@ -44,6 +48,7 @@ import fnmatch
 import os
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,6 +58,7 @@ from huggingface_hub import EvalResult, ModelCardData  # a dependency of transfo
 
 import backbone
 import data
+import masked_whisper
 import outdir
 import probes
 import rundir
@@ -67,13 +73,18 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="the folder to write (a transformers model folder)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out (an earlier export, a clone of it): replaces only the files "
-                        "export.py writes there, keeps the others")
+                        "export.py writes there, keeps the others (default: refuse a non-empty --out)")
     p.add_argument("--check-clips", type=int, default=16,
-                   help="valid clips on which the exported model is compared with the run's pipeline (0: none)")
-    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv, for the check")
+                   help="valid clips on which the exported model is compared with the run's pipeline, 0 for none "
+                        "(default: %(default)s)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding NAME/manifest.csv, for the check (default: the manifest the run recorded, "
+                        "else $CONFIT_DATA, else data/)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO",
-                   help="upload DIR to this Hugging Face repo (needs a token: huggingface-cli login)")
-    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+                   help="upload DIR to this Hugging Face repo, which needs a token: huggingface-cli login "
+                        "(default: no upload)")
+    p.add_argument("--private", action="store_true",
+                   help="with --push-to-hub: create the repo private (default: public)")
     return p.parse_args(argv)
 
 
@@ -89,17 +100,29 @@ def affine_of(head) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Linear]:
     return torch.eye(width), torch.zeros(width), head
 
 
+# A Whisper export's code: masked_whisper.py itself, copied into the folder, and its classes named in
+# config.json for transformers' Auto classes (loaded only with trust_remote_code=True).
+WHISPER_CODE = Path(masked_whisper.__file__).name
+WHISPER_AUTO_MAP = {"AutoConfig": f"{masked_whisper.__name__}.MaskedWhisperConfig",
+                    "AutoModelForAudioClassification": f"{masked_whisper.__name__}.MaskedWhisperClassifier"}
+
+
 def to_transformers(trained: dict):
-    """The run's encoder with its classifier as the model's projector + classifier, labels named."""
+    """The run's encoder with its classifier as the model's projector + classifier, labels named.
+    Whisper: a masked_whisper.MaskedWhisperClassifier under its own model_type, whose auto_map points
+    transformers at the copy of masked_whisper.py that export.py puts beside it."""
     encoder, classes = trained["encoder"], trained["classes"]
-    config = type(encoder.model.config).from_dict(encoder.model.config.to_dict())  # a copy
+    config_class = masked_whisper.MaskedWhisperConfig if encoder.whisper else type(encoder.model.config)
+    config = config_class.from_dict(encoder.model.config.to_dict())  # a copy
     width = encoder.hidden_size
     config.update(dict(classifier_proj_size=width, use_weighted_layer_sum=False, num_labels=len(classes),
                        id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)}))
-    model = transformers.AutoModelForAudioClassification.from_config(config)
     if encoder.whisper:  # our Whisper encoder is already a WhisperForAudioClassification: take its encoder
+        config.auto_map = dict(WHISPER_AUTO_MAP)
+        model = masked_whisper.MaskedWhisperClassifier(config)
         model.encoder.load_state_dict(encoder.model.encoder.state_dict())
     else:
+        model = transformers.AutoModelForAudioClassification.from_config(config)
         model.base_model.load_state_dict(encoder.model.state_dict())
     weight, bias, linear = affine_of(trained["head"])
     with torch.no_grad():
@@ -114,10 +137,27 @@ def to_transformers(trained: dict):
 # The check: the exported model, as transformers runs it, against the run's pipeline
 # ----------------------------------------------------------------------------------------------
 
+def hub_pipeline(folder: Path, whisper: bool):
+    """The folder loaded as the card tells a Hub user to load it: transformers' pipeline (running the
+    folder's masked_whisper.py for Whisper)."""
+    return transformers.pipeline("audio-classification", model=str(folder), device="cpu",
+                                 trust_remote_code=True if whisper else None)
+
+
+def pipeline_logits(classify, wave, classes: list) -> torch.Tensor:
+    """The pipeline's raw scores (function_to_apply="none": the logits) of every class, in class order."""
+    scores = classify({"raw": wave, "sampling_rate": classify.feature_extractor.sampling_rate},
+                      top_k=len(classes), function_to_apply="none")
+    by_label = {score["label"]: score["score"] for score in scores}
+    return torch.tensor([by_label[c] for c in classes])
+
+
 @torch.no_grad()
 def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict | None:
-    """transformers' logits (one clip at a time, as its pipeline feeds them) against ours, on the
-    first n_clips valid clips of the run's dataset, each cut to the chunk length."""
+    """The logits of transformers' pipeline on the folder (one clip at a time) against ours, on the
+    first n_clips valid clips of the run's dataset, each cut to the chunk length. For Whisper, also
+    what transformers' own WhisperForAudioClassification computes with these weights (pooling over
+    the 30-s padding): measured for the card, not what a user gets."""
     about = trained["about"]
     if n_clips <= 0:
         print("note: --check-clips 0: the exported model is not compared with the run's pipeline")
@@ -131,13 +171,10 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
             return None
     # only the clips checked are decoded (not every file of the dataset, as the scripts' check does)
     splits, _ = data.load_splits(str(source), None, about["fold"], check_files=False)
-    encoder, head, max_seconds = trained["encoder"], trained["head"], trained["max_seconds"]
-    extractor = transformers.AutoFeatureExtractor.from_pretrained(out)
-    models = {"transformers": transformers.AutoModelForAudioClassification.from_pretrained(out).eval()}
-    if encoder.whisper:
-        models["masked"] = backbone.MaskedWhisperClassifier.from_pretrained(out).eval()
-    limit = int(max_seconds * encoder.sample_rate)
-    ours, theirs, checked = [], {name: [] for name in models}, 0
+    encoder, head, classes = trained["encoder"], trained["head"], trained["classes"]
+    classify = hub_pipeline(out, encoder.whisper)
+    limit = int(trained["max_seconds"] * encoder.sample_rate)
+    ours, theirs, checked = [], {name: [] for name in CHECKED if name == "transformers" or encoder.whisper}, 0
     for clip in splits["valid"]:
         if checked == n_clips:
             break
@@ -147,9 +184,11 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
             continue
         checked += 1
         ours.append(head(encoder(encoder.preprocess([wave])))[0])
-        inputs = extractor(wave, sampling_rate=extractor.sampling_rate, return_tensors="pt")
-        for name, model in models.items():
-            theirs[name].append(model(**inputs).logits[0])
+        theirs["transformers"].append(pipeline_logits(classify, wave, classes))
+        if encoder.whisper:  # the parent class's forward on the same weights and the pipeline's input
+            inputs = classify.feature_extractor(wave, sampling_rate=encoder.sample_rate, return_tensors="pt")
+            theirs["unmasked"].append(transformers.WhisperForAudioClassification.forward(classify.model, **inputs)
+                                      .logits[0])
     if not checked:
         print("note: the check is skipped: no usable valid clip")
         return None
@@ -165,6 +204,8 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
     for name, logits in theirs.items():
         logits = torch.stack(logits)
         bad = int((~logits.isfinite().all(1)).sum())
+        if bad and name == "unmasked":  # only measured for the card: left out, and the export goes on
+            continue
         if bad:
             raise outdir.Refused(f"the exported model ({CHECKED[name]}) gives non-finite logits (NaN or inf) on {bad} "
                                  f"of {checked} valid clips where the run's are finite; nothing is exported")
@@ -173,9 +214,12 @@ def compare_on_valid(trained: dict, out: Path, n_clips: int, data_root) -> dict 
     return check
 
 
-WHISPER_POOLING = ("WhisperForAudioClassification pools over its 30 s of padding; backbone.MaskedWhisperClassifier "
-                   "and predict.py pool the clip's own frames, as the run did")
-CHECKED = {"transformers": "AutoModelForAudioClassification", "masked": "backbone.MaskedWhisperClassifier"}
+WHISPER_POOLING = (f"the mean over the clip's own frames, as the run: {WHISPER_CODE}'s MaskedWhisperClassifier "
+                   "(transformers with trust_remote_code=True) and predict.py; transformers' own "
+                   "WhisperForAudioClassification would pool over its 30 s of padding")
+# What the check compares with the run, by its key in audioconfit.json's export_check
+CHECKED = {"transformers": "transformers' pipeline, loaded as the card says",
+           "unmasked": "transformers' own WhisperForAudioClassification on these weights"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,22 +257,21 @@ classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_R
 wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
 classify({"raw": wave.mean(1), "sampling_rate": rate}, top_k=3)  # an array; a file path needs ffmpeg
 ```"""
-USE_MASKED_WHISPER = """**Load it with `MaskedWhisperClassifier`**, in AudioConFit's `backbone.py` (a subclass of
-transformers' class, the same files, no remote code), which pools as the run did:
-
-```python
+USE_WHISPER = f"""```python
 import soundfile, transformers
-from backbone import MaskedWhisperClassifier
-model = MaskedWhisperClassifier.from_pretrained("THIS_FOLDER_OR_REPO")
-extractor = transformers.AutoFeatureExtractor.from_pretrained("THIS_FOLDER_OR_REPO")
-classify = transformers.pipeline("audio-classification", model=model, feature_extractor=extractor)
+classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_REPO", trust_remote_code=True)
 wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
-classify({"raw": wave.mean(1), "sampling_rate": rate}, top_k=3)  # an array; a file path needs ffmpeg
+classify({{"raw": wave.mean(1), "sampling_rate": rate}}, top_k=3)  # an array; a file path needs ffmpeg
 ```
 
-(transformers logs that the class is not supported for audio-classification, and runs it.)
-`python predict.py THIS_FOLDER files...` computes the same. **Loaded with transformers alone
-(`pipeline(model=THIS_FOLDER)`), its predictions are not the run's**: see below."""
+**`trust_remote_code=True` is needed**: it runs `{WHISPER_CODE}` from this folder (torch and
+transformers only: a config, a pooling function, one classifier; read it first), whose
+`MaskedWhisperClassifier` pools Whisper's encoder over the clip's own frames, as the run did (the
+check below). Without it, transformers refuses the folder, in `pipeline` and in
+`AutoModelForAudioClassification.from_pretrained` alike: a `ValueError` ("... contains custom code
+which must be executed to correctly load the model ... Please pass the argument
+`trust_remote_code=True`"; an interactive session asks first). In AudioConFit,
+`python predict.py THIS_FOLDER files...` computes the same without running the folder's code."""
 
 
 def model_card(trained: dict, check: dict | None) -> str:
@@ -255,11 +298,16 @@ def model_card(trained: dict, check: dict | None) -> str:
                       "loss)")
     whisper = trained["encoder"].whisper
     divergence = (
-        "transformers' `WhisperForAudioClassification` pads every input to 30 s and averages over all "
-        "1500 frames, padding included, where AudioConFit averages over the clip's own frames: loaded "
-        "with transformers alone, this folder computes other features than the ones its classifier "
-        "was trained on, and its predictions differ (the check below). `MaskedWhisperClassifier` "
-        "(above) reads the feature extractor's attention mask and averages over the clip's frames."
+        "transformers' own `WhisperForAudioClassification` pads every input to 30 s and averages over all "
+        "1500 frames, padding included, where AudioConFit averages over the clip's own frames: on these "
+        "weights it computes other features than the ones the classifier was trained on, and its "
+        "predictions differ (the check below). So this folder is not a `whisper` model: its `model_type` "
+        f"is `{masked_whisper.MODEL_TYPE}`, whose classes are in `{WHISPER_CODE}` (above); do not load it "
+        "as a `WhisperForAudioClassification`. `MaskedWhisperClassifier` reads the feature extractor's "
+        "attention mask (turned on in `preprocessor_config.json`) and averages over the clip's frames. "
+        "A clip longer than 30 s is cut to its first 30 s by the feature extractor; AudioConFit's "
+        "evaluation and `predict.py` cut it into near-equal chunks of the chunk length and average "
+        "their features."
         if whisper else
         "On a clip no longer than the chunk length, transformers computes what the run computed "
         "(the check below). A longer clip is cut into near-equal chunks by AudioConFit's evaluation and "
@@ -270,8 +318,8 @@ def model_card(trained: dict, check: dict | None) -> str:
         check_text = "not run (--check-clips 0, or the run's dataset was not found)."
     else:
         check_text = (f"on {check['clips']} {check['split']} clips (cut to {trained['max_seconds']:g} s), one "
-                      "at a time as transformers' pipeline feeds them, against the run's own pipeline:\n")
-        for name in ("transformers", "masked"):
+                      "at a time through transformers' pipeline, against the run's own pipeline:\n")
+        for name in CHECKED:
             if name in check:
                 check_text += (f"\n- `{CHECKED[name]}`: largest logit difference "
                                f"{check[name]['max_abs_logit_difference']:.2e}, same prediction on "
@@ -300,7 +348,7 @@ def model_card(trained: dict, check: dict | None) -> str:
 
 ## Use
 
-{USE_MASKED_WHISPER if whisper else USE_TRANSFORMERS}
+{USE_WHISPER if whisper else USE_TRANSFORMERS}
 
 ## Where transformers computes something else
 
@@ -326,9 +374,9 @@ Runs (paths on the machine that made them): {', '.join(f'{k} `{v}`' for k, v in 
 
 # What export.py writes into --out, and so all that --overwrite replaces there: save_pretrained of the
 # model (config, weights; sharded with an index above transformers' shard size) and of the feature
-# extractor, then the card and audioconfit.json.
+# extractor, a Whisper export's code, then the card and audioconfit.json.
 EXPORT_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
-                "preprocessor_config.json", "README.md", EXPORT_INFO]
+                "preprocessor_config.json", WHISPER_CODE, "README.md", EXPORT_INFO]
 # Marks DIR.partial as export.py's own (beside its outdir.FolderLock while it writes): only such a
 # folder is ever emptied by export.py.
 PARTIAL_MARK = ".audioconfit-export-partial"
@@ -430,6 +478,7 @@ def main(argv=None):
         extractor = copy.deepcopy(trained["encoder"].extractor)
         if trained["encoder"].whisper:  # for MaskedWhisperClassifier (the parent class ignores the mask)
             extractor.return_attention_mask = True
+            shutil.copyfile(masked_whisper.__file__, partial / WHISPER_CODE)  # the code auto_map names
         extractor.save_pretrained(partial)
         check = compare_on_valid(trained, partial, args.check_clips, args.data_root)
         info = {"about": trained["about"], "max_seconds": trained["max_seconds"],
@@ -444,14 +493,14 @@ def main(argv=None):
                 print(f"check, {CHECKED[name]}, on {check['clips']} valid clips: largest logit difference "
                       f"{result['max_abs_logit_difference']:.2e}, same prediction "
                       f"{100 * result['same_prediction']:.1f}%")
-        # The model that must agree: transformers' own class, or for Whisper the masked one.
-        agreeing = (check or {}).get("masked" if trained["encoder"].whisper else "transformers")
+        # The model that must agree: what the card tells a user to load.
+        agreeing = (check or {}).get("transformers")
         if agreeing and not (agreeing["max_abs_logit_difference"] <= 1e-4 and agreeing["same_prediction"] == 1):
             sys.exit(f"error: the exported model does not compute what the run computes (above); it is left in "
                      f"{partial} for a look, not in {out}")
         if trained["encoder"].whisper:
-            print("note: transformers' WhisperForAudioClassification pools over its 30-s padding, which the run's "
-                  "classifier was not trained on; load the folder with backbone.MaskedWhisperClassifier (see the card)")
+            print(f"note: a Whisper export runs its own {WHISPER_CODE} (the run's pooling over the clip's frames): "
+                  "transformers loads it only with trust_remote_code=True (see the card)")
         move_into(partial, out)
         (partial / PARTIAL_MARK).unlink()
     try:

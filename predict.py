@@ -45,16 +45,18 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="RUN_OR_EXPORT", help="a finished run folder, or an export.py folder")
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files, or folders searched for them")
-    p.add_argument("--top-k", type=runs.positive_int, default=3, help="classes shown per file")
-    p.add_argument("--json", action="store_true", help="one JSON object a line instead of text")
+    p.add_argument("--top-k", type=runs.positive_int, default=3, help="classes shown per file (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="one JSON object a line (default: text, a line per file)")
     p.add_argument("--batch-size", type=int, default=None, help="clips per batch (default: the run's)")
-    p.add_argument("--device", default="auto", help="auto, cuda, cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda if there is one, else cpu), cuda, cpu "
+                                                    "(default: %(default)s)")
     p.add_argument("--precision", choices=backbone.PRECISIONS, default=None,
                    help="default: the run's (FineTune's --precision; auto for probes: bf16 on CUDA, else fp32)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes for decoding (default: %(default)s, decode in this process)")
     p.add_argument("--max-samples-per-pass", type=runs.positive_int, default=MAX_SAMPLES_PER_PASS,
                    help="input samples (chunks x padded length) per forward pass: lower it if long files run out "
-                        "of memory, raise it for speed on a big GPU; the scores are the same")
+                        "of memory, raise it for speed on a big GPU; the scores are the same (default: %(default)s)")
     return p.parse_args(argv)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import transformers
 
+import masked_whisper
 import outdir
 import rundir
 from backbone import FRONTEND_VERSION, AudioEncoder, load_encoder
@@ -109,9 +110,20 @@ def check_weights(encoder: AudioEncoder, model_dir: Path, classifier_dir: Path, 
 
 def load_export(path: Path) -> dict:
     """An export.py folder, read back as our own pipeline computes it: the encoder's masked mean pool
-    (AudioEncoder), then the model's projector and classifier (mean pooling commutes with them)."""
+    (AudioEncoder), then the model's projector and classifier (mean pooling commutes with them).
+    A Whisper export (model_type masked_whisper.MODEL_TYPE) is loaded with this repository's
+    masked_whisper, never with the code in the folder; one made before it had its own model_type
+    ("whisper") still loads, with a note that transformers alone gets it wrong."""
     info = json.loads((path / EXPORT_INFO).read_text())
-    model = transformers.AutoModelForAudioClassification.from_pretrained(path)
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type == masked_whisper.MODEL_TYPE:
+        model = masked_whisper.MaskedWhisperClassifier.from_pretrained(path)
+    else:
+        model = transformers.AutoModelForAudioClassification.from_pretrained(path)
+    if model_type == "whisper":
+        print(f"note: {path} is a Whisper export made before export.py gave Whisper its own model_type: "
+              "predict.py computes the run's predictions from it, transformers' pipeline does not (it pools over "
+              "30 s of padding); export the run again for a folder that transformers runs right", file=sys.stderr)
     extractor = transformers.AutoFeatureExtractor.from_pretrained(path)
     whisper = isinstance(model, transformers.WhisperForAudioClassification)
     encoder = AudioEncoder(model if whisper else model.base_model, extractor, name=info["about"]["backbone"],
