@@ -12,6 +12,11 @@ optimiser; the epoch is chosen on valid accuracy and test is read once, at that 
 Under torchrun, --batch-size is the global batch, shuffled as one process would and dealt out to the
 processes; --micro-batch M accumulates gradients over M clips at a time (the same step, less memory).
 
+Without --out, the run goes to runs/<dataset>/<backbone>/finetune/[shots-K/]seed-N (fold-K with --fold),
+where run_all.sh puts the same run; the folder is printed first. Arguments, data, backbone and folder are
+checked before anything is written. When stdout is a log file, a progress line comes every --log-every
+seconds: epoch, step, loss, clips/s and the ETA of the epoch and of the run.
+
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (epoch,
 train_loss, valid_acc, valid_metric, seconds, clips_per_s; peak_memory_mb on CUDA), results.json
 (test_acc at the best-valid epoch, valid_acc, selected_epoch, confusion; and knn_test_acc,
@@ -42,23 +47,36 @@ import runs
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=runs.HelpFormatter)
     p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
-    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
-    p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding NAME/manifest.csv (default: $CONFIT_DATA or data/)")
+    p.add_argument("--fold", type=int, default=None,
+                   help="fold datasets (ESC-50): this fold is test, the rest train (default: none, the manifest's "
+                        "splits)")
     p.add_argument("--shots", type=int, default=None, metavar="K",
-                   help="few-shot: keep K train clips per class (drawn with --shot-seed; valid and test untouched)")
+                   help="few-shot: keep K train clips per class (drawn with --shot-seed; valid and test untouched; "
+                        "default: all)")
     p.add_argument("--shot-seed", type=int, default=None, help="the draw of --shots (default: --seed)")
+    p.add_argument("--valid-fraction", type=runs.fraction, default=None,
+                   help="share of each class's train clips carved out as valid where the manifest has no valid rows "
+                        "(whole speakers or groups where it has them; default: 0.1, or the run's own under --resume)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unusable audio (unreadable, empty, cut short, NaN/inf) with a warning, not stop")
     p.add_argument("--backbone", default="wav2vec2",
-                   help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
-    p.add_argument("--out", default="out-finetune", help="output folder")
-    p.add_argument("--epochs", type=runs.positive_int, default=40, help="passes over the training set (paper: 40)")
+                   help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory; "
+                        "an alias or hub id is downloaded from the Hugging Face Hub on first use, so it needs the "
+                        "network or a filled Hugging Face cache (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/<dataset>/<backbone>/finetune/[shots-K/]seed-N, or fold-K, "
+                        "the folder run_all.sh gives the same run)")
+    p.add_argument("--epochs", type=runs.positive_int, default=40,
+                   help="passes over the training set (default: %(default)s; paper: 40)")
     p.add_argument("--batch-size", type=runs.positive_int, default=32, help="clips per batch")
     p.add_argument("--max-seconds", type=runs.positive_float, default=10.0,
                    help="training crop length; evaluation averages features over chunks of this length")
-    p.add_argument("--lr", type=runs.positive_float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
+    p.add_argument("--lr", type=runs.positive_float, default=5e-5,
+                   help="Adam learning rate (default: %(default)s; paper: 5e-5)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and crops")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
     p.add_argument("--precision", choices=backbone.PRECISIONS, default="auto",
@@ -67,7 +85,7 @@ def parse_args(argv=None):
                    help="recompute the encoder's layer activations in backward: less memory, one more forward pass")
     p.add_argument("--micro-batch", type=int, default=None,
                    help="accumulate each (per-process) batch's gradient this many clips at a time: the same step "
-                        "with the memory of a micro-batch")
+                        "with the memory of a micro-batch (default: the whole batch at once)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=runs.positive_int, default=16,
@@ -79,6 +97,9 @@ def parse_args(argv=None):
                    help="comma-separated k of the k-NN probe on the encoder's features, chosen on valid")
     p.add_argument("--knn-temperature", type=runs.positive_float, default=probes.TEMPERATURE,
                    help="k-NN votes are weighted exp(cosine similarity / T)")
+    p.add_argument("--log-every", type=runs.non_negative_float, default=60, metavar="SECONDS",
+                   help="when stdout is not a terminal (a log file), a progress line this often during training: "
+                        "steps, loss, clips/s, ETA of the epoch and of the run (0: none; a terminal has a bar)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint.pt (a finished run is left as it is)")
     p.add_argument("--overwrite", action="store_true",
@@ -121,12 +142,13 @@ class Classifier(nn.Module):
             return self.head(self.encoder(inputs)).float()  # [B, classes]
 
 
-def train_one_epoch(classifier, loader, optimizer, args, device, epoch):
-    """One pass; returns the mean loss and the clips seen (over all processes)."""
+def train_one_epoch(classifier, loader, optimizer, args, device, epoch, progress=None):
+    """One pass; returns the mean loss and the clips seen (over all processes). `progress`
+    (runs.Progress): told of each step."""
     classifier.train()
     total, batches, clips = 0.0, 0, 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
-    for inputs, labels in progress:
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
+    for inputs, labels in bar:
         inputs, labels = backbone.to_device(inputs, device), labels.to(device)
         batch_clips = ddp.total(len(labels), device)  # the global batch, over all processes
         micro_batch = args.micro_batch or len(labels)
@@ -150,32 +172,39 @@ def train_one_epoch(classifier, loader, optimizer, args, device, epoch):
             raise outdir.Refused(f"non-finite loss at epoch {epoch}: training diverged; lower --lr (now {args.lr:g}) "
                                  "or check the data")
         total, batches, clips = total + batch_loss, batches + 1, clips + batch_clips
-        progress.set_postfix(loss=f"{batch_loss:.4f}")
+        bar.set_postfix(loss=f"{batch_loss:.4f}")
+        if progress is not None:
+            progress.step(batch_loss, batch_clips)
     return total / max(batches, 1), clips
 
 
 def main(argv=None):
+    # ---------------- errors first: everything that can be wrong, checked before anything is made ----------------
     args = parse_args(argv)
     if args.micro_batch is not None and args.micro_batch < 1:
         sys.exit(f"error: --micro-batch must be at least 1 (got {args.micro_batch})")
-    out = Path(args.out)
-    # The output folder before anything else (outdir.py): held by its lock while the run writes there,
-    # and new, empty, or this kind of run asked to be continued (--resume) or replaced (--overwrite).
-    with runs.output_lock(out):
-        runs.prepare_run_folder(out, "finetune", args)
-        train(args, out)
-
-
-def train(args, out: Path):
+    out = runs.run_folder(args, "finetune")
+    args.out = str(out)  # run.json records where the run went
+    print(f"out: {out}")
+    # Reading only: a folder that is not this run's to write is refused now, not after the data and the
+    # model are loaded; under its lock (below) it is checked again.
+    runs.check_folder_first(out, "finetune", args)
+    args.valid_fraction = runs.resumed_setting(out, args, "valid_fraction", runs.VALID_FRACTION)
     device = set_up_device(args)
     if finished_already(args, out):
         return
-
-    # ---------------- preparing data ----------------
     splits, classes, shots = load_data(args)
+    encoder = load_backbone(args)
 
+    # ---------------- the output folder: made, and held by its lock, from here (outdir.py) ----------------
+    with runs.output_lock(out):
+        runs.prepare_run_folder(out, "finetune", args)  # again: another run may have taken it in between
+        train(args, out, device, splits, classes, shots, encoder)
+
+
+def train(args, out: Path, device, splits, classes, shots, encoder):
     # ---------------- building networks ----------------
-    encoder, head, classifier, optimizer = build_model(args, device, classes)
+    head, classifier, optimizer = build_model(args, encoder, device, classes)
     loader, loader_generator = build_loader(args, encoder, splits, classes, device)
     run = runs.new_run("finetune", args, data.dataset_name(args.dataset),
                        data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
@@ -187,9 +216,12 @@ def train(args, out: Path):
 
     # ---------------- training, selecting on valid ----------------
     valid_batches = decode_valid_once(args, encoder, splits, classes, start_epoch)
+    progress = runs.Progress(args.epochs, args.log_every)  # lines in a log file; a terminal has tqdm's bar
     for epoch in range(start_epoch, args.epochs + 1):
         started = runs.start_epoch_clock(device)
-        train_loss, clips = train_one_epoch(classifier, loader, optimizer, args, device, epoch)
+        progress.start_epoch(epoch, len(loader))
+        train_loss, clips = train_one_epoch(classifier, loader, optimizer, args, device, epoch, progress)
+        progress.end_training()
         runs.check_finite(classifier, f"the weights after epoch {epoch}",
                           f"training diverged; lower --lr (now {args.lr:g})")
         throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
@@ -199,8 +231,10 @@ def train(args, out: Path):
                 "valid_metric": "classifier", "seconds": round(time.time() - started, 2),
                 "valid_seconds": round(time.time() - valid_started, 2), **throughput}
         runs.log_epoch(out, history, line)
+        progress.end_epoch()
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
-              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
+              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}  {progress.run_eta()}".rstrip(),
+              flush=True)
         best = runs.keep_if_best(out, best, epoch, valid_acc,
                                  {"encoder": encoder.model.state_dict(), "head": head.state_dict()})
         runs.save_checkpoint(out / rundir.CHECKPOINT, args, modules, optimizer, loader_generator, epoch, history, best)
@@ -233,10 +267,14 @@ def set_up_device(args) -> torch.device:
 
 
 def finished_already(args, out: Path) -> bool:
-    """--resume of a run that has run all its epochs: tidied, said, and nothing more to do."""
+    """--resume of a run that has run all its epochs: tidied (under the folder's lock), said, and nothing
+    more to do: no data or model is loaded."""
     if not (args.resume and runs.finished_epochs(out) >= args.epochs):
         return False
-    runs.tidy_finished(out)
+    with runs.output_lock(out):
+        runs.prepare_run_folder(out, "finetune", args)
+        if runs.finished_epochs(out) >= args.epochs:  # still, under the lock
+            runs.tidy_finished(out)
     print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
     ddp.stop()
     return True
@@ -245,7 +283,8 @@ def finished_already(args, out: Path) -> bool:
 def load_data(args):
     """(splits, classes, shots): the manifest's splits, cut to K train clips per class with --shots
     (shots: None, or K, its seed and the classes short of K)."""
-    splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
+    splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad,
+                                       valid_fraction=args.valid_fraction)
     data.require_two_classes(classes, args.dataset, args.data_root)
     shots = None
     if args.shots is not None:  # the same K clips per class for every method with this K and seed
@@ -255,13 +294,20 @@ def load_data(args):
     return splits, classes, shots
 
 
-def build_model(args, device, classes):
-    """(encoder, head, classifier, optimizer): the backbone and a linear head over the classes, one
-    module for DDP, and Adam over both."""
-    encoder = backbone.load_encoder(args.backbone).to(device)
+def load_backbone(args):
+    """The encoder (on the CPU), or one line saying why it cannot be loaded (runs.load_backbone), and a
+    --max-seconds it takes: before the run's folder is made."""
+    encoder = runs.load_backbone(args.backbone)
     if encoder.chunk_seconds(args.max_seconds) != args.max_seconds:  # a training crop cannot be chunked
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
                  f"({encoder.max_seconds:.0f} s)")
+    return encoder
+
+
+def build_model(args, encoder, device, classes):
+    """(head, classifier, optimizer): a linear head over the classes on the encoder (moved to the
+    device), one module for DDP, and Adam over both."""
+    encoder.to(device)
     head = nn.Linear(encoder.hidden_size, len(classes)).to(device)
     if args.grad_checkpointing:
         encoder.checkpoint_activations()
@@ -271,7 +317,7 @@ def build_model(args, device, classes):
           f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}, "
           f"{args.precision}" + (f", {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
     ddp.seed_this_rank(args.seed)
-    return encoder, head, classifier, optimizer
+    return head, classifier, optimizer
 
 
 def build_loader(args, encoder, splits, classes, device):
@@ -370,4 +416,4 @@ if __name__ == "__main__":
     except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: where the run stands, and how to continue it
-        runs.interrupted(stop, parse_args().out, sys.argv)
+        runs.interrupted(stop, runs.run_folder(parse_args(), "finetune"), sys.argv)

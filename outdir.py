@@ -146,6 +146,27 @@ def take_flock(descriptor, seconds: float) -> bool:
             return False
 
 
+def in_use(folder, holder) -> Refused:
+    """The refusal of a folder whose lock `holder` (parse_lock's) is alive."""
+    path = Path(folder) / LOCK
+    elsewhere = "" if holder[0] == socket.gethostname() else f" (another machine: delete {path} if that runner is gone)"
+    return Refused(f"{folder} is in use by {describe_holder(*holder)} (its lock: {path}); wait for it to end, or give "
+                   f"another --out{elsewhere}")
+
+
+def check_not_in_use(folder):
+    """Refused (as FolderLock would refuse) while a live runner other than this process's own holds
+    FOLDER/.lock; reads only, so a script says so before it loads anything. Taking the lock decides."""
+    try:
+        holder = parse_lock((Path(folder) / LOCK).read_text())
+    except OSError:
+        return
+    if holder is None or ((holder[1], holder[2]) in ancestors() and holder[0] == socket.gethostname()):
+        return  # not a lock of ours (FolderLock says so), or run_all.sh's for the job that started us
+    if not holder_gone(*holder):
+        raise in_use(folder, holder)
+
+
 class FolderLock:
     """FOLDER/.lock for the life of a run (a context manager). Taken when free or its holder is gone;
     kept by run_all.sh (an ancestor) when it started this process; otherwise Refused, naming the holder."""
@@ -190,10 +211,7 @@ class FolderLock:
             finally:
                 os.close(mutex)  # lets go of the flock
             holder = parse_lock(self._read()) or holder
-        elsewhere = "" if holder[0] == socket.gethostname() else \
-            f" (another machine: delete {self.path} if that runner is gone)"
-        raise Refused(f"{self.folder} is in use by {describe_holder(*holder)} (its lock: {self.path}); wait for it "
-                      f"to end, or give another --out{elsewhere}")
+        raise in_use(self.folder, holder)
 
     def _create(self, line) -> bool:
         try:
@@ -258,7 +276,8 @@ def remove_leftover_temporaries(out):
 def check_run_folder(out, stage: str, resume: bool, overwrite: bool, saved_epoch=None) -> str:
     """What a `stage` run may do with --out: "new" (new or empty), "resume" (its own unfinished run,
     --resume), "finished" (its own finished run, --resume), "replace" (its own run, --overwrite).
-    Anything else is Refused with what is there and what to do. Called under the folder's lock.
+    Anything else is Refused with what is there and what to do. Reads only: called before the run
+    loads anything (runs.check_folder_first) and again under the folder's lock.
     saved_epoch(): the epoch an unfinished training run has saved, for the message."""
     out = Path(out)
     training = stage != "probe"  # a probe keeps no checkpoint: continuing it is starting it again
@@ -277,7 +296,6 @@ def check_run_folder(out, stage: str, resume: bool, overwrite: bool, saved_epoch
     if run.get("stage") != stage:
         raise Refused(f"--out {out} holds a {run.get('stage')} run, not a {stage} run: give another --out")
     if overwrite:
-        print(f"--overwrite: replacing the {stage} run in {out}")
         return "replace"
     if run.get("finished"):
         if resume:

@@ -22,6 +22,11 @@ of valid, as FineTune's classifier on valid does; centroid, knn and linear encod
 (--centroid-clips-per-class) after each epoch as well, knn and linear being probes.py's k-NN and linear
 probes, the ones the tables report.
 
+Without --out, the run goes to runs/<dataset>/<backbone>/pairtune/[shots-K/]seed-N (fold-K with --fold),
+where run_all.sh puts the same run; the folder is printed first. Arguments, data, backbone and folder are
+checked before anything is written. When stdout is a log file, a progress line comes every --log-every
+seconds: epoch, step, loss, clips/s and the ETA of the epoch and of the run.
+
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
 epoch: epoch, train_loss, valid_metric_acc (the --select-by metric's accuracy on valid), valid_metric
 (its name), seconds, valid_seconds, clips_per_s; peak_memory_mb on CUDA), checkpoint.pt and
@@ -52,31 +57,45 @@ from losses import fused_supcon_loss, supcon_loss
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=runs.HelpFormatter)
     p.add_argument("--dataset", required=True, help="name under --data-root (e.g. gtzan) or a manifest CSV")
-    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv (default $CONFIT_DATA or data/)")
-    p.add_argument("--fold", type=int, default=None, help="fold datasets (ESC-50): this fold is test, the rest train")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding NAME/manifest.csv (default: $CONFIT_DATA or data/)")
+    p.add_argument("--fold", type=int, default=None,
+                   help="fold datasets (ESC-50): this fold is test, the rest train (default: none, the manifest's "
+                        "splits)")
     p.add_argument("--shots", type=int, default=None, metavar="K",
-                   help="few-shot: keep K train clips per class (drawn with --shot-seed; valid and test untouched)")
+                   help="few-shot: keep K train clips per class (drawn with --shot-seed; valid and test untouched; "
+                        "default: all)")
     p.add_argument("--shot-seed", type=int, default=None, help="the draw of --shots (default: --seed)")
+    p.add_argument("--valid-fraction", type=runs.fraction, default=None,
+                   help="share of each class's train clips carved out as valid where the manifest has no valid rows "
+                        "(whole speakers or groups where it has them; default: 0.1, or the run's own under --resume)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unusable audio (unreadable, empty, cut short, NaN/inf) with a warning, not stop")
     p.add_argument("--backbone", default="wav2vec2",
-                   help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory")
-    p.add_argument("--out", default="out", help="output folder")
-    p.add_argument("--epochs", type=runs.positive_int, default=40, help="passes over the training set (paper: 40)")
+                   help="wav2vec2 | hubert | wavlm | tiny (random, for smoke runs) | any hub id or local directory; "
+                        "an alias or hub id is downloaded from the Hugging Face Hub on first use, so it needs the "
+                        "network or a filled Hugging Face cache (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/<dataset>/<backbone>/pairtune/[shots-K/]seed-N, or fold-K, "
+                        "the folder run_all.sh gives the same run)")
+    p.add_argument("--epochs", type=runs.positive_int, default=40,
+                   help="passes over the training set (default: %(default)s; paper: 40)")
     p.add_argument("--batch-size", type=runs.positive_int, default=32,
                    help="clips per batch = classes per batch x --clips-per-class (at least two classes)")
     p.add_argument("--clips-per-class", type=runs.positive_int, default=4,
                    help="K clips of each class in a batch (>= 2, so anchors have positives)")
     p.add_argument("--max-seconds", type=runs.positive_float, default=10.0,
                    help="training crop length; evaluation averages features over chunks of this length")
-    p.add_argument("--lr", type=runs.positive_float, default=5e-5, help="Adam learning rate (paper: 5e-5)")
-    p.add_argument("--temperature", type=runs.positive_float, default=0.1, help="SupCon temperature tau (paper: 0.1)")
+    p.add_argument("--lr", type=runs.positive_float, default=5e-5,
+                   help="Adam learning rate (default: %(default)s; paper: 5e-5)")
+    p.add_argument("--temperature", type=runs.positive_float, default=0.1,
+                   help="SupCon temperature tau (default: %(default)s; paper: 0.1)")
     p.add_argument("--projection-dim", type=runs.positive_int, default=256,
-                   help="size p of the projection head (paper: 256)")
+                   help="size p of the projection head (default: %(default)s; paper: 256)")
     p.add_argument("--mining", choices=["ms", "batch-hard", "none"], default="ms",
-                   help="hard-pair mining: multi-similarity (default), hardest pair per anchor, or all pairs")
+                   help="hard-pair mining: multi-similarity (ms), hardest pair per anchor, or all pairs")
     p.add_argument("--epsilon", type=runs.finite_float, default=0.1, help="margin of multi-similarity mining")
     p.add_argument("--loss", choices=["fused", "eager"], default="fused",
                    help="fused: the torch.compile'd loss with a closed-form backward (compiles once, tens of "
@@ -100,7 +119,8 @@ def parse_args(argv=None):
                    help="recompute the encoder's layer activations in backward: less memory, one more forward pass")
     p.add_argument("--micro-batch", type=int, default=None,
                    help="encode each (per-process) batch this many clips at a time, the loss still over the whole "
-                        "batch (gradient caching): the memory of a micro-batch, one more forward pass")
+                        "batch (gradient caching): the memory of a micro-batch, one more forward pass (default: "
+                        "the whole batch at once)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for audio decoding (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--eval-batch-size", type=runs.positive_int, default=16,
@@ -108,6 +128,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-cache-mb", type=float, default=1024,
                    help="memory for keeping the valid metric's decoded inputs between epochs, so its clips are "
                         "decoded once (same features); over it, or 0, they are decoded every epoch")
+    p.add_argument("--log-every", type=runs.non_negative_float, default=60, metavar="SECONDS",
+                   help="when stdout is not a terminal (a log file), a progress line this often during training: "
+                        "steps, loss, clips/s, ETA of the epoch and of the run (0: none; a terminal has a bar)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint.pt (a finished run is left as it is)")
     p.add_argument("--overwrite", action="store_true",
@@ -294,14 +317,15 @@ class EpochCentroids:
         return total[:, :-1] / counts.clamp(min=1).unsqueeze(1), counts.long()
 
 
-def train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids=None):
+def train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids=None, progress=None):
     """One pass; returns the mean loss and the clips seen (over all processes). `centroids`
-    (EpochCentroids): each batch's r (this process's clips) is added to it."""
+    (EpochCentroids): each batch's r (this process's clips) is added to it; `progress`
+    (runs.Progress): told of each step."""
     embedder.train()
     loss_fn = fused_supcon_loss if args.loss == "fused" else supcon_loss
     total, batches, clips = 0.0, 0, 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
-    for inputs, labels in progress:
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
+    for inputs, labels in bar:
         inputs = backbone.to_device(inputs, device)
         own_labels = labels.to(device)
         labels = ddp.gather(own_labels)  # the global batch's labels, in rank order
@@ -329,7 +353,9 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids=
             raise outdir.Refused(f"non-finite {'loss' if z_ok else 'embeddings'} at epoch {epoch}: training diverged; "
                                  f"lower --lr (now {args.lr:g}) or check the data")
         total, batches, clips = total + loss_value, batches + 1, clips + len(labels)
-        progress.set_postfix(loss=f"{loss_value:.4f}")
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if progress is not None:
+            progress.step(loss_value, len(labels))
     return total / max(batches, 1), clips
 
 
@@ -378,7 +404,8 @@ def set_rng_state(state, device):
 
 def check_fused_loss(args, device):
     """Compile the fused loss now, on a tiny batch, so a machine without a working compiler fails
-    before the data and model are loaded. The graph is reused by every later batch size."""
+    before the run's folder is made (and after the quicker checks). The graph is reused by every later
+    batch size."""
     generator = torch.Generator().manual_seed(0)  # its own generator: the run's random stream is untouched
     z = F.normalize(torch.randn(8, args.projection_dim, generator=generator), dim=1).to(device).requires_grad_()
     labels = torch.arange(8, device=device) % 2
@@ -390,28 +417,33 @@ def check_fused_loss(args, device):
 
 
 def main(argv=None):
+    # ---------------- errors first: everything that can be wrong, checked before anything is made ----------------
     args = parse_args(argv)
-    out = Path(args.out)
-    # The output folder before anything else (outdir.py): held by its lock while the run writes there,
-    # and new, empty, or this kind of run asked to be continued (--resume) or replaced (--overwrite).
-    with runs.output_lock(out):
-        runs.prepare_run_folder(out, "pairtune", args)
-        args.select_by = resumed_metric(args, out)  # a --resume without --select-by: the run's own metric
-        train(args, out)
-
-
-def train(args, out: Path):
+    out = runs.run_folder(args, "pairtune")
+    args.out = str(out)  # run.json records where the run went
+    print(f"out: {out}")
+    # Reading only: a folder that is not this run's to write is refused now, not after the data, the
+    # model and the loss are loaded; under its lock (below) it is checked again.
+    runs.check_folder_first(out, "pairtune", args)
+    args.select_by = resumed_metric(args, out)  # a --resume without --select-by: the run's own metric
+    args.valid_fraction = runs.resumed_setting(out, args, "valid_fraction", runs.VALID_FRACTION)
     device = set_up_device(args)
     if finished_already(args, out):
         return
+    splits, classes, shots = load_data(args)
+    encoder = load_backbone(args)
     if args.loss == "fused":
         check_fused_loss(args, device)
 
-    # ---------------- preparing data ----------------
-    splits, classes, shots = load_data(args)
+    # ---------------- the output folder: made, and held by its lock, from here (outdir.py) ----------------
+    with runs.output_lock(out):
+        runs.prepare_run_folder(out, "pairtune", args)  # again: another run may have taken it in between
+        train(args, out, device, splits, classes, shots, encoder)
 
+
+def train(args, out: Path, device, splits, classes, shots, encoder):
     # ---------------- building networks ----------------
-    encoder, head, embedder, optimizer = build_model(args, device)
+    head, embedder, optimizer = build_model(args, encoder, device)
     loader, loader_generator, sampler = build_loader(args, encoder, splits, classes, device)
     run = runs.new_run("pairtune", args, data.dataset_name(args.dataset),
                        data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
@@ -424,11 +456,14 @@ def train(args, out: Path):
     # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
     metric_clips = metric_train_clips(splits["train"], args)  # none for epoch-centroid
     decoded = decode_once(args, encoder, metric_clips, splits, classes, start_epoch)
+    progress = runs.Progress(args.epochs, args.log_every)  # lines in a log file; a terminal has tqdm's bar
     for epoch in range(start_epoch, args.epochs + 1):
         started = runs.start_epoch_clock(device)
         sampler.set_epoch(epoch)
+        progress.start_epoch(epoch, len(loader))
         centroids = EpochCentroids(len(classes), encoder.hidden_size, device)
-        train_loss, clips = train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids)
+        train_loss, clips = train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids, progress)
+        progress.end_training()
         runs.check_finite(embedder, f"the weights after epoch {epoch}",
                           f"training diverged; lower --lr (now {args.lr:g})")
         epoch_centroids = centroids.result()  # summed over the processes: every process takes part
@@ -442,8 +477,10 @@ def train(args, out: Path):
                 "valid_metric": args.select_by, "seconds": round(time.time() - started, 2),
                 "valid_seconds": round(time.time() - valid_started, 2), **throughput}
         runs.log_epoch(out, history, line)
+        progress.end_epoch()
         print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
-              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}", flush=True)
+              f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}  {progress.run_eta()}".rstrip(),
+              flush=True)
         best = runs.keep_if_best(out, best, epoch, valid_acc, {"encoder": encoder.model.state_dict()})
         runs.save_checkpoint(out / rundir.CHECKPOINT, args, modules, optimizer, loader_generator, epoch, history,
                              best)
@@ -477,18 +514,24 @@ def set_up_device(args) -> torch.device:
 
 
 def finished_already(args, out: Path) -> bool:
-    """A --resume of a run that has all its epochs: tidied, said, and nothing else to do."""
+    """A --resume of a run that has all its epochs: tidied (under the folder's lock), said, and nothing
+    else to do: no data or model is loaded."""
     if not (args.resume and runs.finished_epochs(out) >= args.epochs):
         return False
-    runs.tidy_finished(out)
+    with runs.output_lock(out):
+        runs.prepare_run_folder(out, "pairtune", args)
+        if runs.finished_epochs(out) >= args.epochs:  # still, under the lock
+            runs.tidy_finished(out)
     print(f"{out} holds a finished run of {runs.finished_epochs(out)} epochs; nothing to resume")
     ddp.stop()
     return True
 
 
 def load_data(args):
-    """(splits, classes, shots): the manifest's splits, cut to --shots clips per class if asked."""
-    splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad)
+    """(splits, classes, shots): the manifest's splits (every file decoded once: a bad one stops the run
+    here, before its folder is made), cut to --shots clips per class if asked."""
+    splits, classes = data.load_splits(args.dataset, args.data_root, args.fold, args.skip_bad,
+                                       valid_fraction=args.valid_fraction)
     data.require_two_classes(classes, args.dataset, args.data_root)
     shots = None
     if args.shots is not None:  # the same K clips per class for every method with this K and seed
@@ -498,13 +541,20 @@ def load_data(args):
     return splits, classes, shots
 
 
-def build_model(args, device):
-    """(encoder, head f_p, the Embedder (DDP-wrapped under torchrun), Adam over both); then each
-    process's own random stream (ddp.seed_this_rank)."""
-    encoder = backbone.load_encoder(args.backbone).to(device)
+def load_backbone(args):
+    """The encoder (on the CPU), or one line saying why it cannot be loaded (runs.load_backbone), and a
+    --max-seconds it takes: before the run's folder is made."""
+    encoder = runs.load_backbone(args.backbone)
     if encoder.chunk_seconds(args.max_seconds) != args.max_seconds:  # a training crop cannot be chunked
         sys.exit(f"error: --max-seconds {args.max_seconds} exceeds what {args.backbone} takes "
                  f"({encoder.max_seconds:.0f} s)")
+    return encoder
+
+
+def build_model(args, encoder, device):
+    """(head f_p, the Embedder (DDP-wrapped under torchrun), Adam over the encoder and head), the
+    encoder moved to the device; then each process's own random stream (ddp.seed_this_rank)."""
+    encoder.to(device)
     head = nn.Linear(encoder.hidden_size, args.projection_dim).to(device)  # f_p, discarded after training
     if args.grad_checkpointing:
         encoder.checkpoint_activations()
@@ -514,7 +564,7 @@ def build_model(args, device):
           f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters, device {device}, "
           f"{args.precision}" + (f", {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
     ddp.seed_this_rank(args.seed)
-    return encoder, head, embedder, optimizer
+    return head, embedder, optimizer
 
 
 def build_loader(args, encoder, splits, classes, device):
@@ -595,4 +645,4 @@ if __name__ == "__main__":
     except (data.DataError, outdir.Refused) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: where the run stands, and how to continue it
-        runs.interrupted(stop, parse_args().out, sys.argv)
+        runs.interrupted(stop, runs.run_folder(parse_args(), "pairtune"), sys.argv)

@@ -15,7 +15,8 @@ the configuration and epoch are chosen on valid accuracy (ties: lower valid loss
 Beside it, the k-NN probe (probes.knn_results) on the same features, its k chosen on valid. Test is
 read once, with the chosen classifiers.
 
-Writes OUT/results.json (default CKPT/probe/ for a run, out/probe-<backbone>/ otherwise): test_acc,
+Writes OUT/results.json (default CKPT/probe/ for a run, runs/<dataset>/<backbone>/frozen/seed-N for a
+backbone, as run_all.sh names its frozen arm; printed first): test_acc,
 valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix, and the
 k-NN probe's knn_test_acc, knn_valid_acc, knn_k (its grid in knn_grid); and
 OUT/run.json (stage "probe": arguments as used, provenance, the run probed), marked finished after.
@@ -39,15 +40,21 @@ import runs
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=runs.HelpFormatter)
     probed = p.add_mutually_exclusive_group(required=True)
     probed.add_argument("--ckpt", help="a pairtune.py output folder (one holding run.json); anything else is taken "
                                        "as a backbone, as with --backbone")
     probed.add_argument("--backbone", help="a frozen pre-trained encoder: alias (wav2vec2, hubert, wavlm, tiny), "
-                                           "hub id or local directory; needs --dataset")
+                                           "hub id or local directory; needs --dataset. An alias or hub id is "
+                                           "downloaded from the Hugging Face Hub on first use: it needs the network "
+                                           "or a filled Hugging Face cache")
     p.add_argument("--dataset", default=None, help="overrides the run's dataset (needed for a backbone)")
-    p.add_argument("--data-root", default=None, help="folder holding NAME/manifest.csv")
-    p.add_argument("--fold", type=int, default=None, help="overrides the run's fold")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding NAME/manifest.csv (default: the run's, else $CONFIT_DATA or data/)")
+    p.add_argument("--fold", type=int, default=None, help="overrides the run's fold (default: the run's, else none)")
+    p.add_argument("--valid-fraction", type=runs.fraction, default=None,
+                   help="share of train carved out as valid where the manifest has no valid rows (default: the "
+                        "run's, else 0.1)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unusable audio files with a warning (on for a run that was made with it)")
     p.add_argument("--shots", type=int, default=None, metavar="K",
@@ -57,7 +64,10 @@ def parse_args(argv=None):
                    help="evaluation chunk length (default: the run's, else 10)")
     p.add_argument("--random-init", action="store_true",
                    help="probe the backbone's architecture with random weights (a control)")
-    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: RUN/probe/ for a run; runs/<dataset>/<backbone>/frozen/[shots-K/]"
+                        "seed-N, or fold-K, for a backbone, the folder run_all.sh gives it; frozen-random with "
+                        "--random-init)")
     p.add_argument("--lrs", type=runs.comma_separated(runs.positive_float), default="1e-4,1e-3,1e-2",
                    help="comma-separated Adam learning rates of the grid")
     p.add_argument("--batch-sizes", type=runs.comma_separated(runs.positive_int), default="32,128",
@@ -94,6 +104,7 @@ class Probed:
     data_root: str | None
     dataset_label: str  # the name in results.json and features/
     fold: int | None
+    valid_fraction: float  # the share of train carved as valid where the manifest has no valid rows
     max_seconds: float  # before the encoder's chunk length caps it
     seed: int
     skip_bad: bool
@@ -133,9 +144,12 @@ def pairtune_run(args, ckpt: Path) -> Probed:
     if run.get("stage") != "pairtune":
         sys.exit(f"error: {ckpt} is a {run.get('stage')} run, not a pairtune run; probe its backbone instead")
     run_args = run["args"]
-    encoder = backbone.load_encoder(str(ckpt / rundir.ENCODER))
+    encoder = runs.load_backbone(str(ckpt / rundir.ENCODER))
     runs.check_finite(encoder.model, f"the encoder of {ckpt}", "the run diverged: train it again with a lower --lr")
     fold = args.fold if args.fold is not None else run_args.get("fold")
+    # the run's valid split (a run from before --valid-fraction carved the default share)
+    run_fraction = run_args.get("valid_fraction") or runs.VALID_FRACTION
+    valid_fraction = args.valid_fraction if args.valid_fraction is not None else run_fraction
     max_seconds = args.max_seconds or run_args["max_seconds"]
     # The run's clips, no fewer: a run that skipped unusable files is probed without them too, and
     # a few-shot run's probe trains on the same K clips per class.
@@ -145,18 +159,19 @@ def pairtune_run(args, ckpt: Path) -> Probed:
     # The probe with the run's own data and chunk length is the run's stage 2: RUN/probe/, with its
     # features in RUN/features/, where eval.py reads the run's test features. Any other probe is a
     # side experiment: it must be given its own --out, and keeps its features there.
-    run_settings = (args.dataset is None and fold == run_args.get("fold")
+    run_settings = (args.dataset is None and fold == run_args.get("fold") and valid_fraction == run_fraction
                     and encoder.chunk_seconds(max_seconds) == encoder.chunk_seconds(run_args["max_seconds"])
                     and shots == run_args.get("shots") and (shots is None or shot_seed == run_shot_seed))
     if not run_settings and (not args.out or Path(args.out).resolve() == (ckpt / rundir.PROBE_DIR).resolve()):
-        sys.exit(f"error: with another --dataset, --fold, --max-seconds or --shots than the run's, this probe is "
-                 f"not the run's own stage 2: give it an --out other than {ckpt / rundir.PROBE_DIR}")
+        sys.exit(f"error: with another --dataset, --fold, --valid-fraction, --max-seconds or --shots than the run's, "
+                 f"this probe is not the run's own stage 2: give it an --out other than {ckpt / rundir.PROBE_DIR}")
     out = Path(args.out) if args.out else ckpt / rundir.PROBE_DIR
     dataset = args.dataset or run["manifest"]
     return Probed(method="pairtune", encoder=encoder, backbone_name=run["backbone"],
                   random_init=run["backbone_random_init"], dataset=dataset,
                   data_root=args.data_root or run_args.get("data_root"),
                   dataset_label=data.dataset_name(dataset) if args.dataset else run["dataset"], fold=fold,
+                  valid_fraction=valid_fraction,
                   max_seconds=max_seconds, seed=args.seed if args.seed is not None else run_args["seed"],
                   skip_bad=args.skip_bad or run_args.get("skip_bad", False), shots=shots, shot_seed=shot_seed,
                   out=out, feature_root=ckpt if run_settings else out, run_dir=ckpt, given=args.ckpt)
@@ -169,15 +184,15 @@ def frozen_backbone(args, given: str) -> Probed:
             sys.exit("error: --backbone needs --dataset")
         sys.exit("error: --ckpt is not a pairtune run folder (no run.json), so --dataset is needed")
     seed = args.seed if args.seed is not None else 0
-    encoder = backbone.load_encoder(given, random_init=args.random_init, seed=seed)
+    encoder = runs.load_backbone(given, random_init=args.random_init, seed=seed)
     shots, fold = args.shots, args.fold
-    tag = encoder.name.replace("/", "_") + ("-random" if encoder.random_init else "")
-    fold_tag = ("" if fold is None else f"-fold{fold}") + ("" if shots is None else f"-shots{shots}")
-    default_out = Path("out") / f"probe-{tag}-{data.dataset_name(args.dataset)}{fold_tag}-seed{seed}"
-    out = Path(args.out) if args.out else default_out
+    # run_all.sh's folder for the frozen arm (a random-init control beside it, never in it)
+    method = "frozen-random" if encoder.random_init and given != backbone.TINY else "frozen"
+    out = Path(args.out) if args.out else rundir.default_run_dir(method, args.dataset, given, seed, fold, shots)
     return Probed(method="frozen", encoder=encoder, backbone_name=encoder.name, random_init=encoder.random_init,
                   dataset=args.dataset, data_root=args.data_root, dataset_label=data.dataset_name(args.dataset),
-                  fold=fold, max_seconds=args.max_seconds or 10.0, seed=seed, skip_bad=args.skip_bad, shots=shots,
+                  fold=fold, valid_fraction=args.valid_fraction or runs.VALID_FRACTION,
+                  max_seconds=args.max_seconds or 10.0, seed=seed, skip_bad=args.skip_bad, shots=shots,
                   shot_seed=args.shot_seed if args.shot_seed is not None else seed, out=out, feature_root=out,
                   run_dir=None, given=given)
 
@@ -188,7 +203,8 @@ def frozen_backbone(args, given: str) -> Probed:
 
 def load_data(probed: Probed):
     """The splits and classes, cut to K train clips per class for a few-shot probe (shot_info: None or its draw)."""
-    splits, classes = data.load_splits(probed.dataset, probed.data_root, probed.fold, probed.skip_bad)
+    splits, classes = data.load_splits(probed.dataset, probed.data_root, probed.fold, probed.skip_bad,
+                                       valid_fraction=probed.valid_fraction)
     data.require_two_classes(classes, probed.dataset, probed.data_root)
     shot_info = None
     if probed.shots is not None:
@@ -205,7 +221,8 @@ def start_run(args, probed: Probed, encoder, splits, classes, shot_info, max_sec
     # export.py's command line read a frozen probe's encoder, and the two flags exclude each other.
     given = str(Path(probed.given).resolve()) if Path(probed.given).is_dir() else probed.given
     used = {name: value for name, value in vars(args).items() if name != "backbone"}
-    probe_run.update(args={**used, "seed": probed.seed, "fold": probed.fold, "max_seconds": max_seconds,
+    probe_run.update(args={**used, "seed": probed.seed, "fold": probed.fold, "valid_fraction": probed.valid_fraction,
+                           "max_seconds": max_seconds,
                            "skip_bad": probed.skip_bad, "shots": probed.shots, "shot_seed": probed.shot_seed,
                            "ckpt": given},
                      shots=shot_info,
@@ -274,23 +291,36 @@ def write_results(out: Path, probe_run: dict, head: dict, results: dict):
     runs.write_json(out / rundir.RUN_JSON, {**probe_run, "finished": True})
 
 
+def finished_already(args, out: Path) -> bool:
+    """A --resume of a finished probe: said, and nothing else to do (no data is read). False if,
+    under the lock, the folder is no longer a finished probe (main goes on)."""
+    with runs.output_lock(out):
+        if runs.prepare_run_folder(out, "probe", args) != "finished":
+            return False
+    print(f"{out} holds a finished probe; nothing to do (--overwrite probes again)")
+    return True
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = set_up_device(args)
 
-    # ---------------- what to probe ----------------
-    probed = load_frozen_encoder(args)
+    # ---------------- errors first: what to probe, the output folder and the data, before anything is made ----
+    probed = load_frozen_encoder(args)  # an encoder that cannot be loaded: one line (runs.load_backbone)
     out = probed.out
-    # The output folder (outdir.py): held by its lock from here, and new, empty, or a probe asked to be redone.
+    print(f"out: {out}")
+    # Reading only: a folder that is not this probe's to write is refused now; under its lock, again.
+    if runs.check_folder_first(out, "probe", args) == "finished" and finished_already(args, out):
+        return
+    splits, classes, shot_info = load_data(probed)
+
+    # ---------------- the output folder: made, and held by its lock, from here (outdir.py) ----------------
     with runs.output_lock(out):
-        if runs.prepare_run_folder(out, "probe", args) == "finished":
+        if runs.prepare_run_folder(out, "probe", args) == "finished":  # again: another probe may have come
             print(f"{out} holds a finished probe; nothing to do (--overwrite probes again)")
             return
         encoder = probed.encoder.to(device)
         max_seconds = encoder.chunk_seconds(probed.max_seconds)
-
-        # ---------------- preparing data ----------------
-        splits, classes, shot_info = load_data(probed)
         probe_run = start_run(args, probed, encoder, splits, classes, shot_info, max_seconds)
         # test is encoded only once the classifier is chosen: nothing before that can look at it
         features = encode(args, probed, encoder, splits, classes, max_seconds, device, ("train", "valid"),

@@ -18,6 +18,7 @@ rank's random states (a run started on N processes resumes on N).
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -34,7 +35,7 @@ import torch
 import ddp
 import outdir
 import rundir
-from backbone import FRONTEND_VERSION, AudioEncoder, extract_features
+from backbone import ALIASES, FRONTEND_VERSION, TINY, AudioEncoder, extract_features, load_encoder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,6 +133,35 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (an interval where 0 means off)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (a share of the clips)."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text}")
+    return value
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default in its help: "(default: X)" is
+    added unless the help already shows it (%(default)s) or there is none to show (None, a flag).
+    A default of None is said in words in the help, where it depends on something else."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        nothing_to_show = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if "%(default)" in help_text or nothing_to_show or not action.option_strings:
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
 def comma_separated(item_type):
     """argparse type: comma-separated values, each checked by item_type; kept as the text given (as
     run.json has always recorded it)."""
@@ -140,6 +170,68 @@ def comma_separated(item_type):
             item_type(item)
         return text
     return check
+
+
+VALID_FRACTION = 0.1  # data.load_splits' valid_fraction: the share of train carved as valid where there is none
+
+
+def run_folder(args, method: str) -> Path:
+    """--out, or where the run goes without it: rundir.default_run_dir, the folder run_all.sh gives the
+    same run (runs/<dataset>/<backbone>/<method>/[shots-K/]seed-N), so that two arms, datasets,
+    backbones or seeds never share a folder by default."""
+    if args.out:
+        return Path(args.out)
+    return rundir.default_run_dir(method, args.dataset, args.backbone, args.seed, args.fold, args.shots)
+
+
+def check_folder_first(out, stage: str, args):
+    """check_run_folder's verdict for --out before the data and the model are loaded, reading only
+    (Refused now, and no folder made); prepare_run_folder checks again under the lock, as another run
+    may take the folder in between. Rank 0 decides, as there; None on the other ranks under torchrun."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    outdir.check_not_in_use(out)  # a run that is writing there: said first, whatever the folder holds now
+    return outdir.check_run_folder(out, stage, args.resume, args.overwrite, lambda: saved_epoch(out))
+
+
+def resumed_setting(out, args, name: str, default):
+    """A data setting (e.g. valid_fraction) left out on the command line: the run's own under --resume
+    (its run.json's arguments; `default` for a run from before the setting existed, the value it ran
+    with), else `default`."""
+    given = getattr(args, name)
+    if given is not None:
+        return given
+    if args.resume and (Path(out) / rundir.RUN_JSON).is_file():
+        saved = (outdir.read_run_json(out).get("args") or {}).get(name)
+        return default if saved is None else saved
+    return default
+
+
+def load_backbone(name: str, **kwargs) -> AudioEncoder:
+    """backbone.load_encoder, or Refused in one line (no traceback) saying what was tried and, for a
+    hub id, how to fill the Hugging Face cache for offline use. Called before the run's folder is made,
+    so a backbone that cannot be loaded leaves nothing behind."""
+    source = ALIASES.get(name, name)
+    looks_like_path = Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+    if name not in ALIASES and name != TINY and looks_like_path and not Path(name).expanduser().exists():
+        raise outdir.Refused(f"backbone {name}: no such folder (a local model folder holds config.json); or give "
+                             f"an alias ({', '.join([*ALIASES, TINY])}) or a Hugging Face hub id")
+    # huggingface_hub logs each failed request as it retries: the one line below says it all
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        return load_encoder(name, **kwargs)
+    except OSError as error:  # not found, not in the cache, no network
+        text = " ".join(str(error).split())  # one line
+        if not Path(name).expanduser().is_dir():
+            text += (f" For offline use, fill the Hugging Face cache where there is network "
+                     f"(`huggingface-cli download {source}`), then run with HF_HUB_OFFLINE=1.")
+        raise outdir.Refused(text) from None
+    except ValueError as error:  # an unsupported architecture, weights missing from the checkpoint
+        raise outdir.Refused(" ".join(str(error).split())) from None
+    finally:
+        hub_logger.setLevel(level)
 
 
 def output_lock(out):
@@ -155,6 +247,8 @@ def prepare_run_folder(out, stage: str, args) -> str:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 decides (and writes) for all
         return None
     state = outdir.check_run_folder(out, stage, args.resume, args.overwrite, lambda: saved_epoch(out))
+    if state == "replace":
+        print(f"--overwrite: replacing the {stage} run in {out}")
     if state != "new" and (Path(out) / rundir.PROBE_DIR).is_dir():
         with outdir.FolderLock(Path(out) / rundir.PROBE_DIR):  # its own probe must not be running (Refused, naming it)
             pass
@@ -309,7 +403,8 @@ def best_file(out, epoch: int) -> Path:
 # its numbers. Every other flag must equal the checkpoint's.
 # --grad-checkpointing and --micro-batch trade memory for time, the step's arithmetic unchanged.
 MAY_CHANGE_ON_RESUME = ("epochs", "device", "num_workers", "eval_batch_size", "resume", "overwrite", "out",
-                        "keep_checkpoint", "only_best", "grad_checkpointing", "micro_batch", "eval_cache_mb")
+                        "keep_checkpoint", "only_best", "grad_checkpointing", "micro_batch", "eval_cache_mb",
+                        "log_every")
 
 
 def save_checkpoint(path, args, modules: dict, optimizer, loader_generator, epoch, history, best):
@@ -323,8 +418,14 @@ def save_checkpoint(path, args, modules: dict, optimizer, loader_generator, epoc
                      "rng": rng}, path)
 
 
+# Settings added since checkpoints were first written, with the value a run from before them used, so
+# that such a run still resumes.
+ADDED_SINCE = {"valid_fraction": VALID_FRACTION}
+
+
 def settings_differences(saved: dict, now: dict) -> list[str]:
     """'--flag saved (now new)' for each argument outside MAY_CHANGE_ON_RESUME that differs."""
+    saved = {**ADDED_SINCE, **saved}
     return [f"--{name.replace('_', '-')} {saved.get(name)!r} (now {now.get(name)!r})"
             for name in sorted(set(saved) | set(now))
             if name not in MAY_CHANGE_ON_RESUME and saved.get(name) != now.get(name)]
@@ -428,6 +529,76 @@ def throughput(started: float, clips: int, device) -> dict:
 def describe_throughput(measured: dict) -> str:
     text = f"{measured['clips_per_s']:.1f} clips/s"
     return text + (f", peak {measured['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in measured else "")
+
+
+def duration(seconds: float) -> str:
+    """A time left, read at a glance: 35s, 2m10s, 1h20m."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Progress a person can read in a log file (nohup, Slurm): while stdout is not a terminal, one
+    line every `every` seconds of training (0: none), on rank 0 only (a terminal has tqdm's bar):
+
+        epoch 3/40  step 120/400  loss 1.234  35.2 clips/s  epoch ETA 2m10s  run ETA 1h20m
+
+    loss: the mean over the epoch's steps so far; clips/s: the epoch's so far (all processes). The
+    epoch's ETA is its steps left at its pace so far, plus its valid pass as measured in the epochs
+    this process has run; the run's adds every epoch left at the mean measured time of those whole
+    epochs (training and valid), or, before the first has ended, at this epoch's pace. `clock`: a
+    test's fake time."""
+
+    def __init__(self, epochs: int, every: float, stream=None, clock=time.monotonic, enabled=None):
+        self.epochs, self.every, self.clock = epochs, every, clock
+        self.stream = stream if stream is not None else sys.stdout
+        if enabled is None:
+            enabled = every > 0 and ddp.is_main() and not self.stream.isatty()
+        self.enabled = enabled
+        self.whole, self.valid = [], []  # seconds of each whole epoch and of its valid pass, as measured
+
+    def start_epoch(self, epoch: int, steps: int):
+        self.epoch, self.steps, self.done, self.clips, self.loss_sum = epoch, steps, 0, 0, 0.0
+        self.started = self.last_line = self.clock()
+        self.trained = None
+
+    def step(self, loss: float, clips: int):
+        """After each training step: its loss and the clips it took (all processes)."""
+        self.done, self.clips, self.loss_sum = self.done + 1, self.clips + clips, self.loss_sum + loss
+        now = self.clock()
+        if self.enabled and now - self.last_line >= self.every:
+            self.last_line = now
+            print(self.line(now), file=self.stream, flush=True)
+
+    def end_training(self):
+        """The epoch's training pass is over; its valid pass begins."""
+        self.trained = self.clock()
+
+    def end_epoch(self):
+        """The epoch is over, valid included: its times count in the ETAs from here on."""
+        now = self.clock()
+        self.whole.append(now - self.started)
+        self.valid.append(now - (self.trained if self.trained is not None else now))
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.started
+        per_step = elapsed / max(self.done, 1)
+        valid = sum(self.valid) / len(self.valid) if self.valid else 0.0
+        epoch_left = per_step * (self.steps - self.done) + valid
+        per_epoch = sum(self.whole) / len(self.whole) if self.whole else per_step * self.steps + valid
+        run_left = epoch_left + per_epoch * (self.epochs - self.epoch)
+        return (f"epoch {self.epoch}/{self.epochs}  step {self.done}/{self.steps}  "
+                f"loss {self.loss_sum / max(self.done, 1):.4f}  {self.clips / max(elapsed, 1e-9):.1f} clips/s  "
+                f"epoch ETA {duration(epoch_left)}  run ETA {duration(run_left)}")
+
+    def run_eta(self) -> str:
+        """After end_epoch: the time the epochs left will take at the mean measured epoch ('' if none left)."""
+        left = self.epochs - self.epoch
+        return f"run ETA {duration(left * sum(self.whole) / len(self.whole))}" if left and self.whole else ""
 
 
 def save_encoder(encoder: AudioEncoder, folder: Path):
