@@ -22,8 +22,12 @@ Examples::
     python eval.py dimcontrib --ckpt runs/esc50/wav2vec2/finetune/fold-1 runs/esc50/wav2vec2/pairtune/fold-1
     python eval.py dimcontrib --runs runs/ --json table3.json
 
-    # which classes a run confuses (several runs: summed), as text and a PNG heatmap
+    # which classes a run confuses (several runs: summed), as text and a heatmap with the counts in its cells
     python eval.py confusion runs/esc50/wav2vec2/finetune/fold-* --out reports/esc50-finetune
+    python eval.py confusion runs/fsdd-digit/tiny/finetune/seed-0 --format pdf,svg --class-order zero,one,two
+
+    # every figure as PNG at --dpi (default 200), or as vectors for a paper: --format png,pdf,svg
+    python eval.py report runs/ --format pdf,png --dpi 300
 
     # Figure 3 (UMAP, else t-SNE, else PCA: --method) and Figure 2
     python eval.py projection --out fig3.png --finetune runs/esc50/wav2vec2/finetune/fold-1 \\
@@ -363,26 +367,86 @@ def summed_confusion(results_list):
 
 
 # ----------------------------------------------------------------------------------------------
+# The order classes are shown in: runs number them alphabetically (data.load_splits), which puts FSDD's
+# "eight" before "five"; a figure shows them in their natural order, or the user's (--class-order)
+# ----------------------------------------------------------------------------------------------
+
+NUMBER_WORDS = {word: value for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+NUMBER_WORDS.update({word: 10 * tens for tens, word in enumerate("thirty forty fifty sixty seventy eighty ninety"
+                                                                 .split(), start=3)})
+
+
+def natural_key(name):
+    """Sort key of a class name in natural order: the numbers in it by value ('2' < '10', 'take2' < 'take10'),
+    a name that is an English number word by that number ('zero' < 'one' < ... < 'ninety'), the rest of the
+    text alphabetically, ignoring case."""
+    word = name.strip().lower()
+    if word in NUMBER_WORDS:
+        return ((0, NUMBER_WORDS[word]),)
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", word) if part)
+
+
+def read_class_order(text):
+    """--class-order: a comma-separated list of class names, or a file holding them (one a line, or
+    comma-separated). None: the natural order."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8").replace("\n", ",")
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"--class-order {text!r} names no class")
+    return names
+
+
+def display_order(classes, given=None, strict=True):
+    """Indices of `classes` in the order to show them: the names in `given` first, in its order, then the
+    others in natural order (natural_key). A name in `given` that is not a class is an error where `strict`
+    (one run's figure), and skipped otherwise (a report of several datasets, each with its own classes)."""
+    if given:
+        unknown = [name for name in given if name not in classes]
+        if unknown and strict:
+            raise ValueError(f"--class-order: unknown class(es) {', '.join(unknown)}; "
+                             f"the classes are: {', '.join(classes)}")
+        first = [classes.index(name) for name in dict.fromkeys(given) if name in classes]
+    else:
+        first = []
+    rest = sorted((i for i in range(len(classes)) if i not in first), key=lambda i: natural_key(classes[i]))
+    return first + rest
+
+
+# ----------------------------------------------------------------------------------------------
 # Figures: what they show (figures.py draws them; matplotlib and umap-learn are optional)
 # ----------------------------------------------------------------------------------------------
 
 
-def plot_confusion(confusion, classes, path, title, max_classes=40, outputs=None):
+def plot_confusion(confusion, classes, path, title, max_classes=40, outputs=None, order=None,
+                   style=figures.DEFAULT_STYLE):
     """The confusion heatmap (figures.confusion_heatmap) of every class or, above `max_classes` classes (TIMIT
-    has 630), only of the classes of the most confused pairs, with their names, the title saying so."""
-    shown = list(range(len(classes)))
+    has 630), only of the classes of the most confused pairs, with their names, the title saying so. Classes
+    are shown in `order` (indices; default: display_order). Returns the files written (or added to `outputs`)."""
+    order = display_order(classes) if order is None else order
+    shown = list(order)
     if len(classes) > max_classes:
-        shown = []
+        picked = []
         for _, a, b in confused_pairs(confusion, top=len(classes) ** 2):
-            shown += [i for i in (a, b) if i not in shown]
-            if len(shown) >= max_classes:
+            picked += [i for i in (a, b) if i not in picked]
+            if len(picked) >= max_classes:
                 break
-        shown = sorted(shown[:max_classes]) or list(range(max_classes))
+        picked = set(picked[:max_classes])
+        shown = [i for i in order if i in picked] or list(order[:max_classes])
         title += f"\n{len(shown)} of {len(classes)} classes: those of the most confused pairs"
     pending = Outputs() if outputs is None else outputs
-    figures.confusion_heatmap(confusion, classes, shown, path, title, pending)
+    written = figures.confusion_heatmap(confusion, classes, shown, path, title, pending, style)
     if outputs is None:
         pending.write()
+    return written
+
+
 def project_2d(features, method="auto", seed=0):
     """2-D coordinates of L2-normalised features and the name of the projection used.
 
@@ -430,13 +494,19 @@ def project_2d(features, method="auto", seed=0):
     return coords, "PCA" + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
+MAX_PROJECTED = 20  # classes in one Figure 3 where there is no confusion to pick them by: tab20's distinct colours
+
+
 def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3, method="auto", device="auto",
-                      confusion=None, data_root=None, *, outputs):
+                      confusion=None, data_root=None, *, outputs, order=None, style=figures.DEFAULT_STYLE):
     """Figure 3: the test features of the hardest classes, FINETUNE and PAIRTUNE side by side.
 
     The classes come from `classes` (names), else from the FINETUNE confusion (`confusion`, or the
-    finetune run's own): its `triplets` most confused disjoint triplets. Each arm is projected on its
-    own. Returns what was drawn (also added to `outputs` next to the PNG, as JSON)."""
+    finetune run's own): its `triplets` most confused disjoint triplets. Where FINETUNE made no test error
+    there is nothing to rank by: all classes are shown, or the first MAX_PROJECTED of them in `order` (names,
+    as --class-order; default: natural order). The title says which of these it is and how many of how many
+    classes are shown. Each arm is projected on its own. Returns what was drawn (also added to `outputs`
+    next to the figure, as JSON), with the files written."""
     setups = [rundir.read_run_json(d) for d in (finetune_dir, pairtune_dir) if (Path(d) / rundir.RUN_JSON).is_file()]
     if len(setups) == 2 and ({s["dataset"] for s in setups} != {setups[0]["dataset"]}
                              or {s["args"].get("fold") for s in setups} != {setups[0]["args"].get("fold")}):
@@ -447,20 +517,31 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
     names = arms["finetune"][2]
     if arms["pairtune"][2] != names:
         raise ValueError(f"{finetune_dir} and {pairtune_dir} have different classes")
+    total = len(names)
     if classes:
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise ValueError(f"unknown class(es) {', '.join(unknown)}; the classes are: {', '.join(names)}")
         chosen = [names.index(c) for c in classes]
         source = "--classes"
+        what = f"the {len(chosen)} classes given (--classes), of {total}"
     else:
         if confusion is None:
             confusion = rundir.run_results(finetune_dir)["confusion"]
+        no_errors = not confused_pairs(confusion, top=1)
         chosen = hardest_classes(confusion, triplets)
-        source = f"the {triplets} most confused disjoint triplets (or pairs) of FINETUNE's test confusion"
-        if not chosen:  # FINETUNE made no errors: no class is harder than another
-            chosen = list(range(min(len(names), 3 * triplets)))
-            source = f"the first {len(chosen)} classes (FINETUNE made no test errors)"
+        if len(chosen) == total:  # as few classes as the triplets hold: all of them, in the order asked for
+            chosen = display_order(names, order, strict=False)
+            source = f"all {total} classes ({triplets} triplets hold up to {3 * triplets})"
+            what = f"all {total} classes"
+        elif no_errors:  # FINETUNE made no errors: no class is harder than another
+            chosen = display_order(names, order, strict=False)[:MAX_PROJECTED]
+            source = (f"{'all' if len(chosen) == total else f'the first {len(chosen)} of'} {total} classes "
+                      "(FINETUNE made no test errors: no confusion to rank classes by)")
+            what = source
+        else:
+            source = f"the {triplets} most confused disjoint triplets (or pairs) of FINETUNE's test confusion"
+            what = f"the {len(chosen)} classes FINETUNE confuses most on test, of {total}"
     panels, drawn = [], {}
     run_dirs = {"finetune": finetune_dir, "pairtune": pairtune_dir}
     for arm, (features, labels, _) in arms.items():
@@ -471,10 +552,12 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
         drawn[arm] = {"run": str(run_dirs[arm]), "method": used,
                       "points": [[float(x), float(y), names[chosen[c]]] for (x, y), c in zip(coords, relabel)]}
     chosen_names = [names[i] for i in chosen]
-    figures.plot_projection(panels, chosen_names, path, "Test features of the hardest classes", outputs)
-    info = {"classes": chosen_names, "classes_from": source, **drawn}
+    title = f"Test features of {what}"
+    files = figures.plot_projection(panels, chosen_names, path, title, outputs, style)
+    info = {"classes": chosen_names, "classes_from": source, "shown": f"{len(chosen)} of {total} classes",
+            "title": title, **drawn}
     save(Path(path).with_suffix(".json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n", outputs)
-    return info
+    return {**info, "files": files}
 
 
 def curve_data(groups, warn=print_warning):
@@ -548,9 +631,9 @@ def shot_curves(runs_dir, warn=print_warning):
     return curves
 
 
-def write_shot_curves(curves, out: Path, outputs) -> list[Path]:
-    """shots-<dataset>-<backbone>.png per group (without matplotlib: none, with a note) and shots.csv,
-    into `outputs`."""
+def write_shot_curves(curves, out: Path, outputs, style=figures.DEFAULT_STYLE) -> list[Path]:
+    """shots-<dataset>-<backbone>.png (and/or .pdf, .svg: `style`) per group (without matplotlib: none, with
+    a note) and shots.csv, into `outputs`. Returns the figures' files."""
     handle = io.StringIO(newline="")
     writer = csv.DictWriter(handle, fieldnames=SHOT_CSV_COLUMNS)
     writer.writeheader()
@@ -570,8 +653,8 @@ def write_shot_curves(curves, out: Path, outputs) -> list[Path]:
         return pictures
     for key, series in curves.items():
         path = out / f"shots-{group_stem(key)}.png"
-        figures.plot_shot_curves(series, path, f"Test accuracy against shots per class: {group_name(key)}", outputs)
-        pictures.append(path)
+        pictures += figures.plot_shot_curves(series, path, f"Test accuracy against shots per class: {group_name(key)}",
+                                             outputs, style)
     return pictures
 
 
@@ -590,6 +673,23 @@ def by_name(per_group):
     return {group_name(key): value for key, value in per_group.items()}
 
 
+def figure_style(args):
+    """The figures.Style of --format and --dpi (PNG at 200 dpi where not given)."""
+    return figures.Style(tuple(args.format or figures.DEFAULT_STYLE.formats), args.dpi)
+
+
+def figure_link(files, alt):
+    """report.md's line for one figure written in one or more formats: the image shown from its PNG or SVG
+    (what a markdown viewer displays), the other files linked after it; a PDF alone, as a link."""
+    shown = next((path for path in files if path.suffix in (".png", ".svg")), None)
+    others = [path for path in files if path != shown]
+    line = f"![{alt}]({shown.name})" if shown else ""
+    if others:
+        line += (" Also as " if shown else f"{alt}: ") + ", ".join(
+            f"[{path.suffix.lstrip('.').upper()}]({path.name})" for path in others) + "."
+    return line.strip()
+
+
 # ----------------------------------------------------------------------------------------------
 # Subcommands
 # ----------------------------------------------------------------------------------------------
@@ -601,7 +701,7 @@ def cmd_table(args):
         print(f"error: runs directory {runs_dir} does not exist or is not a directory", file=sys.stderr)
         return 1
     try:
-        md_path, csv_path, json_path = tables.output_paths(runs_dir, args.out)
+        md_path, csv_path, json_path = tables.output_paths(runs_dir, args.out, args.probe)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -683,6 +783,7 @@ def cmd_confusion(args):
     try:
         results_list = [rundir.run_results(run) for run in args.runs]
         confusion, classes = summed_confusion(results_list)
+        order = display_order(classes, read_class_order(args.class_order))
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -704,44 +805,52 @@ def cmd_confusion(args):
     if len(classes) <= 20:
         width = max(len(c) for c in classes)
         print("rows: true class, columns: predicted (in the same order)")
-        for name, row in zip(classes, confusion.astype(int)):
-            print(f"  {name:>{width}} " + " ".join(f"{v:4d}" for v in row))
+        for i in order:
+            print(f"  {classes[i]:>{width}} " + " ".join(f"{v:4d}" for v in confusion.astype(int)[i, order]))
     pairs, triplets = confused_pairs(confusion, args.top), confused_triplets(confusion, args.top)
     print(describe_confusion(confusion, classes, args.top, pairs, triplets))
     first_run = Path(args.runs[0])
     out = Path(args.out) if args.out else first_run if first_run.is_dir() else first_run.parent
-    outputs = Outputs()
-    outputs.check([out / "confusion.json", out / "confusion.png"])
+    outputs, style = Outputs(), figure_style(args)
+    pictures = [(out / "confusion.png").with_suffix("." + form) for form in style.formats]
+    outputs.check([out / "confusion.json", *pictures])
+    # (in the runs' order, as their results.json; display_order: the order of the figure and the printed matrix)
     summary = {"classes": classes, "confusion": confusion.astype(int).tolist(),
+               "display_order": [classes[i] for i in order],
                "pairs": [[int(m), classes[a], classes[b]] for m, a, b in pairs],
                "triplets": [[int(m), classes[a], classes[b], classes[c]] for m, a, b, c in triplets]}
     outputs.add(out / "confusion.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     try:
-        plot_confusion(confusion, classes, out / "confusion.png", label, outputs=outputs)
+        plot_confusion(confusion, classes, out / "confusion.png", label, outputs=outputs, order=order, style=style)
     except figures.MissingPackage as error:
         outputs.write()  # the numbers, without their figure
         print(f"error: {error}", file=sys.stderr)
         return 1
     outputs.write()
-    print(f"wrote {out / 'confusion.json'}, {out / 'confusion.png'}", file=sys.stderr)
+    print(f"wrote {', '.join(map(str, [out / 'confusion.json', *pictures]))}", file=sys.stderr)
     return 0
 
 
 def cmd_projection(args):
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     out, outputs = Path(args.out), Outputs()
-    outputs.check([out, out.with_suffix(".json")])  # before encoding anything, as figures.pyplot()
+    # --format, else the format --out names (fig.pdf), else PNG
+    if args.format is None and out.suffix.lstrip(".").lower() in figures.FORMATS:
+        args.format = [out.suffix.lstrip(".").lower()]
+    style = figure_style(args)
+    outputs.check([out.with_suffix("." + form) for form in style.formats] + [out.with_suffix(".json")])
     try:
         figures.pyplot()  # fail before encoding anything
+        order = read_class_order(args.class_order)
         info = projection_figure(args.finetune, args.pairtune, out, classes, args.triplets, args.method, args.device,
-                                 data_root=args.data_root, outputs=outputs)
+                                 data_root=args.data_root, outputs=outputs, order=order, style=style)
     except (figures.MissingPackage, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     outputs.write()
-    print(f"classes: {', '.join(info['classes'])} (from {info['classes_from']})")
+    print(f"classes: {', '.join(info['classes'])} ({info['shown']}; from {info['classes_from']})")
     print(f"projection: FINETUNE {info['finetune']['method']}, PAIRTUNE {info['pairtune']['method']}")
-    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    print(f"wrote {', '.join(map(str, info['files']))} and {out.with_suffix('.json')}", file=sys.stderr)
     return 0
 
 
@@ -752,7 +861,7 @@ def cmd_curves(args):
             print(f"error: no finished few-shot (--shots) runs under {args.runs_dir}", file=sys.stderr)
             return 1
         outputs = Outputs()
-        pictures = write_shot_curves(curves, Path(args.out), outputs)
+        pictures = write_shot_curves(curves, Path(args.out), outputs, figure_style(args))
         outputs.write()
         for path in pictures:
             print(f"wrote {path}")
@@ -767,10 +876,10 @@ def cmd_curves(args):
     if not curves:
         print(f"error: no finished finetune/pairtune runs with a log.jsonl under {args.runs_dir}", file=sys.stderr)
         return 1
-    out, outputs = Path(args.out), Outputs()
-    pictures = [out / f"curves-{group_stem(key)}.png" for key in curves]
-    for (key, entry), path in zip(curves.items(), pictures):
-        figures.plot_curves(entry, path, f"Valid accuracy per epoch: {group_name(key)}", outputs)
+    out, outputs, pictures = Path(args.out), Outputs(), []
+    for key, entry in curves.items():
+        pictures += figures.plot_curves(entry, out / f"curves-{group_stem(key)}.png",
+                                        f"Valid accuracy per epoch: {group_name(key)}", outputs, figure_style(args))
     outputs.add(out / "curves.json", json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n")
     outputs.write()
     for path in pictures:
@@ -786,13 +895,18 @@ def cmd_report(args):
         print(f"error: runs directory {runs_dir} does not exist", file=sys.stderr)
         return 1
     outputs = Outputs()  # written together at the end; a refusal leaves the last report whole
+    try:
+        style, order = figure_style(args), read_class_order(args.class_order)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     md = [f"# AudioConFit report: {runs_dir}", ""]
 
     # Table 2
     results = tables.collect_results(runs_dir)
     knn = any(r.get("knn_test_acc") is not None for r in results)
     # The user's own report.md or table is refused now, before the long part (every run's test features).
-    stems = (["table"] if results else []) + (["table-knn"] if knn else [])
+    stems = (["table"] if results else []) + (["table-both"] if knn else [])  # as `eval.py table` names them
     outputs.check([out / "report.md"] + [out / (stem + ext) for stem in stems for ext in (".md", ".csv", ".json")])
     if results:
         summary = tables.summarise(results)
@@ -805,11 +919,11 @@ def cmd_report(args):
         if knn:
             both = tables.summarise_probe(results, "both")
             table = tables.format_table(both)
-            outputs.add(out / "table-knn.md", table)
-            outputs.add(out / "table-knn.csv", tables.table_csv(both))
-            outputs.add(out / "table-knn.json", tables.table_json(both))
+            outputs.add(out / "table-both.md", table)
+            outputs.add(out / "table-both.csv", tables.table_csv(both))
+            outputs.add(out / "table-both.json", tables.table_json(both))
             md += ["## Table 2 with the k-NN probe beside the linear one", "", table,
-                   "Also as [CSV](table-knn.csv) and [JSON](table-knn.json).", ""]
+                   "Also as [CSV](table-both.csv) and [JSON](table-both.json).", ""]
     else:
         md += ["## Table 2: test accuracy", "", "No results.json of full-data runs found"
                + (" (few-shot runs: below)." if shot_curves(runs_dir, warn=lambda _: None) else "."), ""]
@@ -822,9 +936,10 @@ def cmd_report(args):
                *[f"- `{run}`" for run in runs], ""]
     few_shot = shot_curves(runs_dir, warn=lambda _: None)  # run_all.sh with SHOTS
     if few_shot:
-        pictures = write_shot_curves(few_shot, out, outputs)
+        pictures = write_shot_curves(few_shot, out, outputs, style)
         md += ["## Few-shot learning curves: test accuracy against train clips per class", "",
-               *[f"![{path.stem}]({path.name})" for path in pictures],
+               *[figure_link([p for p in pictures if p.stem == stem], stem) for stem in dict.fromkeys(
+                   p.stem for p in pictures)],
                "", "Numbers (mean ± std over seeds, n per point): [shots.csv](shots.csv).", ""]
 
     try:
@@ -866,16 +981,15 @@ def cmd_report(args):
             md += [f"**{arm.upper()}**, summed over {len(runs)} run(s):", "", "```",
                    describe_confusion(confusion, classes), "```", ""]
             if drawing:
-                png = f"confusion-{stem}-{arm}.png"
-                plot_confusion(confusion, classes, out / png, f"{arm.upper()} {name}, {len(runs)} run(s)",
-                               outputs=outputs)
-                md += [f"![{arm} confusion]({png})", ""]
+                files = plot_confusion(confusion, classes, out / f"confusion-{stem}-{arm}.png",
+                                       f"{arm.upper()} {name}, {len(runs)} run(s)", outputs=outputs,
+                                       order=display_order(classes, order, strict=False), style=style)
+                md += [figure_link(files, f"{arm} confusion"), ""]
 
         if drawing and (dataset, backbone_name) in curves:
-            png = f"curves-{stem}.png"
-            figures.plot_curves(curves[(dataset, backbone_name)], out / png, f"Valid accuracy per epoch: {name}",
-                                outputs)
-            md += ["### Convergence (Figure 2)", "", f"![curves]({png})",
+            files = figures.plot_curves(curves[(dataset, backbone_name)], out / f"curves-{stem}.png",
+                                        f"Valid accuracy per epoch: {name}", outputs, style)
+            md += ["### Convergence (Figure 2)", "", figure_link(files, "curves"),
                    "FINETUNE's valid accuracy is its classifier's; PAIRTUNE's is its selection metric on "
                    "encoder features (see log.jsonl). Numbers in [curves.json](curves.json).", ""]
 
@@ -883,16 +997,16 @@ def cmd_report(args):
         if drawing and shared:
             pick = shared[0]
             run_of = lambda arm: next(r for r in arms[arm] if repeat_name(r) == pick)
-            png = f"umap-{stem}.png"
             try:
-                info = projection_figure(run_of("finetune")["dir"], run_of("pairtune")["dir"], out / png,
+                info = projection_figure(run_of("finetune")["dir"], run_of("pairtune")["dir"], out / f"umap-{stem}.png",
                                          triplets=args.triplets, device=args.device,
                                          confusion=confusions.get("finetune"), data_root=args.data_root,
-                                         outputs=outputs)
-                md += ["### Hardest classes (Figure 3)", "",
-                       f"![projection]({png})",
-                       f"{pick}; classes: {', '.join(info['classes'])}, from {info['classes_from']} "
-                       f"(summed over its runs); projection: {info['finetune']['method']}.", ""]
+                                         outputs=outputs, order=order, style=style)
+                md += [f"### Figure 3: {info['title']}", "",  # the hardest classes, or all where none is harder
+                       figure_link(info["files"], "projection"),
+                       f"{pick}; classes ({info['shown']}): {', '.join(info['classes'])}; chosen as "
+                       f"{info['classes_from']}, FINETUNE's confusion summed over its runs; projection: "
+                       f"{info['finetune']['method']}.", ""]
             except Exception as error:  # keep the rest of the report
                 print(f"warning: no projection figure for {name}: {error}", file=sys.stderr)
                 md += [f"No projection figure: {error}", ""]
@@ -912,6 +1026,31 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def formats_list(text):
+    """--format: one or more of png, pdf, svg, comma-separated."""
+    forms = [form.strip().lower().lstrip(".") for form in text.split(",") if form.strip()]
+    wrong = [form for form in forms if form not in figures.FORMATS]
+    if wrong or not forms:
+        raise argparse.ArgumentTypeError(f"{', '.join(wrong) or repr(text)}: the formats are "
+                                         f"{', '.join(figures.FORMATS)} (one, or several comma-separated)")
+    return list(dict.fromkeys(forms))
+
+
+def add_figure_arguments(parser, class_order=True):
+    """--format and --dpi of every command that draws figures, and --class-order of those that show classes."""
+    parser.add_argument("--format", type=formats_list, metavar="png,pdf,svg", default=None,
+                        help="file format(s) of each figure, comma-separated: png (pixels, at --dpi), pdf and svg "
+                             "(vectors, for a paper) (default: png)")
+    parser.add_argument("--dpi", type=positive_int, default=figures.DEFAULT_STYLE.dpi,
+                        help="dots per inch of PNG figures (default: %(default)s)")
+    if class_order:
+        parser.add_argument("--class-order", metavar="A,B,C|FILE", default=None,
+                            help="order of the classes in figures: comma-separated names, or a file of them (one a "
+                                 "line); classes not named follow in natural order (default: natural order: numbers "
+                                 "and number words by value, '2' < '10', 'zero' < 'one' < 'two'; the rest "
+                                 "alphabetical)")
 
 
 DATA_ROOT_HELP = ("where the runs' data is now, if it moved since training (folder holding <dataset>/manifest.csv; "
@@ -961,6 +1100,7 @@ def build_parser():
                            help="a finetune run, a pairtune run (its probe/), or a results.json; several are summed")
     confusion.add_argument("--top", type=positive_int, default=10, help="how many pairs and triplets to list")
     confusion.add_argument("--out", metavar="DIR", help="folder for confusion.png/.json (default: the first RUN)")
+    add_figure_arguments(confusion)
     confusion.set_defaults(func=cmd_confusion)
 
     projection = subcommands.add_parser(
@@ -974,7 +1114,10 @@ def build_parser():
                             help="how many disjoint most-confused triplets of FINETUNE to show (3, as in the paper)")
     projection.add_argument("--method", choices=["auto", "umap", "tsne", "pca"], default="auto",
                             help="auto: UMAP if umap-learn is installed, else t-SNE (scikit-learn), else PCA")
-    projection.add_argument("--out", default="umap.png", help="PNG path (a .json with the points goes next to it)")
+    projection.add_argument("--out", default="umap.png",
+                            help="figure path, its suffix the format where --format is not given: umap.png, fig.pdf "
+                                 "(a .json with the points goes next to it) (default: %(default)s)")
+    add_figure_arguments(projection)
     projection.add_argument("--device", default="auto", help=DEVICE_HELP)
     projection.add_argument("--data-root", help=DATA_ROOT_HELP)
     projection.set_defaults(func=cmd_projection)
@@ -986,6 +1129,7 @@ def build_parser():
     curves.add_argument("--shots", action="store_true",
                         help="few-shot learning curves instead: test accuracy against --shots K per method and "
                              "probe, mean ± std over seeds (shots-*.png, shots.csv)")
+    add_figure_arguments(curves, class_order=False)
     curves.set_defaults(func=cmd_curves)
 
     report = subcommands.add_parser("report", help="Table 2, Table 3, confusion, Figures 2 and 3 into one folder")
@@ -994,6 +1138,7 @@ def build_parser():
     report.add_argument("--triplets", type=int, default=3, help="hardest triplets shown in Figure 3")
     report.add_argument("--device", default="auto", help=DEVICE_HELP)
     report.add_argument("--data-root", help=DATA_ROOT_HELP)
+    add_figure_arguments(report)
     report.set_defaults(func=cmd_report)
 
     return parser

@@ -31,13 +31,30 @@ REQUIRED_FIELDS = ("method", "dataset", "backbone", "test_acc")
 MISSING_CELL = "–"
 DECIMALS = 2
 
-LEGEND = (
+LEGEND = (  # the linear-probe table's (eval.py table's default): it has no k-NN rows, so says nothing of them
     "Test accuracy (%), mean ± sample std (ddof=1) over seeds/folds; "
     "n = number of runs; b = training batch size, shown where cells differ; – = no runs. "
     "Bold: the better mean of FINETUNE vs PAIRTUNE for that backbone and "
-    "dataset (no bold on a tie or when one arm is missing). k-NN rows: the k-NN probe on the same "
-    "features (FINETUNE: its encoder's, before its head), the better arm marked among them."
+    "dataset (no bold on a tie or when one arm is missing)."
 )
+KNN_LEGEND = (  # --probe knn: k-NN rows only
+    "Test accuracy (%) of the k-NN probe on each encoder's features (FINETUNE: its encoder's, before its head), "
+    "mean ± sample std (ddof=1) over seeds/folds; n = number of runs; b = training batch size, shown where cells "
+    "differ; – = no runs. Bold: the better mean of FINETUNE vs PAIRTUNE for that backbone and dataset (no bold "
+    "on a tie or when one arm is missing)."
+)
+KNN_ROWS = (" k-NN rows: the k-NN probe on the same features (FINETUNE: its encoder's, before its head), "
+            "the better arm marked among them.")  # added to LEGEND where a table has both kinds of rows
+
+
+def legend(summary):
+    """The caption that matches the table's rows: LEGEND for linear rows only, KNN_LEGEND for k-NN rows only,
+    LEGEND + KNN_ROWS for both."""
+    methods = [method for methods in summary["backbones"].values() for method in methods]
+    knn = [method.endswith(KNN_SUFFIX) for method in methods]
+    if knn and all(knn):
+        return KNN_LEGEND
+    return LEGEND + (KNN_ROWS if any(knn) else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,7 +345,7 @@ def format_table(summary):
                 row.append(text)
             lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    lines.append(LEGEND)
+    lines.append(legend(summary))
     return "\n".join(lines) + "\n"
 
 
@@ -372,19 +389,24 @@ def table_csv(summary) -> str:
 
 def table_json(summary) -> str:
     """The table as JSON text: the legend and the summary, with every run of each cell."""
-    payload = {"legend": LEGEND, **summary}
+    payload = {"legend": legend(summary), **summary}
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 
-def output_paths(runs_dir, out):
-    """Where table.md/.csv/.json go: ``--out`` may name a directory (files
-    inside it are called table.*) or a markdown file (siblings share its stem)."""
+TABLE_STEMS = {"linear": "table", "knn": "table-knn", "both": "table-both"}  # one file name per table
+
+
+def output_paths(runs_dir, out, probe="linear"):
+    """Where the table's .md/.csv/.json go: ``--out`` may name a directory (files inside it are called
+    table.* for the linear probe, table-knn.* and table-both.* for --probe knn and both, so that one table
+    never overwrites another) or a markdown file (siblings share its stem)."""
+    stem = TABLE_STEMS[probe]
     if out is None:
-        base = Path(runs_dir) / "table"
+        base = Path(runs_dir) / stem
     else:
         out = Path(out)
         if out.is_dir() or out.suffix == "":
-            base = out / "table"
+            base = out / stem
         elif out.suffix.lower() in (".csv", ".json"):
             # The .csv/.json siblings would overwrite the markdown file.
             raise ValueError(f"--out must be a directory or a markdown file, not {out}")
