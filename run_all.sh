@@ -19,9 +19,12 @@
 # to the frozen encoder's probes of SHOTS). Relative paths are relative to this script's folder, where it runs.
 # Needs Linux (flock, /proc) and bash 4.2 or newer.
 #
-# A job is one finetune run, or one pairtune run and its probe. Jobs are numbered in a stable order
-# (the loops below), done or not. Results go to RUNS/<dataset>/<backbone>/<method>/<seed-N|fold-N>/;
-# a job whose results exist is skipped, an interrupted one resumes from its checkpoint, a failed one
+# A job is one finetune run, or one pairtune run and its probe. Jobs are numbered from 0 in a stable order
+# (the loops below), done or not; a job's lines say "== job N/TOTAL". Results go to
+# RUNS/<dataset>/<backbone>/<method>/<seed-N|fold-N>/, the folder a run of the same cell without --out uses
+# (rundir.default_run_dir): a dataset named by its manifest's folder or file ('mine' for /data/mine/manifest.csv),
+# a local backbone by its folder, a hub id with '/' as '_'; two datasets (or backbones) of one name are refused.
+# A job whose results exist is skipped, an interrupted one resumes from its checkpoint, a failed one
 # leaves job.log and job.rc in its folder and the grid goes on. A lock file in the run folder (host,
 # process id and start time, Slurm job id) keeps two runners (a retry, two array tasks) off the same job
 # at once; the lock of a runner that is gone (its process on this host, or its Slurm job) is taken over.
@@ -137,6 +140,20 @@ words_of EXTRA_ARGS EXTRA_LIST  # word lists: each word quoted into the command 
 words_of PROBE_ARGS PROBE_LIST
 # PYTHON, CONFIT_DATA: one word each, quoted wherever used.
 
+# Each dataset's and backbone's folder name in run paths, from grid.py (rundir.py's rule: one implementation,
+# shared with the scripts' default --out), asked once; it refuses two values that would share a folder.
+folder_names() {  # dataset|backbone, values... -> FOLDER_NAMES, the values' names in the same order
+  local names
+  FOLDER_NAMES=()
+  (( $# > 1 )) || return 0
+  names=$("$PYTHON" grid.py names "$1" -- "${@:2}") || exit 2  # grid.py said why, in one line
+  mapfile -t FOLDER_NAMES <<< "$names"
+}
+folder_names dataset ${DATASET_LIST[@]+"${DATASET_LIST[@]}"}
+DATASET_DIRS=(${FOLDER_NAMES[@]+"${FOLDER_NAMES[@]}"})
+folder_names backbone ${BACKBONE_LIST[@]+"${BACKBONE_LIST[@]}"}
+BACKBONE_DIRS=(${FOLDER_NAMES[@]+"${FOLDER_NAMES[@]}"})
+
 if (( QUICK )) && [[ ! -f "$CONFIT_DATA/demo/manifest.csv" && $MODE != count && $MODE != list ]]; then
   "$PYTHON" prepare.py demo --out "$CONFIT_DATA/demo" || exit 1
 fi
@@ -186,10 +203,11 @@ for pass in search grid; do
   if [[ $pass == grid && ${#SHOT_LIST[@]} -gt 0 ]]; then  # the grid only: the search runs on whole train sets
     shot_list=("${SHOT_LIST[@]}") arms+=(frozen)
   fi
-  for dataset in ${DATASET_LIST[@]+"${DATASET_LIST[@]}"}; do
+  for (( d = 0; d < ${#DATASET_LIST[@]}; d++ )); do
+    dataset=${DATASET_LIST[d]} dataset_dir=${DATASET_DIRS[d]}
     mapfile -t repeats < <(repeats_of "$dataset")
-    for backbone in ${BACKBONE_LIST[@]+"${BACKBONE_LIST[@]}"}; do
-      name="${backbone//\//_}"
+    for (( b = 0; b < ${#BACKBONE_LIST[@]}; b++ )); do
+      backbone=${BACKBONE_LIST[b]} backbone_dir=${BACKBONE_DIRS[b]}
       for shots in "${shot_list[@]}"; do
         shot_dir= shot_args=()
         [[ $shots != all ]] && shot_dir=shots-$shots/ shot_args=(--shots "$shots")
@@ -198,7 +216,7 @@ for pass in search grid; do
           common=(--dataset "$dataset" --backbone "$backbone" --epochs "$EPOCHS" "${SPLIT_ARGS[@]}"
                   ${EXTRA_LIST[@]+"${EXTRA_LIST[@]}"} ${shot_args[@]+"${shot_args[@]}"})
           for arm in "${arms[@]}"; do
-            out="$RUNS/$dataset/$name/$arm/$shot_dir$repeat"
+            out="$RUNS/$dataset_dir/$backbone_dir/$arm/$shot_dir$repeat"
             if [[ $arm == frozen ]]; then  # the pre-trained encoder, frozen, probed on the same K clips
               add_job "$out" "frozen probe $dataset $backbone $shot_dir$repeat" "$(arm_command frozen "$out" \
                 --ckpt "$backbone" --dataset "$dataset" "${SPLIT_ARGS[@]}" "${shot_args[@]}" \
@@ -206,13 +224,13 @@ for pass in search grid; do
             elif [[ $pass == search ]]; then  # the first seed or fold only, at every batch size
               [[ $repeat != "${repeats[0]}" ]] && continue
               for batch in "${BATCH_LIST[@]}"; do
-                out="$SEARCH_RUNS/$dataset/$name/$arm/batch-$batch/$repeat"
+                out="$SEARCH_RUNS/$dataset_dir/$backbone_dir/$arm/batch-$batch/$repeat"
                 add_job "$out" "search $arm $dataset $backbone $repeat batch $batch" \
                   "$(arm_command "$arm" "$out" "${common[@]}" --batch-size "$batch")"
               done
             elif (( ${#BATCH_LIST[@]} )); then  # the batch size the search chose, read when the job starts
               chooser="$(printf %q "$PYTHON") grid.py best-batch"
-              chooser+="$(printf ' %q' "$SEARCH_RUNS/$dataset/$name/$arm" "${BATCH_LIST[@]}")"
+              chooser+="$(printf ' %q' "$SEARCH_RUNS/$dataset_dir/$backbone_dir/$arm" "${BATCH_LIST[@]}")"
               add_job "$out" "$arm $dataset $backbone $shot_dir$repeat (searched batch size)" \
                 "batch=\$($chooser) && $(arm_command "$arm" "$out" "${common[@]}" --batch-size "$BATCH_WORD")"
             else
@@ -318,7 +336,7 @@ release_lock() {  # run folder: its lock, if it is still this process's (never a
 run_job() {  # job number -> the job's exit status (0 if done or skipped)
   local i=$1 out=${JOB_OUT[$1]} command=${JOB_COMMAND[$1]} status
   LOCKED_ELSEWHERE=0
-  if is_done "$out"; then echo "== job $i: skip $out (results exist)"; return 0; fi
+  if is_done "$out"; then echo "== job $i/$N_JOBS: skip $out (results exist)"; return 0; fi
   mkdir -p -- "$out"
   # Another runner has it: not run here, a failure at the end unless that runner finishes it.
   take_lock "$out" || { LOCKED_ELSEWHERE=1; return 0; }
@@ -330,7 +348,7 @@ run_job() {  # job number -> the job's exit status (0 if done or skipped)
   if is_done "$out"; then  # finished by another runner just before the lock
     release_lock "$out"; trap - EXIT INT TERM; return 0
   fi
-  echo "== job $i: ${JOB_ABOUT[$i]} -> $out"
+  echo "== job $i/$N_JOBS: ${JOB_ABOUT[$i]} -> $out"
   rm -f -- "$out/job.rc"
   if [[ -n ${SLOT_FD:-} ]]; then  # not inherited: a process the job leaves behind must not hold the GPU slot
     bash -c "$command" {SLOT_FD}>&- {ALIVE_FD}>&- > "$out/job.log" 2>&1
@@ -342,7 +360,7 @@ run_job() {  # job number -> the job's exit status (0 if done or skipped)
   status=${PIPESTATUS[0]}
   echo "$status" > "$out/job.rc"
   release_lock "$out"; trap - EXIT INT TERM
-  (( status )) && echo "== job $i FAILED (exit status $status): its log is $out/job.log"
+  (( status )) && echo "== job $i/$N_JOBS FAILED (exit status $status): its log is $out/job.log"
   return "$status"
 }
 

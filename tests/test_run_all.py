@@ -174,7 +174,7 @@ def test_the_list_numbers_jobs_stably_and_leaves_out_what_is_done(tmp_path):
 def test_an_array_task_runs_the_job_of_its_index_and_nothing_else(tmp_path):
     calls, stdout = run_all(tmp_path, SLURM_ARRAY_TASK_ID="2", **GRID)
     assert [(c[0], flag(c, "--fold")) for c in calls] == [("finetune.py", "2")]  # no report from one task
-    assert "job 2:" in stdout
+    assert "== job 2/8:" in stdout
     _, stdout = run_all(tmp_path, "--job", "8", expect=2, **GRID)
 
 
@@ -621,11 +621,18 @@ def test_listed_commands_pass_the_environments_words_as_they_are_and_run_none(tm
             at = call.index("--lr")
             assert call[at:at + len(extra)] == extra  # every word, quoted, globbed by nothing
     assert {c[0] for c in calls} >= {"finetune.py", "pairtune.py", "probe.py"}
-    # PYTHON is one word, quoted as such.
-    _, stdout = run_all(tmp_path, "--list", **dict(grid, PYTHON="python3;touch${IFS}$SENTINEL"))
+    # PYTHON is one word, quoted as such: a python whose path holds metacharacters runs as itself (it must run:
+    # run_all.sh asks it for the run folders' names).
+    odd_python = tmp_path / "python3;touch${IFS}$SENTINEL"
+    odd_python.write_text(RECORDER)
+    odd_python.chmod(0o755)
+    # (New RUNS: the runs above are done, and left out of the list.)
+    grid.update(RUNS=f"{runs}-2", SEARCH_RUNS=f"{search}-2")
+    _, stdout = run_all(tmp_path, "--list", **dict(grid, PYTHON=str(odd_python)))
     for _, line in listed(stdout)[:2]:
         subprocess.run(["bash", "-c", line], env=environment(tmp_path, **grid), cwd=ROOT, capture_output=True)
     assert not sentinel.exists()
+    assert [line.split()[0] for line in (tmp_path / "calls.log").read_text().splitlines()] == ["finetune.py"] * 2
 
 
 def test_a_run_passes_the_environments_words_as_they_are_and_runs_none(tmp_path):
@@ -780,3 +787,117 @@ def test_a_missing_txt_that_run_all_did_not_write_is_left_alone(tmp_path):
         f.write("and a note\n")
     run_all(tmp_path, **dict(grid, SEEDS="0 1"))
     assert mine.read_text().endswith("and a note\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folder names (a manifest path, a backbone folder) and the job lines' total
+# ----------------------------------------------------------------------------------------------
+
+def test_a_manifest_path_and_a_backbone_folder_name_their_runs_as_a_run_without_out_does(tmp_path):
+    import rundir
+    mine = tmp_path / "my-data" / "mine" / "manifest.csv"  # a manifest by path: named by its folder
+    other = tmp_path / "lists" / "speakers.csv"  # any other .csv: by its file name
+    encoder = tmp_path / "models" / "my-encoder"  # a local backbone folder: by its own name
+    for path in (mine, other):
+        path.parent.mkdir(parents=True)
+        path.write_text("path,label,split\n")
+    encoder.mkdir(parents=True)
+    grid = dict(DATASETS=f"{mine} {other} gtzan", BACKBONES=f"{encoder} facebook/wav2vec2-base", SEEDS="0 1",
+                FOLDS="2", FOLD_DATASETS="gtzan", EPOCHS="1", BATCH_SIZES="16 32", SHOTS="4",
+                FAKE_VALID="finetune/batch-32=0.9")
+    calls, stdout = run_all(tmp_path, **grid)
+    runs, search = tmp_path / "runs", tmp_path / "runs-search"
+    expected = {str(runs / d / b / arm / "shots-4" / r)
+                for d, repeats in (("mine", ("seed-0", "seed-1")), ("speakers", ("seed-0", "seed-1")),
+                                   ("gtzan", ("fold-2",)))
+                for b in ("my-encoder", "facebook_wav2vec2-base") for arm in ("finetune", "pairtune", "frozen")
+                for r in repeats}
+    outs = {flag(c, "--out") for c in calls} - {None}
+    searched = {str(search / d / b / arm / f"batch-{k}" / r)
+                for d, r in (("mine", "seed-0"), ("speakers", "seed-0"), ("gtzan", "fold-2"))
+                for b in ("my-encoder", "facebook_wav2vec2-base") for arm in ("finetune", "pairtune") for k in (16, 32)}
+    assert outs == expected | searched
+    for call in calls:  # each grid job where a run of the same cell without --out goes (rundir.py's rule)
+        out = flag(call, "--out")
+        if call[0] == "eval.py" or out is None or out.startswith(str(search)):
+            continue
+        method = "frozen" if call[0] == "probe.py" else call[0].removesuffix(".py")
+        fold = flag(call, "--fold")
+        assert Path(out) == rundir.default_run_dir(
+            method, flag(call, "--dataset"), flag(call, "--backbone") or flag(call, "--ckpt"),
+            int(flag(call, "--seed")), fold=None if fold is None else int(fold), shots=int(flag(call, "--shots")),
+            root=str(runs))
+    pairtune = {flag(c, "--out") for c in calls if c[0] == "pairtune.py"}
+    assert {flag(c, "--ckpt") for c in calls if c[0] == "probe.py" and not flag(c, "--out")} == pairtune
+    # The search's choice is read from the same folders: finetune's best batch there was 32.
+    chosen = {(c[0], flag(c, "--batch-size")) for c in calls
+              if c[0] in ("finetune.py", "pairtune.py") and flag(c, "--out").startswith(f"{runs}/")}
+    assert chosen == {("finetune.py", "32"), ("pairtune.py", "16")}
+    assert "runs//" not in stdout and "my-data" not in "".join(outs)
+    # Found done through those names: nothing runs again.
+    calls, stdout = run_all(tmp_path, **grid)
+    assert [c[0] for c in calls] == ["eval.py"] and stdout.count(": skip") == len(expected) + len(searched)
+
+
+def test_plain_names_keep_their_run_folders(tmp_path):
+    data = tmp_path / "data" / "gtzan"
+    data.mkdir(parents=True)
+    grid = dict(DATASETS=f"esc50 {data}", BACKBONES="wav2vec2 facebook/hubert-base-ls960", FOLDS="1", SEEDS="3",
+                EPOCHS="1")
+    jobs = [shlex.split(line) for _, line in listed(run_all(tmp_path, "--list", **grid)[1])]
+    runs = tmp_path / "runs"
+    assert [flag(job, "--out") for job in jobs if "finetune.py" in job] == [
+        str(runs / "esc50/wav2vec2/finetune/fold-1"), str(runs / "esc50/facebook_hubert-base-ls960/finetune/fold-1"),
+        str(runs / "gtzan/wav2vec2/finetune/seed-3"), str(runs / "gtzan/facebook_hubert-base-ls960/finetune/seed-3")]
+
+
+@pytest.mark.parametrize("variable, values, named", [
+    ("DATASETS", ("{tmp}/a/mine/manifest.csv", "{tmp}/b/mine/manifest.csv"), "mine"),
+    ("DATASETS", ("gtzan", "data/gtzan"), "gtzan"),
+    ("DATASETS", ("{tmp}/lists/mine.csv", "{tmp}/c/mine/manifest.csv"), "mine"),
+    ("BACKBONES", ("facebook/wav2vec2-base", "facebook_wav2vec2-base"), "facebook_wav2vec2-base"),
+    ("BACKBONES", ("{tmp}/one/encoder", "{tmp}/two/encoder"), "encoder"),
+])
+def test_two_datasets_or_backbones_of_one_folder_name_are_refused_before_anything_runs(tmp_path, variable, values,
+                                                                                        named):
+    values = [value.format(tmp=tmp_path) for value in values]
+    for value in values:
+        if variable == "BACKBONES" and value.startswith(str(tmp_path)):
+            Path(value).mkdir(parents=True)
+    kind = variable.lower().removesuffix("s")
+    grid = {**GRID, variable: " ".join(values)}
+    for mode in ([], ["--list"], ["--count"], ["--job", "0"], ["--quick"]):
+        result = subprocess.run(["bash", str(ROOT / "run_all.sh"), *mode], capture_output=True, text=True,
+                                timeout=60, env=environment(tmp_path, **grid))
+        assert (result.returncode, result.stdout) == (2, ""), (mode, result.stdout + result.stderr)
+        assert result.stderr == (f"error: {kind}s {values[0]!r} and {values[1]!r} would share run folders (both "
+                                 f"named {named!r}): list one of them (rename a manifest or folder), or run the other "
+                                 "under another RUNS\n"), mode
+    assert not (tmp_path / "calls.log").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_folder_names_come_from_rundir_without_numpy_or_torch(tmp_path):
+    code = ("import sys, grid; status = grid.main(['names', 'backbone', '--', 'wav2vec2', sys.argv[1], 'a/b']); "
+            "assert not {'numpy', 'torch'} & set(sys.modules), sorted(sys.modules); sys.exit(status)")
+    (tmp_path / "enc").mkdir()
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "enc")], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "wav2vec2\nenc\na_b\n", "")
+    result = subprocess.run([sys.executable, "grid.py", "names", "dataset", "--", "/"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=60)
+    assert (result.returncode, result.stderr) == (2, "error: dataset '/': no name for its run folders in it\n")
+
+
+def test_each_job_line_of_a_sequential_run_says_the_total(tmp_path):
+    _, stdout = run_all(tmp_path, expect=1, FAKE_FAIL="gtzan/tiny/pairtune/seed-1/", **GRID)
+    runs = tmp_path / "runs"
+    lines = [line for line in stdout.splitlines() if line.startswith("== job")]
+    assert lines[0] == f"== job 0/8: finetune esc50 tiny fold-1 -> {runs}/esc50/tiny/finetune/fold-1"
+    assert [line.split()[2].rstrip(":") for line in lines] == [f"{i}/8" for i in range(8)] + ["7/8"]
+    assert lines[-1] == f"== job 7/8 FAILED (exit status 3): its log is {runs}/gtzan/tiny/pairtune/seed-1/job.log"
+    _, stdout = run_all(tmp_path, **GRID)
+    assert [line for line in stdout.splitlines() if ": skip " in line][:2] == [
+        f"== job 0/8: skip {runs}/esc50/tiny/finetune/fold-1 (results exist)",
+        f"== job 1/8: skip {runs}/esc50/tiny/pairtune/fold-1 (results exist)"]
+    _, stdout = run_all(tmp_path, "--job", "3", **GRID)
+    assert f"== job 3/8: skip {runs}/esc50/tiny/pairtune/fold-2 (results exist)" in stdout
