@@ -47,6 +47,40 @@ RANDOM_INIT_SUFFIX = " (random init)"  # how a backbone label flags random weigh
 RUN_FIELDS = {"stage": str, "method": str, "dataset": str, "backbone": str, "args": dict}
 
 
+# Where a run goes when no --out is given: the layout run_all.sh uses for its grid, so that a run by
+# hand and the grid's job for the same cell are one folder, and two arms, datasets, backbones or seeds
+# never share one.
+RUNS_ROOT = "runs"
+
+
+def readable_dataset(dataset: str) -> str:
+    """A dataset's name in a run folder's path: 'gtzan' for 'gtzan', 'data/gtzan' or
+    'data/gtzan/manifest.csv'; 'mine' for '/any/where/mine.csv'."""
+    path = Path(dataset)
+    if path.suffix.lower() == ".csv":
+        return path.parent.resolve().name if path.stem == "manifest" else path.stem
+    return path.name if path.name not in ("", ".", "..") else path.resolve().name
+
+
+def readable_backbone(backbone: str) -> str:
+    """A backbone's name in a run folder's path: an alias as it is ('wav2vec2'), a local folder by its
+    own name ('whisper-tiny.en-encoder' for '../shared/models/whisper-tiny.en-encoder'), a hub id with
+    '/' as '_' ('facebook_wav2vec2-base', one path component)."""
+    path = Path(backbone)
+    if path.is_dir():
+        return path.resolve().name
+    return backbone.replace("/", "_")
+
+
+def default_run_dir(method: str, dataset: str, backbone: str, seed: int, fold=None, shots=None,
+                    root: str = RUNS_ROOT) -> Path:
+    """runs/<dataset>/<backbone>/<method>/[shots-K/]<seed-N | fold-K>: run_all.sh's folder for the same
+    run (a fold run is fold-K whatever its seed, as run_all.sh runs folds with seed 0)."""
+    repeat = f"fold-{fold}" if fold is not None else f"seed-{seed}"
+    shot_dir = f"shots-{shots}" if shots is not None else ""
+    return Path(root, readable_dataset(dataset), readable_backbone(backbone), method, shot_dir, repeat)
+
+
 def print_warning(message):
     """Report a problem with one input file without stopping the whole table."""
     print(f"warning: {message}", file=sys.stderr)
