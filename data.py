@@ -227,7 +227,10 @@ def check_audio(path: str) -> AudioCheck:
     return AudioCheck(None, samples.shape[0], sample_rate, silent=not samples.any())
 
 
-def carve_valid(train: list[Clip], fraction: float = 0.1, by: str = "group",
+VALID_FRACTION = 0.1  # the share of train carved as valid where a manifest has no valid rows (--valid-fraction)
+
+
+def carve_valid(train: list[Clip], fraction: float = VALID_FRACTION, by: str = "group",
                 seed: int = 0) -> tuple[list[Clip], list[Clip]]:
     """Move a deterministic `fraction` of train into valid, keeping each group on one side.
 
@@ -338,7 +341,7 @@ def require_two_classes(classes: list, dataset: str, data_root: str | None = Non
 
 
 def load_splits(dataset: str, data_root: str | None = None, fold: int | None = None,
-                skip_bad: bool = False, valid_fraction: float = 0.1, check_files: bool = True):
+                skip_bad: bool = False, valid_fraction: float = VALID_FRACTION, check_files: bool = True):
     """Read a dataset into {train, valid, test} lists of Clip plus the sorted class names.
 
     With `fold`, rows of that fold are test and all other rows train (the split column is ignored);

@@ -143,7 +143,7 @@ def planned_clips(manifest, fold) -> dict:
     else:  # the job's fold is test, the other folds train
         train, valid, test = [c for c in clips if c.fold != fold], [], [c for c in clips if c.fold == fold]
     if not valid:  # the default --valid-fraction, by whole speakers where load_splits would take them
-        train, valid = data.carve_valid(train, 0.1, data.valid_grouping(train, test)[0])
+        train, valid = data.carve_valid(train, data.VALID_FRACTION, data.valid_grouping(train, test)[0])
     return {"train": len(train), "valid": len(valid), "classes": len({c.label for c in train})}
 
 

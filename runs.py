@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import data
 import ddp
 import outdir
 import rundir
@@ -172,7 +173,7 @@ def comma_separated(item_type):
     return check
 
 
-VALID_FRACTION = 0.1  # data.load_splits' valid_fraction: the share of train carved as valid where there is none
+VALID_FRACTION = data.VALID_FRACTION  # the default --valid-fraction (data.load_splits')
 
 
 def run_folder(args, method: str) -> Path:
