@@ -261,25 +261,26 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 
 def eval_batches(encoder: AudioEncoder, clips, classes, max_seconds: float, batch_size: int = 16,
-                 num_workers: int = 0):
+                 num_workers: int = 0, multilabel: bool = False):
     """Batches (inputs, owner, labels, indices) of whole clips for evaluation, in order of length to
     keep padding small; a clip longer than max_seconds is cut into near-equal chunks (see EvalClips).
     The loader has its own generator: a DataLoader draws a seed for its iterator, and evaluation
     between epochs must not move the global random state that training's dropout draws from."""
-    dataset = data.EvalClips(clips, classes, encoder.sample_rate, max_seconds)
+    dataset = data.EvalClips(clips, classes, encoder.sample_rate, max_seconds, multilabel)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
         sampler=data.length_sorted_order(clips), collate_fn=data.CollateEval(encoder.preprocess))
 
 
 def batches_in_memory(encoder: AudioEncoder, clips, classes, max_seconds: float, limit_mb: float,
-                      batch_size: int = 16, num_workers: int = 0, desc: str = "decoding"):
+                      batch_size: int = 16, num_workers: int = 0, desc: str = "decoding", multilabel: bool = False):
     """eval_batches decoded and preprocessed once and kept, for clips encoded again every epoch (the
     valid metric): the same inputs each time, without the decoding. None, with a note, if they need
     more than limit_mb of memory (long clips, big valid sets): the caller then decodes every time."""
     kept, size = [], 0
     for inputs, owner, labels, indices in tqdm(eval_batches(encoder, clips, classes, max_seconds, batch_size,
-                                                            num_workers), desc=desc, leave=False, disable=None):
+                                                            num_workers, multilabel),
+                                               desc=desc, leave=False, disable=None):
         # clone: a batch from a worker process lives in shared memory, one file descriptor a tensor
         inputs = {k: v.clone() for k, v in inputs.items()}
         size += sum(v.nbytes for v in inputs.values())
@@ -311,8 +312,9 @@ def forward_passes(encoder: AudioEncoder, inputs: dict, max_samples: int | None)
 @torch.no_grad()
 def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, device,
                      batch_size: int = 16, num_workers: int = 0, desc: str = "encoding", precision: str = "auto",
-                     batches=None, max_samples_per_pass: int | None = None):
-    """Pooled features of whole clips, deterministic: [N, d] float32 and labels [N], in clip order.
+                     batches=None, max_samples_per_pass: int | None = None, multilabel: bool = False):
+    """Pooled features of whole clips, deterministic: [N, d] float32 and labels [N] (class indices), or
+    with multilabel multi-hot targets [N, C] (float32), in clip order.
 
     A clip longer than max_seconds is cut into near-equal chunks; its feature is the mean of the
     chunks' pooled features (a 30-s GTZAN clip is scored on all 30 s). `batches`: the clips' batches
@@ -322,9 +324,9 @@ def extract_features(encoder: AudioEncoder, clips, classes, max_seconds: float, 
     was_training = encoder.training
     encoder.eval()
     if batches is None:
-        batches = eval_batches(encoder, clips, classes, max_seconds, batch_size, num_workers)
+        batches = eval_batches(encoder, clips, classes, max_seconds, batch_size, num_workers, multilabel)
     features = torch.zeros(len(clips), encoder.hidden_size)
-    labels = torch.zeros(len(clips), dtype=torch.long)
+    labels = torch.zeros(len(clips), len(classes)) if multilabel else torch.zeros(len(clips), dtype=torch.long)
     for inputs, owner, batch_labels, indices in tqdm(batches, desc=desc, leave=False, disable=None):
         pooled = []
         for part in forward_passes(encoder, inputs, max_samples_per_pass):

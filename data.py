@@ -5,10 +5,13 @@ Every script reads its data through a *manifest*: a CSV file with a header and o
     path,label,split[,fold][,speaker][,group]      (other columns are ignored)
     audio/dog_001.wav,dog,train
     audio/cat_017.wav,cat,test
+    audio/street_3.wav,dog;car;speech,train          (multi-label: labels joined by ';')
 
 `path` is relative to the manifest's folder (absolute paths work too); `split` is one of train, valid,
 test. Fold datasets (ESC-50) also fill `fold`; `--fold k` then makes fold k the test set and the other
-folds train. Whenever a manifest has no valid rows, valid is carved from train (see `carve_valid`;
+folds train. A label column holding several labels joined by ';' (LABEL_SEPARATOR) in any row makes the
+dataset multi-label (`is_multilabel`): every stage then trains and scores per label (sigmoid, BCE, mAP)
+instead of picking one class. Whenever a manifest has no valid rows, valid is carved from train (see `carve_valid`;
 whole speakers where test's speakers are unseen in train, see `valid_grouping`).
 
 Datasets are prepared into manifests by prepare.py (`python prepare.py esc50 --root ESC-50-master`,
@@ -18,7 +21,9 @@ as data/esc50/manifest.csv, root overridable with --data-root or $CONFIT_DATA) o
 `--dataset path/to/manifest.csv`.
 """
 import csv
+import hashlib
 import io
+import json
 import math
 import os
 import random
@@ -40,10 +45,13 @@ SPLITS = ("train", "valid", "test")
 PREPARE_COMMANDS = {
     "gtzan": "gtzan", "esc50": "esc50", "timit": "timit", "emodb": "emodb",
     "mswc-s": "mswc --lang es", "mswc-i": "mswc --lang id --keywords paper",
-    "fsdd-digit": "fsdd --task digit", "fsdd-speaker": "fsdd --task speaker", "demo": "demo",
+    "fsdd-digit": "fsdd --task digit", "fsdd-speaker": "fsdd --task speaker", "demo": "demo", "fsd50k": "fsd50k",
 }
 UNSUPPORTED_SUFFIXES = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".amr")  # containers libsndfile lacks
 REQUIRED_COLUMNS = ("path", "label", "split")
+# Several labels of one clip (multi-label data: FSD50K, audio tagging) share the label column, joined by
+# this; a label never contains it. A semicolon, not a comma: a comma inside a CSV field needs quotes.
+LABEL_SEPARATOR = ";"
 
 
 class DataError(ValueError):
@@ -59,6 +67,11 @@ class Clip:
     speaker: str | None = None
     where: str = ""  # "manifest.csv line 12", for error messages
     group: str | None = None  # clips that must stay together when valid is carved (same recording)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The clip's labels: one, or several where the label column joins them with LABEL_SEPARATOR."""
+        return tuple(self.label.split(LABEL_SEPARATOR))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +154,15 @@ def read_manifest(manifest: str | Path) -> list[Clip]:
                             f"({path!r}, {label!r}): a quoting mistake? Quote a whole field, as in \"a, b\".")
         if split not in SPLITS:
             raise DataError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)}.")
+        if LABEL_SEPARATOR in label:
+            parts = [part.strip() for part in label.split(LABEL_SEPARATOR)]
+            if not all(parts):
+                raise DataError(f"{where}: an empty label in '{label}': several labels are joined by "
+                                f"'{LABEL_SEPARATOR}' with a label on each side (e.g. dog;car).")
+            repeated = sorted({part for part in parts if parts.count(part) > 1})
+            if repeated:
+                raise DataError(f"{where}: label '{repeated[0]}' is given twice in '{label}'.")
+            label = LABEL_SEPARATOR.join(parts)
         fold_text = (row.get("fold") or "").strip()
         try:
             fold = int(fold_text) if fold_text else None
@@ -161,14 +183,69 @@ def read_manifest(manifest: str | Path) -> list[Clip]:
     return clips
 
 
-def check_audio_files(clips: list[Clip], skip_bad: bool = False) -> list[Clip]:
+def check_record_path(manifest) -> Path:
+    """Where the record of a manifest's checked files lives: a cache folder of our own ($CONFIT_CACHE, else
+    $XDG_CACHE_HOME/audioconfit, else ~/.cache/audioconfit), never beside the user's data; one JSON file a
+    manifest, named by a hash of its absolute path. Deleting it only makes the next run check every file."""
+    root = os.environ.get("CONFIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
+                                                   "audioconfit")
+    key = hashlib.sha256(str(Path(manifest).resolve()).encode()).hexdigest()[:20]
+    return Path(root, "checked-audio", f"{key}.json")
+
+
+def read_check_record(record: Path) -> dict:
+    """{path: [size, mtime_ns, problem, frames, sample_rate, silent]} from a record file; {} when it is
+    missing or not a record of ours (plain JSON, checked entry by entry: nothing in it is executed)."""
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        entries = saved["files"] if saved.get("version") == 1 else {}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+    shape = (int, int, (str, type(None)), int, int, bool)
+    return {path: entry for path, entry in (entries.items() if isinstance(entries, dict) else ())
+            if isinstance(entry, list) and len(entry) == 6
+            and all(isinstance(value, kind) for value, kind in zip(entry, shape))}
+
+
+def write_check_record(record: Path, entries: dict):
+    """The record, replaced whole (a temporary file renamed over it: a reader never sees half of one, and two
+    runs writing at once leave one whole record). A cache that cannot be written is only a slower next start."""
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_name(f"{record.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps({"version": 1, "files": entries}), encoding="utf-8")
+        os.replace(partial, record)
+    except OSError as error:
+        print(f"note: could not keep the record of checked audio in {record} ({error}); every run will decode "
+              "every file", file=sys.stderr)
+
+
+def check_audio_files(clips: list[Clip], skip_bad: bool = False, record: Path | None = None) -> list[Clip]:
     """Fail early, naming the file and manifest line, for audio no stage could use (`check_audio`);
     with skip_bad such clips are left out, with a warning each and a count. Silent clips are kept
     and counted in one warning. Every file is decoded once here, for these checks only: nothing of
-    it reaches a model (so test audio is still first read by the model after selection)."""
+    it reaches a model (so test audio is still first read by the model after selection).
+
+    `record` (check_record_path): the results of earlier checks by path, size and modification time. A
+    file whose size and mtime are those recorded is not decoded again (FSD50K's 51k clips take about a
+    minute to decode; a second run then starts in seconds); a changed, new or replaced file is."""
+    known = read_check_record(record) if record is not None else {}
+    entries, decoded = {}, 0
     good, bad, silent = [], [], []
     for clip in tqdm(clips, desc="checking audio", unit="file", disable=None, leave=False):
-        check = check_audio(clip.path)
+        try:
+            stat = os.stat(clip.path)  # before decoding: a file changed after this is checked again next time
+        except OSError:
+            stat = None
+        saved = known.get(clip.path) if stat else None
+        if saved and saved[:2] == [stat.st_size, stat.st_mtime_ns]:
+            check = AudioCheck(*saved[2:])
+        else:
+            check = check_audio(clip.path)
+            decoded += 1
+        if stat:
+            entries[clip.path] = [stat.st_size, stat.st_mtime_ns, check.problem, check.frames, check.sample_rate,
+                                  check.silent]
         if check.problem is None:
             good.append(clip)
             if check.silent:
@@ -177,8 +254,12 @@ def check_audio_files(clips: list[Clip], skip_bad: bool = False) -> list[Clip]:
             warnings.warn(f"skipping {clip.path} ({clip.where}): {check.problem}", stacklevel=2)
             bad.append(clip)
         else:
+            if record is not None and decoded:  # the files checked so far need not be decoded again after the fix
+                write_check_record(record, {**known, **entries})
             raise DataError(f"{clip.where}: {clip.path}: {check.problem}. Fix or remove the row, "
                             "or run with --skip-bad to skip unusable files.")
+    if record is not None and decoded:  # only what changed makes the record worth writing again
+        write_check_record(record, {**known, **entries})
     if bad:
         print(f"--skip-bad: skipped {len(bad)} unusable file(s) of {len(clips)}", file=sys.stderr)
     if silent:
@@ -255,7 +336,9 @@ def carve_valid(train: list[Clip], fraction: float = VALID_FRACTION, by: str = "
     labels_of: dict[str, set[str]] = {}
     for clip in train:
         labels_of.setdefault(group_of(clip), set()).add(clip.label)
-    if any(len(labels) > 1 for labels in labels_of.values()):
+    # Multi-label clips have no one class to stratify by: whole groups (a clip alone where none is
+    # named), each label keeping a train clip.
+    if any(len(labels) > 1 for labels in labels_of.values()) or is_multilabel(train):
         return carve_whole_groups(train, fraction, group_of, seed)
     by_label: dict[str, list[Clip]] = {}
     for clip in train:
@@ -290,10 +373,13 @@ def carve_whole_groups(train: list[Clip], fraction: float, group_of,
         groups.setdefault(group_of(clip), []).append(clip)
     order = list(groups.values())
     random.Random(seed).shuffle(order)
-    left = Counter(c.label for c in train)  # train clips per class once the chosen groups have gone
+    def label_counts(clips):  # clips per label (a multi-label clip counts for each of its labels)
+        return Counter(label for c in clips for label in c.labels)
+
+    left = label_counts(train)  # train clips per class once the chosen groups have gone
 
     def may_go(group):  # every class keeps a train clip without it
-        return all(left[label] > n for label, n in Counter(c.label for c in group).items())
+        return all(left[label] > n for label, n in label_counts(group).items())
 
     target = max(1, round(fraction * len(train)))
     chosen, taken = [], 0
@@ -301,7 +387,7 @@ def carve_whole_groups(train: list[Clip], fraction: float, group_of,
         if taken + len(group) <= target and may_go(group):
             chosen.append(group)
             taken += len(group)
-            left -= Counter(c.label for c in group)
+            left -= label_counts(group)
     if not chosen:
         eligible = [group for group in order if may_go(group)]
         if eligible:
@@ -354,7 +440,7 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
     manifest = resolve_dataset(dataset, data_root)
     clips = read_manifest(manifest)
     if check_files:
-        clips = check_audio_files(clips, skip_bad)
+        clips = check_audio_files(clips, skip_bad, record=check_record_path(manifest))
     if fold is not None:
         if any(c.fold is None for c in clips):
             raise DataError(f"{manifest}: --fold {fold} given but the manifest has rows without a fold.")
@@ -390,16 +476,36 @@ def load_splits(dataset: str, data_root: str | None = None, fold: int | None = N
         elif why:
             print(f"note: {manifest} has no valid rows: valid is {len(splits['valid'])} train clips carved one "
                   f"by one ({valid_fraction:g} of each class), not whole speakers, as {why}", file=sys.stderr)
-    classes = sorted({c.label for c in splits["train"]})
+    classes = sorted({label for c in splits["train"] for label in c.labels})
     known = set(classes)
     for split in ("valid", "test"):
-        unknown = [c for c in splits[split] if c.label not in known]
+        unknown = [c for c in splits[split] if not known.issuperset(c.labels)]
         if unknown:
+            label = next(label for label in unknown[0].labels if label not in known)
             raise DataError(
-                f"{unknown[0].where}: label '{unknown[0].label}' appears in {split} but never in train "
+                f"{unknown[0].where}: label '{label}' appears in {split} but never in train "
                 f"({len(unknown)} such {split} row(s)). A classifier cannot predict a class it never saw: "
                 "move some of its clips to train or drop the class.")
     return splits, classes
+
+
+def is_multilabel(clips) -> bool:
+    """True when some clip carries several labels (a list of Clip, or a dict of splits): the whole
+    dataset is then multi-label, every stage scoring each label on its own (sigmoid, BCE, mAP)."""
+    if isinstance(clips, dict):
+        clips = [clip for split in clips.values() for clip in split]
+    return any(LABEL_SEPARATOR in clip.label for clip in clips)
+
+
+def label_targets(clips, classes, multilabel: bool) -> torch.Tensor:
+    """Class indices [N] (long), or for multi-label data multi-hot targets [N, C] (float32)."""
+    index = {c: i for i, c in enumerate(classes)}
+    if not multilabel:
+        return torch.tensor([index[clip.label] for clip in clips], dtype=torch.long)
+    targets = torch.zeros(len(clips), len(classes))
+    for row, clip in enumerate(clips):
+        targets[row, [index[label] for label in clip.labels]] = 1.0
+    return targets
 
 
 def keep_shots(splits: dict, shots: int, seed: int) -> tuple[dict, dict]:
@@ -410,6 +516,9 @@ def keep_shots(splits: dict, shots: int, seed: int) -> tuple[dict, dict]:
     manifest order."""
     if shots < 1:
         raise DataError(f"--shots must be at least 1, got {shots}")
+    if is_multilabel(splits):  # K clips "per class" is ill-defined when a clip carries several classes
+        raise DataError("--shots: few-shot draws K clips per class, which needs one label per clip; this "
+                        "dataset is multi-label.")
     generator = np.random.default_rng(seed)
     by_class: dict[str, list[int]] = {}
     for index, clip in enumerate(splits["train"]):
@@ -506,29 +615,28 @@ def split_into_chunks(wave: np.ndarray, max_samples: int) -> list[np.ndarray]:
 
 
 class TrainClips(torch.utils.data.Dataset):
-    """(random crop, class index) pairs for training."""
+    """(random crop, target) pairs for training: the target is the class index, or with multilabel
+    the clip's multi-hot row [C] (float32)."""
 
-    def __init__(self, clips, classes, sample_rate, max_seconds):
+    def __init__(self, clips, classes, sample_rate, max_seconds, multilabel: bool = False):
         self.clips, self.sample_rate = clips, sample_rate
-        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.targets = label_targets(clips, classes, multilabel)
         self.max_samples = int(max_seconds * sample_rate)
 
     def __len__(self):
         return len(self.clips)
 
     def __getitem__(self, i):
-        clip = self.clips[i]
-        wave = load_audio(clip.path, self.sample_rate)
-        return random_crop(wave, self.max_samples), self.class_index[clip.label]
+        wave = load_audio(self.clips[i].path, self.sample_rate)
+        return random_crop(wave, self.max_samples), self.targets[i]
 
 
 class EvalClips(TrainClips):
-    """(whole clip as chunks, class index, clip index) for deterministic evaluation."""
+    """(whole clip as chunks, target, clip index) for deterministic evaluation."""
 
     def __getitem__(self, i):
-        clip = self.clips[i]
-        wave = load_audio(clip.path, self.sample_rate)
-        return split_into_chunks(wave, self.max_samples), self.class_index[clip.label], i
+        wave = load_audio(self.clips[i].path, self.sample_rate)
+        return split_into_chunks(wave, self.max_samples), self.targets[i], i
 
 
 class CollateTrain:
@@ -539,7 +647,7 @@ class CollateTrain:
 
     def __call__(self, batch):
         waves, labels = zip(*batch)
-        return self.preprocess(list(waves)), torch.tensor(labels)
+        return self.preprocess(list(waves)), torch.stack(labels)
 
 
 class CollateEval:
@@ -555,7 +663,7 @@ class CollateEval:
             owner += [position] * len(clip_chunks)
             labels.append(label)
             indices.append(index)
-        return self.preprocess(chunks), torch.tensor(owner), torch.tensor(labels), torch.tensor(indices)
+        return self.preprocess(chunks), torch.tensor(owner), torch.stack(labels), torch.tensor(indices)
 
 
 def length_sorted_order(clips: list[Clip]) -> list[int]:
@@ -565,6 +673,11 @@ def length_sorted_order(clips: list[Clip]) -> list[int]:
 
 class ClassBalancedBatchSampler(torch.utils.data.Sampler):
     """Batches of P classes x K clips, so that every anchor in a SupCon batch has positives.
+
+    Multi-label data (each entry of `labels` a list of class indices): a clip joins the queue of every
+    label it carries, and a batch is P labels x K clips carrying each. Labels are visited equally often
+    however rare they are, so a label on 20 clips of 40,000 still meets K clips carrying it in each of
+    its batches (its positives); a clip drawn for two labels of one batch is two random crops.
 
     Classes are visited in a shuffled cyclic order (every class appears about equally often, however
     many classes there are compared with P); each class hands out its clips in a shuffled cyclic
@@ -577,7 +690,8 @@ class ClassBalancedBatchSampler(torch.utils.data.Sampler):
     def __init__(self, labels: list[int], classes_per_batch: int, clips_per_class: int, seed: int = 0):
         self.by_class: dict[int, list[int]] = {}
         for index, label in enumerate(labels):
-            self.by_class.setdefault(label, []).append(index)
+            for one in (label if isinstance(label, (list, tuple)) else [label]):
+                self.by_class.setdefault(one, []).append(index)
         if clips_per_class < 2:
             raise ValueError("clips_per_class must be >= 2, or anchors have no positives")
         self.classes_per_batch = min(classes_per_batch, len(self.by_class))

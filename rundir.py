@@ -247,7 +247,8 @@ def run_results(run):
 
 # A line's valid accuracy: FineTune's classifier's is `valid_acc` ("valid_metric": "classifier"); PairTune logs
 # its selection metric's as `valid_metric_acc` ("valid_metric": its --select-by), and did as `valid_acc` before.
-VALID_ACCURACY = ("valid_acc", "valid_metric_acc")
+# On multi-label data the valid metric is macro mAP, logged as `valid_map` and `valid_metric_map`.
+VALID_ACCURACY = ("valid_acc", "valid_metric_acc", "valid_map", "valid_metric_map")
 CURVE_FIELDS = ("epoch", VALID_ACCURACY)  # what a log line needs to be a point of Figure 2
 
 
@@ -289,7 +290,8 @@ def read_log_lines(run_dir, warn=print_warning, needs=()):
 
 
 def valid_accuracy(line) -> float:
-    """A log line's valid accuracy (VALID_ACCURACY: valid_acc where the line has it, else valid_metric_acc)."""
+    """A log line's valid accuracy (VALID_ACCURACY: valid_acc where the line has it, else valid_metric_acc), or
+    on multi-label data its valid mAP."""
     return float(line[_present(line, VALID_ACCURACY)])
 
 

@@ -665,8 +665,10 @@ def load_cache(file):
 
 
 def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_seconds: float, device, names,
-                    batch_size: int = 16, num_workers: int = 0, precision: str = "auto") -> dict:
-    """{split: (features [N, d], labels [N])} for the splits in `names`, from cache_dir/<split>.pt when
+                    batch_size: int = 16, num_workers: int = 0, precision: str = "auto",
+                    multilabel: bool = False) -> dict:
+    """{split: (features [N, d], labels [N], or multi-hot [N, C] with multilabel)} for the splits in
+    `names`, from cache_dir/<split>.pt when
     it holds the very same clips and weights, else encoded (extract_features) and saved there.
 
     probe.py caches train, valid and test of the encoder it probes (a PairTune run's own probe in
@@ -680,12 +682,14 @@ def cached_features(encoder: AudioEncoder, splits, classes, cache_dir, max_secon
     for split in names:
         file = cache_dir / f"{split}.pt"
         saved = load_cache(file)
-        if cache_serves(saved, classes, max_seconds, fingerprint, clips=splits[split]):
+        if (cache_serves(saved, classes, max_seconds, fingerprint, clips=splits[split])
+                and (saved["labels"].dim() == 2) == multilabel):  # multi-hot targets for multi-label data
             features[split] = (saved["features"], saved["labels"])
             continue
         started = time.time()
         feats, labels = extract_features(encoder, splits[split], classes, max_seconds, device, batch_size,
-                                         num_workers, desc=f"encoding {split}", precision=precision)
+                                         num_workers, desc=f"encoding {split}", precision=precision,
+                                         multilabel=multilabel)
         atomic_save({"key": cache_key(splits[split], classes, max_seconds, fingerprint),
                      "features": feats, "labels": labels}, file)
         print(f"encoded {split}: {len(labels)} clips in {time.time() - started:.1f}s -> {file}")

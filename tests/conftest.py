@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ FSDD = SHARED / "data" / "fsdd"
 WHISPER = SHARED / "models" / "whisper-tiny.en-encoder"
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network in tests
+# data.check_audio_files keeps its record of checked files in a cache folder: the tests' own, not the user's
+os.environ["CONFIT_CACHE"] = tempfile.mkdtemp(prefix="confit-test-cache-")
 
 
 def run_script(script: str, *args, cwd=None, check=True) -> subprocess.CompletedProcess:
@@ -46,3 +49,12 @@ def whisper_dir() -> Path:
     if not (WHISPER / "model.safetensors").is_file():
         pytest.skip("../shared/models/whisper-tiny.en-encoder is absent")
     return WHISPER
+
+
+@pytest.fixture(scope="session")
+def mixture_manifest(tmp_path_factory, fsdd_root) -> Path:
+    """A small multi-label dataset of real speech: 1-3 FSDD digits mixed a clip (tests/mixtures.py), labels
+    joined by ';'; train, valid and test from disjoint speakers."""
+    from mixtures import make_mixtures
+    return make_mixtures(tmp_path_factory.mktemp("mixture"), {"train": 60, "valid": 20, "test": 30}, seed=0,
+                         recordings=fsdd_root / "recordings")
