@@ -17,6 +17,20 @@ of the process's peak resident memory (Linux VmHWM, reset through /proc/self/cle
 heap memory handed back before each measurement), so it counts every allocation, PyTorch's or not.
 It is also given in units of one B x B float32 matrix.
 
+With --multilabel, the multi-label loss (--multilabel-loss, jaccard by default) on multi-hot targets:
+
+    python bench.py --multilabel --sizes 1024,2048,4096
+    python bench.py --multilabel --multilabel-loss mulsupcon --mining none
+
+For each B: --multilabel-classes classes (200) and 1 to --max-labels labels (6) per clip, drawn at random;
+  eager   losses.multilabel_supcon_loss
+  fused   losses.fused_multilabel_supcon_loss
+  floor   as above: the two GEMMs over Z (the targets' own GEMM, B x C x B, is not in it)
+  single  losses.fused_supcon_loss on the single-label inputs above (B/8 classes of 8): the single-label
+          fused step at the same B, timed in the same interleaved rounds
+and a line with fused / single, the ratio the issue bounds at 1.3. On a CPU shared with other jobs,
+OMP_NUM_THREADS=1 gives steadier ratios: a preempted thread stalls a 2-thread kernel at random.
+
 With --steps, one PairTune training step against one FineTune training step instead:
 
     python bench.py --steps --backbone ../shared/models/whisper-tiny.en-encoder --repeats 3
@@ -72,6 +86,12 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="eager,fused,pml,floor", help="which methods to run")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the embeddings and labels (--steps: of the waves and the heads)")
+    p.add_argument("--multilabel", action="store_true",
+                   help="time the multi-label loss on multi-hot targets, beside the single-label fused step")
+    p.add_argument("--multilabel-loss", choices=losses.MULTILABEL_KINDS, default="jaccard",
+                   help="--multilabel: the multi-label loss")
+    p.add_argument("--multilabel-classes", type=int, default=200, help="--multilabel: classes C of the targets")
+    p.add_argument("--max-labels", type=int, default=6, help="--multilabel: each clip has 1 to this many labels")
     p.add_argument("--steps", action="store_true",
                    help="time one PairTune training step against one FineTune step instead of the loss alone")
     p.add_argument("--backbone", default="tiny",
@@ -111,6 +131,17 @@ def make_inputs(batch, dim, device, generator):
     return z, labels
 
 
+def make_multilabel_inputs(batch, dim, device, generator, n_classes=200, max_labels=6):
+    """Unit-norm embeddings and multi-hot targets [B, C]: each clip 1 to max_labels distinct labels
+    (capped at C), the count and the labels drawn uniformly at random."""
+    z = torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=1).to(device)
+    counts = torch.randint(1, max_labels + 1, (batch, 1), generator=generator)
+    # argsort of uniform noise is a random permutation per row: the positions of its `count` smallest
+    # values are `count` distinct labels drawn uniformly
+    targets = (torch.rand(batch, n_classes, generator=generator).argsort(dim=1) < counts).float()
+    return z, targets.to(device)
+
+
 def loss_step(loss_fn, z, labels):
     """One forward + backward, as a training step runs it."""
     leaf = z.detach().requires_grad_()
@@ -119,6 +150,13 @@ def loss_step(loss_fn, z, labels):
 
 
 def build_methods(args, device):
+    if args.multilabel:  # y: multi-hot targets; pml has no multi-label SupCon
+        kind = args.multilabel_loss
+        methods = {
+            "eager": lambda z, y: losses.multilabel_supcon_loss(z, y, mining=args.mining, kind=kind),
+            "fused": lambda z, y: losses.fused_multilabel_supcon_loss(z, y, mining=args.mining, kind=kind),
+        }
+        return {name: fn for name, fn in methods.items() if name in args.methods.split(",")}
     methods = {
         "eager": lambda z, y: losses.supcon_loss(z, y, mining=args.mining),
         "fused": lambda z, y: losses.fused_supcon_loss(z, y, mining=args.mining),
@@ -198,7 +236,8 @@ def step_batch(encoder, args, device, generator):
     per_class = args.clips_per_class
     n_classes = max(1, args.batch_size // per_class)
     samples = int(args.crop_seconds * encoder.sample_rate)
-    batch = [(0.1 * torch.randn(samples, generator=generator).numpy(), c)
+    # labels as data.TrainClips gives them: 0-d LongTensors, which the collate stacks
+    batch = [(0.1 * torch.randn(samples, generator=generator).numpy(), torch.tensor(c))
              for c in range(n_classes) for _ in range(per_class)]
     inputs, labels = data.CollateTrain(encoder.preprocess)(batch)
     # On the device once: both arms would pay the same copy, and the loader overlaps it in training.
@@ -227,7 +266,7 @@ def eval_inputs(encoder, n_clips, n_classes, args, generator):
     samples = int(args.crop_seconds * encoder.sample_rate)
     labels = torch.arange(n_clips) % n_classes
     collate = data.CollateEval(encoder.preprocess)
-    batches = [collate([([0.1 * torch.randn(samples, generator=generator).numpy()], int(labels[i]), i)
+    batches = [collate([([0.1 * torch.randn(samples, generator=generator).numpy()], labels[i], i)
                         for i in range(begin, min(begin + args.eval_batch_size, n_clips))])
                for begin in range(0, n_clips, args.eval_batch_size)]
     return batches, labels
@@ -360,23 +399,38 @@ def main(argv=None):
     methods = build_methods(args, device)
     generator = torch.Generator().manual_seed(args.seed)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; d = {args.dim}; mining = {args.mining}; "
+    labels_text = (f"; multi-label {args.multilabel_loss}, {args.multilabel_classes} classes, "
+                   f"1-{args.max_labels} labels a clip" if args.multilabel else "")
+    print(f"device: {name}; torch {torch.__version__}; d = {args.dim}; mining = {args.mining}{labels_text}; "
           f"median of {args.rounds} x {args.repeats}")
 
-    if "fused" in methods:  # the one compile, timed apart: later calls of any B reuse it
-        z, y = make_inputs(sizes[0], args.dim, device, generator)
+    def inputs(batch):
+        if args.multilabel:
+            return make_multilabel_inputs(batch, args.dim, device, generator, args.multilabel_classes,
+                                          args.max_labels)
+        return make_inputs(batch, args.dim, device, generator)
+
+    def single(z, y):  # --multilabel: the single-label fused step, on make_inputs' labels
+        return losses.fused_supcon_loss(z, y, mining=args.mining)
+    with_single = args.multilabel and "fused" in methods
+    first_calls = {}
+    if "fused" in methods:
+        first_calls["fused"] = (methods["fused"], *inputs(sizes[0]))
+    if with_single:
+        first_calls["single"] = (single, *make_inputs(sizes[0], args.dim, device, generator))
+    for method, (fn, z, y) in first_calls.items():  # the compiles, timed apart: later calls of any B reuse them
         synchronize(device)
         start = time.perf_counter()
-        loss_step(methods["fused"], z, y)
+        loss_step(fn, z, y)
         synchronize(device)
         first = time.perf_counter() - start
-        print(f"fused: first call (compile) {first:.1f} s")
+        print(f"{method}: first call (compile) {first:.1f} s")
 
     header = f"{'B':>6} {'method':>6} {'fwd+bwd ms':>11} {'x floor':>8} {'x fused':>8} {'peak MiB':>9} {'B x B':>6}"
     print(header)
     print("-" * len(header))
     for batch in sizes:
-        z, y = make_inputs(batch, args.dim, device, generator)
+        z, y = inputs(batch)
         dense_grad = torch.randn(batch, batch, generator=generator).to(device)
 
         def floor_step():
@@ -386,6 +440,9 @@ def main(argv=None):
         steps = {m: (lambda fn=fn: loss_step(fn, z, y)) for m, fn in methods.items() if m != "floor"}
         if "floor" in args.methods.split(","):
             steps["floor"] = floor_step
+        if with_single:
+            _, single_labels = make_inputs(batch, args.dim, device, generator)
+            steps["single"] = lambda: loss_step(single, z, single_labels)
         times = median_ms(steps, device, args.repeats, args.rounds)
         peaks = {m: peak_extra_bytes(step, device) for m, step in steps.items()}
         matrix = batch * batch * 4
@@ -395,6 +452,8 @@ def main(argv=None):
             peak = peaks[m]
             peak_text = f"{peak / 2**20:9.1f} {peak / matrix:6.2f}" if peak is not None else f"{'-':>9} {'-':>6}"
             print(f"{batch:>6} {m:>6} {times[m]:>11.2f} {ratio_floor:>8} {ratio_fused:>8} {peak_text}")
+        if with_single:
+            print(f"B = {batch}: multi-label fused / single-label fused {times['fused'] / times['single']:.2f}")
         print()
 
 

@@ -1,9 +1,17 @@
 """Supervised-contrastive loss with optional pair mining (the AudioConFit objective).
 
 `supcon_loss` is the eager reference implementation: everything is vectorised over
-the batch and free of data-dependent Python control flow. `fused_supcon_loss` (at the
-end of this file) computes the same loss and gradient with a closed-form backward
+the batch and free of data-dependent Python control flow. `fused_supcon_loss` (after
+it) computes the same loss and gradient with a closed-form backward
 and torch.compile'd passes over the similarity matrix, and is checked against it.
+
+Multi-label data (multi-hot targets [B, C]; the notes at the end of this file):
+`multilabel_supcon_loss(z, targets, temperature, mining, epsilon, kind)` is the eager
+Jaccard-weighted SupCon (kind="jaccard", Audibert et al. 2024) or MulSupCon
+(kind="mulsupcon", Zhang & Wu 2024, in-batch and single-view), and
+`fused_multilabel_supcon_loss` (same arguments, plus `compiled`) its fused path. Both
+reduce to `supcon_loss` on one-hot targets. `contrastive_loss(z, labels, ..., fused,
+multilabel_kind)` calls the right one for [B] integer labels or [B, C] targets.
 
 Notation
 --------
@@ -90,7 +98,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["MINING_MODES", "fused_supcon_loss", "mining_masks", "supcon_loss"]
+__all__ = ["MINING_MODES", "MULTILABEL_KINDS", "contrastive_loss", "fused_multilabel_supcon_loss",
+           "fused_supcon_loss", "mining_masks", "multilabel_supcon_loss", "supcon_loss"]
 
 MINING_MODES = ("none", "ms", "batch-hard")
 
@@ -125,10 +134,16 @@ def mining_masks(
             f"labels must have shape [{sim.shape[0]}] to match sim, got {tuple(labels.shape)}"
         )
 
+    return _masks_from_same(sim.detach(), labels[:, None] == labels[None, :], mining, epsilon)
+
+
+def _masks_from_same(sim: Tensor, same: Tensor, mining: str, epsilon: float) -> tuple[Tensor, Tensor]:
+    """mining_masks' selection, given same [B, B] (True for pairs of one class, and on the diagonal).
+
+    The multi-label losses call it with same = "shares a label" (and the diagonal set True).
+    """
     with torch.no_grad():
-        sim = sim.detach()
         batch = sim.shape[0]
-        same = labels[:, None] == labels[None, :]
         not_self = ~torch.eye(batch, dtype=torch.bool, device=sim.device)
         pos = same & not_self
         neg = ~same  # the diagonal is "same", so it is already excluded here
@@ -180,13 +195,26 @@ def _autocast_disabled(device_type: str):
     return contextlib.nullcontext()
 
 
-def _validate(z: Tensor, labels: Tensor, temperature: float, mining: str, epsilon: float) -> None:
-    if not isinstance(z, Tensor) or not isinstance(labels, Tensor):
-        raise ValueError("z and labels must be torch tensors")
+def _validate_z(z: Tensor) -> None:
     if z.dim() != 2:
         raise ValueError(f"z must be 2-D [B, p], got shape {tuple(z.shape)}")
     if not z.is_floating_point():
         raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+
+
+def _validate_options(temperature: float, mining: str, epsilon: float) -> None:
+    _check_mining(mining)
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    if not math.isfinite(float(epsilon)):
+        raise ValueError(f"epsilon must be finite, got {epsilon}")
+
+
+def _validate(z: Tensor, labels: Tensor, temperature: float, mining: str, epsilon: float) -> None:
+    if not isinstance(z, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError("z and labels must be torch tensors")
+    _validate_z(z)
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D [B], got shape {tuple(labels.shape)}")
     if labels.shape[0] != z.shape[0]:
@@ -197,12 +225,7 @@ def _validate(z: Tensor, labels: Tensor, temperature: float, mining: str, epsilo
         raise ValueError(f"labels are on {labels.device} but z is on {z.device}; move them to z's device")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
-    _check_mining(mining)
-    t = float(temperature)
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
-    if not math.isfinite(float(epsilon)):
-        raise ValueError(f"epsilon must be finite, got {epsilon}")
+    _validate_options(temperature, mining, epsilon)
 
 
 def supcon_loss(
@@ -293,11 +316,13 @@ def supcon_loss(
 # checks the bound and hands other inputs to the eager supcon_loss.
 
 
-def _thresholds(sim: Tensor, labels: Tensor, mining: str):
-    """Pass 1: what each anchor's mining keeps, as [B, 1] columns (empty for mining="none")."""
+def _thresholds(sim: Tensor, same: Tensor, mining: str):
+    """Pass 1: what each anchor's mining keeps, as [B, 1] columns (empty for mining="none").
+
+    same[i, a]: the pair is of one class (for the multi-label losses: shares a label); True on the diagonal.
+    """
     if mining == "none":
         return ()
-    same = labels[:, None] == labels[None, :]
     # hardest positive and hardest negative similarity per anchor (the +inf diagonal is in `same`)
     min_pos = torch.where(same, sim, math.inf).amin(dim=1, keepdim=True)
     max_neg = torch.where(same, -math.inf, sim).amax(dim=1, keepdim=True)
@@ -333,8 +358,8 @@ def _loss_terms(sim: Tensor, labels: Tensor, temperature: float, mining: str, ep
     Compiled as one graph (on CPU, Inductor makes one loop over rows that runs both passes on
     each row in turn).
     """
-    stats = _thresholds(sim, labels, mining)
     same = labels[:, None] == labels[None, :]
+    stats = _thresholds(sim, same, mining)
     index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)  # read by batch-hard alone
     pos, neg = _kept(sim, same, index[None, :], stats, mining, epsilon)
     exp_sim = torch.exp(sim * (1.0 / temperature))
@@ -375,21 +400,22 @@ def _symmetric_pair_grad_into_sim(sim: Tensor, labels: Tensor, stats, softmax_sc
     sim.copy_(scale * (g_rows + g_cols))
 
 
-_compiled_passes: dict = {}  # (pass, temperature, mining, epsilon) -> compiled function
+_compiled_passes: dict = {}  # (pass, temperature, mining, epsilon, *constants) -> compiled function
 
 
-def _compiled(fn, temperature: float, mining: str, epsilon: float):
-    """`fn` compiled with temperature, mining and epsilon as compile-time constants.
+def _compiled(fn, temperature: float, mining: str, epsilon: float, **constants):
+    """`fn` compiled with temperature, mining, epsilon (and any other keyword `constants`, such as the
+    multi-label loss's kind) as compile-time constants.
 
     dynamic=True gives one graph for every batch size (a smaller last batch, any number of
     classes). specialize_float makes the floats constants of the graph: by default Dynamo turns
     them into runtime scalars of a dynamic graph, and the C++ kernels then ran 3-5x slower
     (measured on CPU: 8 ms against 27-42 ms for the forward passes at B = 2048).
     """
-    key = (fn, temperature, mining, epsilon)
+    key = (fn, temperature, mining, epsilon, *sorted(constants.items()))
     if key not in _compiled_passes:
-        compiled = torch.compile(partial(fn, temperature=temperature, mining=mining, epsilon=epsilon),
-                                 dynamic=True)
+        compiled = torch.compile(partial(fn, temperature=temperature, mining=mining, epsilon=epsilon,
+                                         **constants), dynamic=True)
 
         def run(*tensors):
             # The patch is process-wide while it lasts (torch._dynamo.config is not thread-local).
@@ -472,3 +498,319 @@ def fused_supcon_loss(
         labels = labels.to(torch.int32 if small_labels else torch.long)
         return _FusedSupCon.apply(z, labels, float(temperature), mining,
                                   float(epsilon), compiled)
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-label: the Jaccard-weighted SupCon and MulSupCon, eager and fused
+# ----------------------------------------------------------------------------------------------
+#
+# targets [B, C] is multi-hot (0/1, float, int or bool); n_i = |y_i| labels of clip i, m_c clips
+# carrying label c. Both losses are a SupCon whose positives carry weights W_ij (W symmetric, zero
+# diagonal) and whose anchors carry weights alpha_i:
+#
+#   L_i = alpha_i ( logsumexp_{a in P'(i) u N'(i)} s_ia / tau - sum_{k in P'(i)} p_ik s_ik / tau ),
+#   p_ik = W_ik / sum_{k' in P'(i)} W_ik',        L = sum_i L_i / sum_{i : P'(i) nonempty} alpha_i,
+#
+#   kind="jaccard"    (Audibert et al. 2024, arXiv 2412.00101, their "base" loss)
+#                     W_ij = J_ij = |y_i ^ y_j| / |y_i v y_j|, alpha_i = 1. The intersections are the
+#                     one GEMM Y Y^T, the unions n_i + n_j - |y_i ^ y_j|.
+#   kind="mulsupcon"  (Zhang & Wu, AAAI 2024) ported to one view in the batch: every (i, c) with
+#                     y_ic = 1 and m_c >= 2 is an anchor whose positives are the other clips carrying
+#                     c, so |P(i, c)| = m_c - 1. All of i's anchors share i's denominator, so the
+#                     (i, c) terms sum to W = (Y diag(1 / (m - 1))) Y^T (one GEMM; a label carried by
+#                     one clip weighs 0), with alpha_i = #{c : y_ic = 1, m_c >= 2} = sum_j W_ij and
+#                     normaliser sum_i alpha_i = |Omega'| = sum_{c : m_c >= 2} m_c. No momentum
+#                     encoder, no queue, no self-pair (the official code has all three).
+#
+# Without mining P'(i) = {j != i : W_ij > 0}, N'(i) = the rest, and these are the published losses.
+# Pairs: a positive shares a label (J > 0, equivalently W > 0), a negative shares none (J = 0).
+# Mining (our choice, stated in the docstrings): "ms" and "batch-hard" select P'(i) and N'(i) by the
+# same thresholds as mining_masks; the kept positives keep their weights, renormalised over the kept
+# positives (p_ik above), and an anchor keeps its weight alpha_i while it keeps a positive. So
+# MulSupCon drops mined pairs, not (i, c) anchors. With one-hot targets both kinds are supcon_loss,
+# mining or not: W_ij = 1 (jaccard) or 1/(m - 1) (mulsupcon) for same-class pairs, so p_ik = 1/|P'(i)|,
+# and alpha_i = 1 for every anchor with a positive.
+
+MULTILABEL_KINDS = ("jaccard", "mulsupcon")
+
+
+def _validate_multilabel(z: Tensor, targets: Tensor, temperature: float, mining: str, epsilon: float,
+                         kind: str) -> None:
+    if not isinstance(z, Tensor) or not isinstance(targets, Tensor):
+        raise ValueError("z and targets must be torch tensors")
+    _validate_z(z)
+    if targets.dim() != 2:
+        raise ValueError(f"targets must be 2-D multi-hot [B, C], got shape {tuple(targets.shape)}")
+    if targets.shape[0] != z.shape[0]:
+        raise ValueError(f"batch size mismatch: z has {z.shape[0]} rows but targets has {targets.shape[0]}")
+    if targets.device != z.device:
+        raise ValueError(f"targets are on {targets.device} but z is on {z.device}; move them to z's device")
+    if targets.is_complex():
+        raise ValueError(f"targets must be multi-hot 0/1, got dtype {targets.dtype}")
+    _validate_options(temperature, mining, epsilon)
+    if kind not in MULTILABEL_KINDS:
+        raise ValueError(f"unknown multi-label loss {kind!r}; expected one of {MULTILABEL_KINDS}")
+
+
+def _not_multi_hot(targets: Tensor) -> Tensor:
+    """A 0-d bool tensor: True if some entry of targets is neither 0 nor 1 (NaN included)."""
+    return ((targets != 0) & (targets != 1)).any()
+
+
+_NOT_MULTI_HOT = "targets must be multi-hot: every entry 0 or 1"
+
+
+def _pair_weights(y: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """W [B, B] (zero diagonal) and alpha [B] of the notes above, from multi-hot y [B, C] (float)."""
+    if kind == "jaccard":
+        inter = y @ y.T  # |y_i ^ y_j|
+        n = y.sum(dim=1)
+        union = n[:, None] + n[None, :] - inter  # >= 1 wherever inter > 0
+        weights = torch.where(inter > 0, inter / union.clamp_min(1), 0.0)
+        anchor = torch.ones_like(n)
+    else:
+        m = y.sum(dim=0)
+        valid = m >= 2  # a label on one clip gives its anchor (i, c) no positive: weight 0
+        weights = (y * torch.where(valid, 1.0 / (m - 1).clamp_min(1), 0.0)) @ y.T
+        anchor = y @ valid.to(y.dtype)
+    return weights.fill_diagonal_(0), anchor
+
+
+def multilabel_supcon_loss(
+    z: Tensor,
+    targets: Tensor,
+    temperature: float = 0.1,
+    mining: str = "ms",
+    epsilon: float = 0.1,
+    kind: str = "jaccard",
+) -> Tensor:
+    """Multi-label SupCon: Jaccard-weighted (kind="jaccard", the default) or MulSupCon ("mulsupcon").
+
+    The equations are in the notes above this function. A pair is a positive when the two clips share
+    a label and a negative when they share none; mining="ms" and "batch-hard" pick pairs by the same
+    thresholds as supcon_loss. Our choice for mining (no paper defines it): the kept positives keep
+    their weights, renormalised to sum to 1 over the kept positives, and the denominator runs over the
+    kept positives and negatives, as supcon_loss's restricted term does. With one-hot targets this is
+    supcon_loss(z, labels, ...) for either kind.
+
+    Args:
+        z: [B, p] L2-normalised embeddings (not renormalised here). Any float dtype.
+        targets: [B, C] multi-hot, every entry 0 or 1 (float, integer or bool). A clip with no label
+            is a negative of every other clip.
+        temperature, mining, epsilon: as supcon_loss.
+        kind: "jaccard" or "mulsupcon".
+
+    Returns:
+        Scalar loss, in float32 (float64 if z is float64), differentiable w.r.t. z. An anchor without a
+        (kept) positive adds no term; with none at all the loss is a 0 still attached to z (zero
+        gradients), as supcon_loss's.
+
+    Raises:
+        ValueError: wrong dimensions, mismatched batch sizes, targets not 0/1, unknown mining or kind,
+            non-positive temperature or non-finite epsilon.
+    """
+    _validate_multilabel(z, targets, temperature, mining, epsilon, kind)
+    if _not_multi_hot(targets):
+        raise ValueError(_NOT_MULTI_HOT)
+    compute_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+
+    with _autocast_disabled(z.device.type):
+        zc = z.to(compute_dtype)
+        sim = zc @ zc.T  # [B, B]
+        weights, anchor = _pair_weights(targets.to(compute_dtype), kind)
+        eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+        pos, neg = _masks_from_same(sim, (weights > 0) | eye, mining, epsilon)
+
+        logits = sim / temperature
+        log_denom = _masked_logsumexp(logits, pos | neg)  # [B]
+
+        kept_weights = torch.where(pos, weights, 0.0)
+        has_pos = pos.any(dim=1)
+        # p_ik: the kept positives' weights over their sum (the 1 only guards anchors without positives)
+        weighted_pos_logit = (kept_weights * logits).sum(dim=1) / torch.where(has_pos, kept_weights.sum(dim=1), 1.0)
+        anchor = torch.where(has_pos, anchor, 0.0)
+        per_anchor = anchor * (log_denom - weighted_pos_logit)
+        # as in supcon_loss: with no anchor this is a sum of zeros over 1, still attached to z
+        return per_anchor.sum() / anchor.sum().clamp_min(1)
+
+
+# The fused path is _FusedSupCon's with "same class" replaced by "shares a label" (overlap > 0) and
+# the plain mean over kept positives by the weighted one:
+#   forward   S = Z Z^T and the overlap O (a GEMM over the multi-hot matrix; jaccard: the counts
+#             |y_i ^ y_j|, mulsupcon: W), both diagonals set to sentinels: S_ii = +inf as before,
+#             O_ii = 1, so that (i, i) is "same" and, like the single-label diagonal, never a negative
+#             (even for a clip with no label) and never kept; then one compiled pass per row of S and
+#             O, the weights W_ia computed in the pass from O_ia (jaccard: O / (n_i + n_a - O)).
+#   backward  with P' the kept positives, h_i = 1 if anchor i keeps one, M = sum_i h_i alpha_i,
+#             w_i = sum_{k in P'(i)} W_ik:
+#             g[i, a] = h_i alpha_i / (M tau) ( K[i, a] exp(S[i, a] / tau - lse_i) - P'[i, a] W_ia / w_i ),
+#             Gs = G + G^T written over S in one pass (W and O are symmetric), and dZ = Gs Z.
+# The jaccard counts come from a bfloat16 GEMM where the hardware has one (CUDA; CPUs with
+# AVX512-BF16 or AMX): the inputs are 0/1, so every product and every partial sum is an integer no
+# larger than the clip's label count, and integers up to 256 are exact in bfloat16, whatever the
+# accumulation order. That GEMM took 18 ms against 50 ms in float32 on this project's 2-core AMX CPU
+# (B = 4096, C = 200), and O is read at half the bytes. Clips with more than 256 labels, and mulsupcon
+# (whose 1/(m - 1) weights are not exact in bfloat16), use the GEMM in the computation's dtype: that is
+# why mulsupcon's fused step costs more (bench.py --multilabel, one thread, B = 1024-4096: jaccard
+# 1.23-1.25x the single-label fused step, mulsupcon 1.48-1.85x).
+
+
+def _bf16_matmul_is_fast(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # private helpers; without them, float32 (exact anyway, just slower)
+        cpu = torch.cpu
+        return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                     "_is_amx_tile_supported"))
+    return False
+
+
+def _multilabel_weights(overlap: Tensor, counts: Tensor, kind: str) -> Tensor:
+    """W at every position from the overlap O: jaccard O / (n_i + n_a - O), mulsupcon O itself."""
+    if kind == "jaccard":
+        inter = overlap.to(counts.dtype)
+        return inter / (counts + counts.T - inter).clamp_min(1)  # counts [B, 1]: symmetric in (i, a)
+    return overlap
+
+
+def _multilabel_loss_terms(sim: Tensor, overlap: Tensor, counts: Tensor, anchor: Tensor, temperature: float,
+                           mining: str, epsilon: float, kind: str):
+    """The forward passes over S and O: the loss, the mining stats and the row vectors the backward needs."""
+    same = overlap > 0
+    stats = _thresholds(sim, same, mining)
+    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)  # read by batch-hard alone
+    pos, neg = _kept(sim, same, index[None, :], stats, mining, epsilon)
+    weights = _multilabel_weights(overlap, counts, kind)
+    exp_sim = torch.exp(sim * (1.0 / temperature))
+    sum_exp = torch.where(pos | neg, exp_sim, 0.0).sum(dim=1, keepdim=True)
+    sum_weights = torch.where(pos, weights, 0.0).sum(dim=1, keepdim=True)
+    # where, not weights * sim: S's diagonal is +inf, and 0 * inf is NaN
+    sum_pos = torch.where(pos, weights * sim, 0.0).sum(dim=1, keepdim=True)
+    has_pos = sum_weights > 0  # kept positives have W > 0
+    anchor = torch.where(has_pos, anchor, 0.0)  # 0 also switches anchors without positives off
+    pos_scale = anchor / torch.where(has_pos, sum_weights, 1.0)  # alpha_i / w_i
+    lse = torch.log(torch.where(has_pos, sum_exp, 1.0))
+    per_anchor = anchor * lse - sum_pos * pos_scale / temperature
+    n_anchors = anchor.sum().clamp_min(1)
+    softmax_scale = anchor / torch.where(has_pos, sum_exp, 1.0)
+    return per_anchor.sum() / n_anchors, stats, softmax_scale, pos_scale, n_anchors
+
+
+def _multilabel_pair_grad_into_sim(sim: Tensor, overlap: Tensor, counts: Tensor, stats, softmax_scale: Tensor,
+                                   pos_scale: Tensor, scale: Tensor, temperature: float, mining: str,
+                                   epsilon: float, kind: str) -> None:
+    """Gs = G + G^T written over S, as _symmetric_pair_grad_into_sim (see _kept for the column form)."""
+    same = overlap > 0
+    index = torch.arange(sim.shape[0], device=sim.device, dtype=torch.int32)
+    exp_sim = torch.exp(sim * (1.0 / temperature))
+    weights = _multilabel_weights(overlap, counts, kind)  # symmetric: W_ia serves g[i, a] and g[a, i]
+    pos_r, neg_r = _kept(sim, same, index[None, :], stats, mining, epsilon)
+    g_rows = torch.where(pos_r | neg_r, exp_sim * softmax_scale, 0.0) - torch.where(pos_r, weights * pos_scale, 0.0)
+    stats_t = tuple(s.T for s in stats)
+    pos_c, neg_c = _kept(sim, same, index[:, None], stats_t, mining, epsilon)
+    g_cols = (torch.where(pos_c | neg_c, exp_sim * softmax_scale.T, 0.0)
+              - torch.where(pos_c, weights * pos_scale.T, 0.0))
+    sim.copy_(scale * (g_rows + g_cols))
+
+
+def _overlap(targets: Tensor, kind: str, dtype: torch.dtype, bf16: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """O [B, B] (diagonal 1), the label counts n [B, 1] (jaccard) and alpha [B, 1]."""
+    if kind == "jaccard":
+        y = targets.to(torch.bfloat16 if bf16 else dtype)  # exact: see the notes above
+        counts = y.sum(dim=1, keepdim=True, dtype=dtype)
+        overlap, anchor = y @ y.T, torch.ones_like(counts)
+    else:
+        y = targets.to(dtype)
+        m = y.sum(dim=0)
+        valid = m >= 2
+        overlap = (y * torch.where(valid, 1.0 / (m - 1).clamp_min(1), 0.0)) @ y.T
+        counts = anchor = (y @ valid.to(dtype))[:, None]  # counts: unused by mulsupcon's passes
+    overlap.diagonal().fill_(1)
+    return overlap, counts, anchor
+
+
+class _FusedMultiLabelSupCon(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, targets, temperature, mining, epsilon, kind, compiled, bf16):
+        options = dict(temperature=temperature, mining=mining, epsilon=epsilon, kind=kind)
+        run = (lambda fn: _compiled(fn, **options)) if compiled else (lambda fn: partial(fn, **options))
+        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+        zc = z.detach().to(dtype)
+        sim = zc @ zc.T
+        sim.diagonal().fill_(math.inf)
+        overlap, counts, anchor = _overlap(targets, kind, dtype, bf16)
+        loss, stats, softmax_scale, pos_scale, n_anchors = run(_multilabel_loss_terms)(sim, overlap, counts, anchor)
+        ctx.save_for_backward(zc, sim, overlap, counts, softmax_scale, pos_scale, n_anchors, *stats)
+        ctx.run, ctx.temperature, ctx.z_dtype = run, temperature, z.dtype
+        ctx.sim_overwritten = False
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        if ctx.sim_overwritten:
+            raise RuntimeError("fused_multilabel_supcon_loss's backward overwrites its saved similarities with "
+                               "the gradient, so it runs once per forward; use multilabel_supcon_loss for "
+                               "backward(retain_graph=True) run twice")
+        ctx.sim_overwritten = True
+        zc, sim, overlap, counts, softmax_scale, pos_scale, n_anchors, *stats = ctx.saved_tensors
+        scale = grad_out.to(sim.dtype) / (n_anchors * ctx.temperature)
+        ctx.run(_multilabel_pair_grad_into_sim)(sim, overlap, counts, tuple(stats), softmax_scale, pos_scale, scale)
+        grad_z = sim @ zc
+        return grad_z.to(ctx.z_dtype), None, None, None, None, None, None, None
+
+
+def fused_multilabel_supcon_loss(
+    z: Tensor,
+    targets: Tensor,
+    temperature: float = 0.1,
+    mining: str = "ms",
+    epsilon: float = 0.1,
+    kind: str = "jaccard",
+    compiled: bool = True,
+) -> Tensor:
+    """`multilabel_supcon_loss` with the same arguments, value and gradient, by the fused path above.
+
+    As `fused_supcon_loss`: `compiled=False` runs the same passes eagerly; inputs outside the fused
+    range, with NaN, or of fewer than 2 clips go to `multilabel_supcon_loss`; no double backward and
+    one backward per forward. Its extra work over `fused_supcon_loss`: one GEMM over the targets
+    (B x C x B) and a second B x B matrix read by each pass.
+    """
+    _validate_multilabel(z, targets, temperature, mining, epsilon, kind)
+    if z.shape[0] < 2:
+        return multilabel_supcon_loss(z, targets, temperature, mining, epsilon, kind)
+    with torch.no_grad():  # one host sync for the range check, the 0/1 check and the largest label count
+        max_norm = torch.linalg.vector_norm(z.detach().float(), dim=1).max()
+        carried = targets != 0
+        not_multi_hot = (carried & (targets != 1)).any()  # as _not_multi_hot, reusing `carried`
+        max_norm, not_multi_hot, max_labels = torch.stack(
+            [max_norm.double(), not_multi_hot.double(), carried.sum(dim=1).max().double()]).tolist()
+    if not_multi_hot:
+        raise ValueError(_NOT_MULTI_HOT)
+    exp_limit = 700.0 if z.dtype == torch.float64 else 80.0
+    if not max_norm * max_norm / float(temperature) + math.log(z.shape[0]) < exp_limit:  # NaN fails too
+        return multilabel_supcon_loss(z, targets, temperature, mining, epsilon, kind)
+    bf16 = z.dtype != torch.float64 and max_labels <= 256 and _bf16_matmul_is_fast(z.device)
+    with _autocast_disabled(z.device.type):
+        return _FusedMultiLabelSupCon.apply(z, targets, float(temperature), mining, float(epsilon), kind,
+                                            compiled, bf16)
+
+
+def contrastive_loss(
+    z: Tensor,
+    labels: Tensor,
+    temperature: float = 0.1,
+    mining: str = "ms",
+    epsilon: float = 0.1,
+    fused: bool = True,
+    multilabel_kind: str = "jaccard",
+) -> Tensor:
+    """The training loss for either kind of label: SupCon for [B] integer labels, the multi-label loss
+    `multilabel_kind` for [B, C] multi-hot targets; `fused` picks the fused or the eager implementation."""
+    if multilabel_kind not in MULTILABEL_KINDS:  # checked for single-label data too, so a typo fails at once
+        raise ValueError(f"unknown multi-label loss {multilabel_kind!r}; expected one of {MULTILABEL_KINDS}")
+    if isinstance(labels, Tensor) and labels.dim() == 2:
+        loss = fused_multilabel_supcon_loss if fused else multilabel_supcon_loss
+        return loss(z, labels, temperature, mining, epsilon, multilabel_kind)
+    loss = fused_supcon_loss if fused else supcon_loss
+    return loss(z, labels, temperature, mining, epsilon)

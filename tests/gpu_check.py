@@ -8,7 +8,9 @@ written up as one markdown table, for a maintainer with a GPU at hand.
 The checks, each row a status (ok, FAILED: why, skipped: why) and what was measured:
   1. fused_supcon_loss against supcon_loss on CUDA, every mining mode: the loss and its gradient in
      float32 (to 1e-5 relative) and from bf16 inputs (2e-2); and no recompile when the batch size
-     or the number of classes changes (Dynamo's graph count, as tests/test_fused_loss.py counts it)
+     or the number of classes changes (Dynamo's graph count, as tests/test_fused_loss.py counts it);
+     fused_multilabel_supcon_loss against multilabel_supcon_loss (jaccard and mulsupcon, every mining
+     mode, float32 to 1e-5): on CUDA the jaccard label counts come from a bfloat16 GEMM
   2. bench.py --device cuda --sizes 4096,8192, its table copied into the report
   3. pairtune.py -> probe.py and finetune.py (-> predict.py over its test files on the device, which
      must give the run's test accuracy), 1 epoch on the demo data, --precision bf16, with a
@@ -188,7 +190,8 @@ def fused_worker(device_name: str) -> dict:
     import torch.nn.functional as F
     from torch._dynamo.utils import counters
 
-    from losses import fused_supcon_loss, supcon_loss
+    from losses import MULTILABEL_KINDS, fused_multilabel_supcon_loss, fused_supcon_loss, multilabel_supcon_loss
+    from losses import supcon_loss
 
     device = torch.device(device_name)
     # pairtune.py trains with TF32 GEMMs; this compares the two losses' arithmetic, so exact float32.
@@ -240,10 +243,27 @@ def fused_worker(device_name: str) -> dict:
                 finite &= bool(torch.isfinite(got[0]) and torch.isfinite(got[1]).all())
                 nontrivial &= bool(want[0] > 0 and want[1].abs().max() > 0)  # not a comparison of zeros
         modes[mining] = {"errors": errors, "finite": finite, "nontrivial": nontrivial}
+    multilabel = {}
+    for kind in MULTILABEL_KINDS:  # multi-hot targets, 1-6 labels a clip out of the size's classes
+        errors, finite, nontrivial = {"loss": 0.0, "grad": 0.0}, True, True
+        for n, n_classes in compare_sizes:
+            z, _ = batch(n, n_classes)
+            scores = torch.rand(n, n_classes, generator=generator)
+            labels_per_clip = torch.randint(1, 7, (n, 1), generator=generator).clamp(max=n_classes)
+            targets = (scores.argsort(1).argsort(1) < labels_per_clip).float().to(device)
+            for mining in MINING_MODES:
+                want = loss_and_grad(lambda *a, **k: multilabel_supcon_loss(*a, **k, kind=kind), z, targets, mining)
+                got = loss_and_grad(lambda *a, **k: fused_multilabel_supcon_loss(*a, **k, kind=kind), z, targets,
+                                    mining)
+                errors["loss"] = max(errors["loss"], relative_error(got[0], want[0]))
+                errors["grad"] = max(errors["grad"], relative_error(got[1], want[1]))
+                finite &= bool(torch.isfinite(got[0]) and torch.isfinite(got[1]).all())
+                nontrivial &= bool(want[0] > 0 and want[1].abs().max() > 0)
+        multilabel[kind] = {"errors": errors, "finite": finite, "nontrivial": nontrivial}
     z = batch(*compare_sizes[0])[0]
     similarity = z @ z.T  # the fused backward reads S[i, a] for S[a, i] (see fused_supcon_loss)
     return {"compiled": compiled, "new_graphs": new_graphs, "recompile_errors": recompile_errors,
-            "modes": modes, "symmetric_gemm": bool((similarity == similarity.T).all())}
+            "modes": modes, "multilabel": multilabel, "symmetric_gemm": bool((similarity == similarity.T).all())}
 
 
 def backbone_worker(folder: str, smoke: bool) -> dict:
@@ -289,7 +309,9 @@ def smoke_manifest(manifest: Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 # The rows' titles, the same whatever runs (a report without CUDA lists them all as skipped)
-FUSED_TITLES = [f"fused loss = eager, mining {m}" for m in MINING_MODES] + ["fused loss: one graph for all batch sizes"]
+FUSED_TITLES = ([f"fused loss = eager, mining {m}" for m in MINING_MODES]
+                + ["fused loss: one graph for all batch sizes"]
+                + [f"fused multi-label loss = eager, {kind}" for kind in ("jaccard", "mulsupcon")])
 PIPELINE_TITLES = ["pairtune.py, 1 epoch", "probe.py of that run", "finetune.py, 1 epoch",
                    "predict.py of that run, its test files"]
 DDP_TITLES = ["torchrun pairtune.py", "torchrun finetune.py", "DDP: one process group (NCCL; gloo on CPU)"]
@@ -379,6 +401,14 @@ def task_fused(setup: Setup) -> list[Row]:
     if result.problem() or found is None:
         return [row.fail([result.problem() or "the worker printed no result"]) for row in rows]
     warm, new_sizes, compare_sizes = FUSED_SIZES[setup.device]
+    for row, kind in zip(rows[len(MINING_MODES) + 1:], ("jaccard", "mulsupcon")):
+        mode = found["multilabel"][kind]
+        row.details = (f"max relative error over every mining mode, fp32: loss {mode['errors']['loss']:.1e}, grad "
+                       f"{mode['errors']['grad']:.1e} (B = {', '.join(str(n) for n, _ in compare_sizes)}, 1-6 labels a "
+                       "clip)")
+        row.fail([f"{name} off by {error:.1e}" for name, error in mode["errors"].items() if error > FP32_TOLERANCE]
+                 + ([] if mode["finite"] else ["non-finite loss or gradient"])
+                 + ([] if mode["nontrivial"] else ["the eager loss or gradient was 0: nothing was compared"]))
     for row, mining in zip(rows, MINING_MODES):
         mode = found["modes"][mining]
         errors = mode["errors"]
@@ -390,7 +420,7 @@ def task_fused(setup: Setup) -> list[Row]:
         problems += [] if mode["finite"] else ["non-finite loss or gradient"]
         problems += [] if mode["nontrivial"] else ["the eager loss or gradient was 0: nothing was compared"]
         row.fail(problems)
-    graphs = rows[-1]
+    graphs = rows[len(MINING_MODES)]
     graphs.details = (f"{found['compiled']} graph(s) compiled at B = {warm[0]} ({len(MINING_MODES)} mining modes), "
                       f"{found['new_graphs']} more at B = {', '.join(str(n) for n, _ in new_sizes)}; "
                       f"S = Z Z^T bit-symmetric: {'yes' if found['symmetric_gemm'] else 'no'}")

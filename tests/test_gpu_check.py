@@ -45,7 +45,7 @@ def test_without_cuda_it_skips_at_once_and_reports_every_row_skipped(tmp_path):
     assert seconds < 30, f"took {seconds:.0f} s"
     assert result.stdout.count("\n") == 1 and "skipped: no CUDA" in result.stdout
     rows = table((tmp_path / "gpu_check.md").read_text())
-    assert [row["check"] for row in rows] == ALL_TITLES and len(rows) == 20
+    assert [row["check"] for row in rows] == ALL_TITLES and len(rows) == 22
     assert {row["status"] for row in rows} == {"skipped: no CUDA"}
     assert not (tmp_path / "logs").exists()  # nothing ran
 
