@@ -144,7 +144,7 @@ def planned_clips(manifest, fold) -> dict:
         train, valid, test = [c for c in clips if c.fold != fold], [], [c for c in clips if c.fold == fold]
     if not valid:  # the default --valid-fraction, by whole speakers where load_splits would take them
         train, valid = data.carve_valid(train, data.VALID_FRACTION, data.valid_grouping(train, test)[0])
-    return {"train": len(train), "valid": len(valid), "classes": len({c.label for c in train})}
+    return {"train": len(train), "valid": len(valid), "classes": len({label for c in train for label in c.labels})}
 
 
 def scaled_rates(logs):
@@ -323,9 +323,9 @@ def cmd_done(args):
 
 def cmd_best_batch(args):
     """The batch-size search's choice for one dataset x backbone x arm: the batch size whose run
-    (SEARCH_DIR/batch-B/<first seed or fold>/) has the best valid accuracy (FineTune: its classifier
-    at the selected epoch; PairTune: its probe's), never test; ties go to the smaller batch. Prints
-    the batch size; exit 1, naming what is missing, until every searched batch size has finished."""
+    (SEARCH_DIR/batch-B/<first seed or fold>/) has the best valid accuracy, or valid mAP on multi-label data
+    (FineTune: its classifier at the selected epoch; PairTune: its probe's), never test; ties go to the smaller
+    batch. Prints the batch size; exit 1, naming what is missing, until every searched batch size has finished."""
     valid, missing = {}, []
     for batch in args.batch_sizes:
         finished = [run for run in find_runs(Path(args.search_dir) / f"batch-{batch}", warn=lambda _: None)
@@ -337,7 +337,8 @@ def cmd_best_batch(args):
             print(f"error: {len(finished)} finished runs below {finished[0]['dir'].parent}; the search keeps one "
                   f"(the first seed or fold)", file=sys.stderr)
             return 1
-        valid[batch] = json.loads(finished[0]["results"].read_text(encoding="utf-8"))["valid_acc"]
+        results = json.loads(finished[0]["results"].read_text(encoding="utf-8"))
+        valid[batch] = results["valid_map"] if results.get("multilabel") else results["valid_acc"]  # mAP: multi-label
     if missing:
         print(f"error: the batch-size search has not finished: no results in {', '.join(missing)} "
               f"(run the search's jobs first: bash run_all.sh --count search)", file=sys.stderr)

@@ -53,7 +53,8 @@ import outdir
 import probes
 import rundir
 import runs
-from losses import fused_supcon_loss, supcon_loss
+import multilabel
+from losses import fused_multilabel_supcon_loss, fused_supcon_loss, multilabel_supcon_loss, supcon_loss
 
 
 def parse_args(argv=None):
@@ -100,6 +101,11 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=["fused", "eager"], default="fused",
                    help="fused: the torch.compile'd loss with a closed-form backward (compiles once, tens of "
                         "seconds on CPU); eager: the reference implementation, same values (no compiler needed)")
+    p.add_argument("--multilabel-loss", choices=["jaccard", "mulsupcon"], default="jaccard",
+                   help="the loss on multi-label data (labels joined by ';'): jaccard, SupCon with each positive "
+                        "weighted by the Jaccard overlap of the two clips' label sets (Audibert et al. 2024); "
+                        "mulsupcon, each (clip, label) an anchor whose positives carry that label (Zhang & Wu, AAAI "
+                        "2024). Both are today's SupCon on single-label data; unused there")
     p.add_argument("--select-by", choices=[*SELECTION_METRICS, "probe"], default=None,
                    help="per-epoch valid metric that picks the saved epoch, on encoder features r: epoch-centroid "
                         "(default: nearest class centroid, centroids from the epoch's own training pass, so only "
@@ -189,12 +195,14 @@ def resumed_metric(args, out: Path) -> str:
 
 
 def centroid_subset(train_clips, per_class):
-    """The first `per_class` clips of each class, by path: the same subset every epoch."""
+    """The first `per_class` clips of each class, by path: the same subset every epoch. A multi-label
+    clip is taken while one of its labels has fewer, and counts for each of its labels."""
     chosen, counts = [], {}
     for clip in sorted(train_clips, key=lambda c: c.path):
-        if counts.get(clip.label, 0) < per_class:
+        if any(counts.get(label, 0) < per_class for label in clip.labels):
             chosen.append(clip)
-            counts[clip.label] = counts.get(clip.label, 0) + 1
+            for label in clip.labels:
+                counts[label] = counts.get(label, 0) + 1
     return chosen
 
 
@@ -215,22 +223,27 @@ def decode_once(args, encoder, train_clips, splits, classes, start_epoch: int):
     for name, clips in (("train subset", train_clips), ("valid", splits["valid"])):
         if args.eval_cache_mb > 0 and clips:
             kept[name] = backbone.batches_in_memory(encoder, clips, classes, args.max_seconds, left_mb,
-                                                    args.eval_batch_size, args.num_workers, desc=f"decoding {name}")
+                                                    args.eval_batch_size, args.num_workers, desc=f"decoding {name}",
+                                                    multilabel=data.is_multilabel(splits))
             left_mb -= backbone.size_mb(kept[name] or [])
     return kept
 
 
-def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device, decoded=None, epoch_centroids=None):
-    """The per-epoch valid metric that selects the epoch (--select-by), on encoder features (r, not z).
-    epoch-centroid takes its centroids from `epoch_centroids` ((per-class mean of the training pass's
-    r, clips per class), from train_one_epoch); the others encode `train_clips`, a fixed per-class
-    subset of train. `decoded`: the clips' inputs from decode_once (None: decode them now)."""
+def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device, decoded=None, epoch_centroids=None,
+                   multilabel=False):
+    """The per-epoch valid metric that selects the epoch (--select-by), on encoder features (r, not z):
+    its accuracy, or on multi-label data its macro mAP (valid_map). epoch-centroid takes its centroids
+    from `epoch_centroids` ((per-class mean of the training pass's r, clips per class), from
+    train_one_epoch); the others encode `train_clips`, a fixed per-class subset of train. `decoded`:
+    the clips' inputs from decode_once (None: decode them now)."""
     decoded = decoded or {"train subset": None, "valid": None}
     kwargs = dict(max_seconds=args.max_seconds, device=device, batch_size=args.eval_batch_size,
-                  num_workers=args.num_workers, precision=args.precision)
+                  num_workers=args.num_workers, precision=args.precision, multilabel=multilabel)
     valid_x, valid_y = backbone.extract_features(encoder, valid_clips, classes, desc="valid",
                                                  batches=decoded["valid"], **kwargs)
     runs.check_finite(valid_x, "the valid metric's features", f"lower --lr (now {args.lr:g})")
+    if multilabel:
+        return valid_map(encoder, train_clips, valid_x, valid_y, classes, args, decoded, kwargs, epoch_centroids)
     if args.select_by == "epoch-centroid":
         unseen = [classes[i] for i in (epoch_centroids[1] == 0).nonzero().flatten().tolist()]
         if unseen:  # not expected: the sampler visits every class each epoch
@@ -251,6 +264,26 @@ def valid_accuracy(encoder, train_clips, valid_clips, classes, args, device, dec
     return (predictions == valid_y).float().mean().item()
 
 
+def valid_map(encoder, train_clips, valid_x, valid_y, classes, args, decoded, kwargs, epoch_centroids):
+    """valid_accuracy's metric on multi-label data: the macro mAP on valid of each class's score, the
+    cosine to the class centroid (a class's centroid: the mean r of the clips carrying it), the k-NN
+    probe's class scores (probes.knn_scores) or the linear probe's sigmoid outputs."""
+    if args.select_by == "epoch-centroid":
+        scores = centroid_similarity(*epoch_centroids, F.normalize(valid_x, dim=1))
+        return multilabel.mean_average_precision(scores, valid_y)["map"]
+    train_x, train_y = backbone.extract_features(encoder, train_clips, classes, desc="train subset",
+                                                 batches=decoded["train subset"], **kwargs)
+    runs.check_finite(train_x, "the valid metric's features", f"lower --lr (now {args.lr:g})")
+    if args.select_by == "linear":  # train_linear selects its epoch by valid mAP and returns it
+        return linear_probe_accuracy(train_x, train_y, valid_x, valid_y, len(classes))
+    if args.select_by == "centroid":
+        scores = centroid_similarity(train_y.T @ F.normalize(train_x, dim=1), train_y.sum(0),
+                                     F.normalize(valid_x, dim=1))
+    else:
+        scores = probes.knn_scores(train_x, train_y, valid_x, args.knn_k, len(classes))
+    return multilabel.mean_average_precision(scores, valid_y)["map"]
+
+
 def centroid_predictions(train_x, train_y, valid_x, n_classes):
     """Nearest class centroid by cosine, the centroids from the (L2-normalised) train features."""
     sums = torch.zeros(n_classes, train_x.shape[1]).index_add_(0, train_y, train_x)
@@ -261,8 +294,14 @@ def nearest_centroid(centroids, counts, valid_x):
     """Each valid clip's most cosine-similar class centroid (only directions matter: a centroid may be
     given as a sum or a mean, valid_x at any scale). A class with no features (counts 0) has no
     centroid and is never predicted: its valid clips count as errors."""
+    return centroid_similarity(centroids, counts, valid_x).argmax(1)
+
+
+def centroid_similarity(centroids, counts, valid_x):
+    """[valid, classes] cosine of each valid clip to each class centroid; -inf for a class with no
+    features (counts 0), which then ranks below every other class."""
     similarity = valid_x @ F.normalize(centroids, dim=1).T
-    return similarity.masked_fill(counts == 0, -math.inf).argmax(1)
+    return similarity.masked_fill(counts == 0, -math.inf)
 
 
 def linear_probe_accuracy(train_x, train_y, valid_x, valid_y, n_classes):
@@ -307,7 +346,11 @@ class EpochCentroids:
         self.sums = torch.zeros(n_classes, dim + 1, device=device)  # the last column counts the clips
 
     def add(self, r, labels):
-        self.sums.index_add_(0, labels, torch.cat([r.detach().float(), torch.ones_like(r[:, :1])], dim=1))
+        rows = torch.cat([r.detach().float(), torch.ones_like(r[:, :1])], dim=1)
+        if labels.dim() == 2:  # multi-hot: a clip adds to the sum of each class it carries
+            self.sums += labels.float().T @ rows
+        else:
+            self.sums.index_add_(0, labels, rows)
 
     def result(self):
         """(centroids [classes, d], clips [classes]) on the CPU: each class's mean r over the pass, all
@@ -323,6 +366,7 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids=
     (runs.Progress): told of each step."""
     embedder.train()
     loss_fn = fused_supcon_loss if args.loss == "fused" else supcon_loss
+    multilabel_loss_fn = fused_multilabel_supcon_loss if args.loss == "fused" else multilabel_supcon_loss
     total, batches, clips = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ddp.is_main() else True)
     for inputs, labels in bar:
@@ -336,6 +380,9 @@ def train_one_epoch(embedder, loader, optimizer, args, device, epoch, centroids=
             # z's finiteness too: multi-similarity mining never mines a NaN similarity, so NaN embeddings
             # give a finite loss. Kept on the device, read with the loss below (no extra synchronisation).
             finite_z.append(torch.isfinite(z.detach()).all())
+            if labels.dim() == 2:  # multi-hot targets: multi-label data (--multilabel-loss)
+                return multilabel_loss_fn(z, labels, temperature=args.temperature, mining=args.mining,
+                                          epsilon=args.epsilon, kind=args.multilabel_loss)
             return loss_fn(z, labels, temperature=args.temperature, mining=args.mining, epsilon=args.epsilon)
 
         optimizer.zero_grad(set_to_none=True)
@@ -402,7 +449,7 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state[1], device)
 
 
-def check_fused_loss(args, device):
+def check_fused_loss(args, device, multilabel=False):
     """Compile the fused loss now, on a tiny batch, so a machine without a working compiler fails
     before the run's folder is made (and after the quicker checks). The graph is reused by every later
     batch size."""
@@ -410,7 +457,11 @@ def check_fused_loss(args, device):
     z = F.normalize(torch.randn(8, args.projection_dim, generator=generator), dim=1).to(device).requires_grad_()
     labels = torch.arange(8, device=device) % 2
     try:
-        fused_supcon_loss(z, labels, args.temperature, args.mining, args.epsilon).backward()
+        if multilabel:  # the multi-hot targets of the same pairs
+            fused_multilabel_supcon_loss(z, F.one_hot(labels, 3).float(), args.temperature, args.mining,
+                                         args.epsilon, kind=args.multilabel_loss).backward()
+        else:
+            fused_supcon_loss(z, labels, args.temperature, args.mining, args.epsilon).backward()
     except Exception as error:  # compiler missing or broken: Inductor raises several types
         sys.exit(f"error: the fused loss could not be compiled on {device} ({type(error).__name__}: "
                  f"{str(error)[:300]}). Rerun with --loss eager (same results, slower).")
@@ -433,7 +484,7 @@ def main(argv=None):
     splits, classes, shots = load_data(args)
     encoder = load_backbone(args)
     if args.loss == "fused":
-        check_fused_loss(args, device)
+        check_fused_loss(args, device, data.is_multilabel(splits))
 
     # ---------------- the output folder: made, and held by its lock, from here (outdir.py) ----------------
     with runs.output_lock(out):
@@ -454,6 +505,8 @@ def train(args, out: Path, device, splits, classes, shots, encoder):
     start_epoch, history, best = start_or_resume(args, out, run, modules, optimizer, loader_generator)
 
     # ---------------- training, selecting on valid (the same rule as finetune.py) ----------------
+    multilabel = data.is_multilabel(splits)  # several labels a clip: the metric is mAP, not accuracy
+    metric_name = "map" if multilabel else "acc"
     metric_clips = metric_train_clips(splits["train"], args)  # none for epoch-centroid
     decoded = decode_once(args, encoder, metric_clips, splits, classes, start_epoch)
     progress = runs.Progress(args.epochs, args.log_every)  # lines in a log file; a terminal has tqdm's bar
@@ -471,14 +524,16 @@ def train(args, out: Path, device, splits, classes, shots, encoder):
         # Once, on rank 0, then shared: every process selects the same epoch.
         valid_started = time.time()
         valid_acc = ddp.broadcast_float(
-            valid_accuracy(encoder, metric_clips, splits["valid"], classes, args, device, decoded, epoch_centroids)
+            valid_accuracy(encoder, metric_clips, splits["valid"], classes, args, device, decoded, epoch_centroids,
+                           multilabel)
             if ddp.is_main() else None, device)
-        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_metric_acc": round(valid_acc, 6),
+        line = {"epoch": epoch, "train_loss": round(train_loss, 6), f"valid_metric_{metric_name}": round(valid_acc, 6),
                 "valid_metric": args.select_by, "seconds": round(time.time() - started, 2),
                 "valid_seconds": round(time.time() - valid_started, 2), **throughput}
         runs.log_epoch(out, history, line)
         progress.end_epoch()
-        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_acc {valid_acc:.4f}  "
+        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{args.select_by}_{metric_name} "
+              f"{valid_acc:.4f}  "
               f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}  {progress.run_eta()}".rstrip(),
               flush=True)
         best = runs.keep_if_best(out, best, epoch, valid_acc, {"encoder": encoder.model.state_dict()})
@@ -493,7 +548,7 @@ def train(args, out: Path, device, splits, classes, shots, encoder):
     save_best(args, out, encoder, best, device)
 
     # ---------------- writing ----------------
-    write_results(args, out, run, history, best)
+    write_results(args, out, run, history, best, metric_name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -578,10 +633,14 @@ def build_loader(args, encoder, splits, classes, device):
         print(f"note: --shots {args.shots} < --clips-per-class {args.clips_per_class}: a batch repeats a class's "
               f"clips, so positives include two random --max-seconds {args.max_seconds:g} crops of one clip "
               "(identical audio where the clip is no longer than the crop)", file=sys.stderr)
-    train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
+    multilabel = data.is_multilabel(splits)
+    train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds, multilabel)
     loader_generator = torch.Generator().manual_seed(args.seed)
     class_index = {c: i for i, c in enumerate(classes)}
-    sampler = data.ClassBalancedBatchSampler([class_index[c.label] for c in splits["train"]],
+    # Multi-label: a clip is listed under each of its labels, and batches are P labels x K clips carrying each.
+    labels = [[class_index[label] for label in c.labels] if multilabel else class_index[c.label]
+              for c in splits["train"]]
+    sampler = data.ClassBalancedBatchSampler(labels,
                                              classes_per_batch=max(1, args.batch_size // args.clips_per_class),
                                              clips_per_class=args.clips_per_class, seed=args.seed)
     if sampler.classes_per_batch % ddp.world_size():  # each process takes whole classes of the P x K batch
@@ -621,19 +680,21 @@ def save_best(args, out: Path, encoder, best, device):
     runs.save_encoder(encoder, out / rundir.ENCODER)
 
 
-def write_results(args, out: Path, run, history, best):
+def write_results(args, out: Path, run, history, best, metric_name="acc"):
     """run.json finished, with the selected epoch and what selected it; the checkpoints removed unless
     --keep-checkpoint; the next command."""
     selection = {k: getattr(args, k) for k in ("select_by", "knn_k", "centroid_clips_per_class")}
     about = SELECTION_METRICS[args.select_by].format(**LINEAR_PROBE)
     run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"], selection=selection,
-               selected_by=f"valid_metric_acc in log.jsonl: the accuracy on valid of {args.select_by}, {about}",
+               selected_by=f"valid_metric_{metric_name} in log.jsonl: the "
+                           + ("macro mAP" if metric_name == "map" else "accuracy")
+                           + f" on valid of {args.select_by}, {about}",
                selected_valid_acc=round(best["valid_acc"], 6))
     runs.write_json(out / rundir.RUN_JSON, run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
         runs.remove_checkpoints(out)
     ddp.stop()
-    print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_acc "
+    print(f"saved the encoder of the best-valid epoch {best['epoch']} (valid/{args.select_by}_{metric_name} "
           f"{best['valid_acc']:.4f}) to {out / rundir.ENCODER}" + ("" if args.only_best else
           f", the last epoch's to {out / rundir.ENCODER_LAST}") + f"; next: python probe.py --ckpt {out}")
 

@@ -10,6 +10,8 @@
 #   bash run_all.sh --plan          # how many jobs, and an estimate of the GPU-hours they need
 #   bash run_all.sh --report        # the table and report from the runs that finished
 #   DATASETS="gtzan emodb" BACKBONES=wav2vec2 SEEDS="0 1 2" EPOCHS=20 bash run_all.sh
+#   DATASETS=fsd50k bash run_all.sh # multi-label (prepare.py fsd50k): its own valid split (dev's val),
+#                                   # BCE / Jaccard-weighted SupCon, scored by macro mAP in the table
 #
 # Environment: DATASETS, BACKBONES, SEEDS, EPOCHS, FOLDS (for fold datasets), FOLD_DATASETS
 # (datasets run over FOLDS instead of SEEDS; default esc50), RUNS (output root, default runs),
