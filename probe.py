@@ -1,4 +1,5 @@
-"""Linear probe, stage 2 of AudioConFit: freeze the encoder, train linear + softmax on pooled features.
+"""Linear probe, stage 2 of AudioConFit: freeze the encoder, train linear + softmax (multi-label: sigmoid) on
+pooled features.
 
     python probe.py --ckpt out/                                # a PairTune run: dataset etc. from run.json
     python probe.py --backbone wav2vec2 --dataset gtzan        # the frozen pre-trained encoder, no PairTune
@@ -15,10 +16,20 @@ the configuration and epoch are chosen on valid accuracy (ties: lower valid loss
 Beside it, the k-NN probe (probes.knn_results) on the same features, its k chosen on valid. Test is
 read once, with the chosen classifiers.
 
+Multi-label data (a manifest row with several labels, data.is_multilabel): linear + sigmoid trained with
+binary cross-entropy, the grid and epoch chosen on valid macro mAP (ties: lower valid loss, then grid
+order), and per-class thresholds chosen on valid (best F1) with the chosen classifier; the k-NN probe
+scores each class by its neighbours' weighted votes, its k chosen on valid mAP.
+
 Writes OUT/results.json (default CKPT/probe/ for a run, runs/<dataset>/<backbone>/frozen/seed-N for a
 backbone, as run_all.sh names its frozen arm; printed first): test_acc,
 valid_acc, the chosen lr, batch size and epoch, the whole grid, the test confusion matrix, and the
-k-NN probe's knn_test_acc, knn_valid_acc, knn_k (its grid in knn_grid); and
+k-NN probe's knn_test_acc, knn_valid_acc, knn_k (its grid in knn_grid); for multi-label data
+"multilabel": true, "metric": "map", test_map and valid_map (macro mAP) in place of test_acc and
+valid_acc, test_micro_f1 and test_macro_f1 at the thresholds, test_per_class_ap, test_positives and
+thresholds ({class: value}) in place of the confusion matrix, and knn_test_map, knn_valid_map, knn_test_micro_f1,
+knn_test_macro_f1; OUT/head.pt (the classifier: head, mean, std, classes; for multi-label data also
+"multilabel": True and "thresholds", one per class); and
 OUT/run.json (stage "probe": arguments as used, provenance, the run probed), marked finished after.
 """
 import argparse
@@ -33,6 +44,7 @@ import torch.nn as nn
 
 import backbone
 import data
+import multilabel
 import outdir
 import probes
 import rundir
@@ -234,23 +246,26 @@ def start_run(args, probed: Probed, encoder, splits, classes, shot_info, max_sec
 
 def grid_search(args, train_x, train_y, valid_x, valid_y, n_classes: int, seed: int):
     """probes.train_linear at every (lr, batch size); returns the grid as recorded and the chosen
-    (state, point): best valid accuracy, then lower valid loss, then grid order."""
+    (state, point): best valid accuracy (valid mAP for multi-hot labels), then lower valid loss, then
+    grid order."""
+    metric = "map" if train_y.dim() == 2 else "acc"  # the grid's keys: valid_map or valid_acc
+    shown = {"map": "mAP", "acc": "acc"}[metric]
     grid, best = [], None
     for lr in [float(v) for v in args.lrs.split(",")]:
         for batch_size in [int(v) for v in args.batch_sizes.split(",")]:
-            state, valid_acc, valid_loss, epoch = probes.train_linear(
+            state, valid_score, valid_loss, epoch = probes.train_linear(
                 train_x, train_y, valid_x, valid_y, n_classes, lr, batch_size, args.epochs, seed)
             if not math.isfinite(valid_loss):  # this lr diverged: recorded, never selected
                 grid.append({"lr": lr, "batch_size": batch_size, "diverged": True})
                 print(f"lr {lr:g}  batch {batch_size}  diverged (non-finite valid loss): not selectable")
                 continue
-            point = {"lr": lr, "batch_size": batch_size, "valid_acc": round(valid_acc, 6),
+            point = {"lr": lr, "batch_size": batch_size, f"valid_{metric}": round(valid_score, 6),
                      "valid_loss": round(valid_loss, 6), "selected_epoch": epoch}
             grid.append(point)
-            print(f"lr {lr:g}  batch {batch_size}  valid/acc {valid_acc:.4f}  valid/loss {valid_loss:.4f}  "
+            print(f"lr {lr:g}  batch {batch_size}  valid/{shown} {valid_score:.4f}  valid/loss {valid_loss:.4f}  "
                   f"epoch {epoch}", flush=True)
             # Compare the recorded (rounded) numbers, so results.json always agrees with its own grid.
-            rank = lambda p: (p["valid_acc"], -p["valid_loss"])
+            rank = lambda p: (p[f"valid_{metric}"], -p["valid_loss"])
             if best is None or rank(point) > rank(best[1]):
                 best = (state, point)
     if best is None:
@@ -259,10 +274,12 @@ def grid_search(args, train_x, train_y, valid_x, valid_y, n_classes: int, seed: 
 
 
 def encode(args, probed: Probed, encoder, splits, classes, max_seconds, device, names, lever: str) -> dict:
-    """{split: (features, labels)} of the named splits, from features/ or encoded into it; stops on NaN or inf."""
+    """{split: (features, labels)} of the named splits, from features/ or encoded into it; stops on NaN or inf.
+    Labels are class indices [N], or multi-hot rows [N, C] for multi-label data."""
     cache_dir = rundir.feature_dir(probed.feature_root, probed.dataset_label, probed.fold)
+    precision = "auto"  # bf16 on CUDA: how trained.py re-encodes a probe's clips
     features = runs.cached_features(encoder, splits, classes, cache_dir, max_seconds, device, names,
-                                    args.eval_batch_size, args.num_workers)
+                                    args.eval_batch_size, args.num_workers, precision, data.is_multilabel(splits))
     runs.check_finite(torch.cat([features[name][0] for name in names]),
                       f"the features of {probed.backbone_name} on {' and '.join(names)}", lever)
     return features
@@ -277,11 +294,44 @@ def score_test(state, test_x, test_y, n_classes: int):
     return (predictions == test_y).float().mean().item(), predictions
 
 
+def score_test_multilabel(state, valid_x, valid_y, test_x, test_y, classes) -> dict:
+    """The chosen sigmoid classifier on test (valid_x and test_x standardised): per-class thresholds
+    chosen on valid's scores (best F1 per class), then test's macro mAP, per-class AP and micro/macro F1
+    at those thresholds. Returns the results.json fields and the thresholds (a tensor, for head.pt)."""
+    head = nn.Linear(test_x.shape[1], len(classes))
+    head.load_state_dict(state)
+    with torch.no_grad():
+        valid_scores, test_scores = probes.sigmoid_scores(head(valid_x)), probes.sigmoid_scores(head(test_x))
+    thresholds = multilabel.choose_thresholds(valid_scores, valid_y)
+    average = multilabel.mean_average_precision(test_scores, test_y)
+    f1 = multilabel.f1_scores(test_scores, test_y, thresholds)
+    fields = {"test_map": round(average["map"], 6), "test_micro_f1": round(f1["micro_f1"], 6),
+              "test_macro_f1": round(f1["macro_f1"], 6),
+              # None (null): a class with no positive test clip has no AP, and is left out of test_map
+              "test_per_class_ap": {c: None if ap is None else round(ap, 6)
+                                    for c, ap in zip(classes, average["per_class"])},
+              "test_positives": {c: int(n) for c, n in zip(classes, test_y.sum(0).tolist())},
+              "thresholds": {c: float(t) for c, t in zip(classes, thresholds)}}
+    return fields, thresholds
+
+
 def confusion_matrix(labels, predictions, n_classes: int) -> torch.Tensor:
     """[true class, predicted class] counts."""
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
     confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
     return confusion
+
+
+def summary(results: dict) -> str:
+    """The printed line's numbers: test and valid accuracy, or for multi-label data macro mAP and F1."""
+    chosen = f"lr {results['lr']:g}, batch {results['batch_size']}"
+    if results.get("multilabel"):
+        return (f"test/mAP {results['test_map']:.4f}, micro-F1 {results['test_micro_f1']:.4f}, macro-F1 "
+                f"{results['test_macro_f1']:.4f} (valid/mAP {results['valid_map']:.4f}, {chosen}); k-NN test/mAP "
+                f"{results['knn_test_map']:.4f}, micro-F1 {results['knn_test_micro_f1']:.4f} (valid/mAP "
+                f"{results['knn_valid_map']:.4f}, k {results['knn_k']})")
+    return (f"test/acc {results['test_acc']:.4f} (valid/acc {results['valid_acc']:.4f}, {chosen}); k-NN test/acc "
+            f"{results['knn_test_acc']:.4f} (valid/acc {results['knn_valid_acc']:.4f}, k {results['knn_k']})")
 
 
 def write_results(out: Path, probe_run: dict, head: dict, results: dict):
@@ -313,6 +363,7 @@ def main(argv=None):
     if runs.check_folder_first(out, "probe", args) == "finished" and finished_already(args, out):
         return
     splits, classes, shot_info = load_data(probed)
+    multi = data.is_multilabel(splits)  # sigmoid, BCE and mAP instead of softmax and accuracy
 
     # ---------------- the output folder: made, and held by its lock, from here (outdir.py) ----------------
     with runs.output_lock(out):
@@ -340,7 +391,16 @@ def main(argv=None):
         features.update(encode(args, probed, encoder, splits, classes, max_seconds, device, ("test",),
                                "its weights are not usable"))
         test_x, test_y = features["test"]
-        test_acc, predictions = score_test(state, standardise(test_x), test_y, len(classes))
+        head = {"head": state, "mean": mean, "std": std, "classes": classes}
+        if multi:
+            scored, thresholds = score_test_multilabel(state, standardise(valid_x), valid_y, standardise(test_x),
+                                                       test_y, classes)
+            scored = {"multilabel": True, "metric": "map", "test_map": scored["test_map"],
+                      "valid_map": chosen["valid_map"], **scored}
+            head.update(multilabel=True, thresholds=thresholds.tolist())
+        else:
+            test_acc, predictions = score_test(state, standardise(test_x), test_y, len(classes))
+            scored = {"test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"]}
         # The k-NN probe on the same features (L2-normalised): k chosen on valid, then test read once.
         nearest = probes.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
                                      args.knn_temperature)
@@ -348,16 +408,14 @@ def main(argv=None):
         # ---------------- writing ----------------
         results = {"method": probed.method, "dataset": probed.dataset_label, "backbone": probed.backbone_name,
                    "backbone_random_init": probed.random_init, "seed": probed.seed, "fold": probed.fold,
-                   "shots": probed.shots, "test_acc": round(test_acc, 6), "valid_acc": chosen["valid_acc"],
+                   "shots": probed.shots, **scored,
                    "lr": chosen["lr"], "batch_size": chosen["batch_size"], "selected_epoch": chosen["selected_epoch"],
                    "grid": grid, "epochs": args.epochs, "max_seconds": max_seconds, "classes": classes,
-                   "confusion": confusion_matrix(test_y, predictions, len(classes)).tolist(),
+                   **({} if multi else {"confusion": confusion_matrix(test_y, predictions, len(classes)).tolist()}),
                    "grid_seconds": round(time.time() - started, 2), **nearest}
-        write_results(out, probe_run, {"head": state, "mean": mean, "std": std, "classes": classes}, results)
+        write_results(out, probe_run, head, results)
         print(f"{probed.method} probe of {probed.backbone_name}{' (RANDOM INIT)' if probed.random_init else ''} on "
-              f"{probed.dataset_label}: test/acc {test_acc:.4f} (valid/acc {chosen['valid_acc']:.4f}, "
-              f"lr {chosen['lr']:g}, batch {chosen['batch_size']}); k-NN test/acc {nearest['knn_test_acc']:.4f} "
-              f"(valid/acc {nearest['knn_valid_acc']:.4f}, k {nearest['knn_k']}); wrote {out / rundir.RESULTS}")
+              f"{probed.dataset_label}: {summary(results)}; wrote {out / rundir.RESULTS}")
 
 
 if __name__ == "__main__":
