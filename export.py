@@ -30,6 +30,13 @@ running the folder's code.
 Clips longer than the run's chunk length: we average the chunks' features, transformers takes the
 whole clip at once (wav2vec2 family) or its first 30 s (Whisper); the card says so.
 
+A multi-label run (sigmoid per class) exports with problem_type "multi_label_classification" in
+config.json, for which transformers' audio-classification pipeline applies a sigmoid to each class's
+logit rather than a softmax (transformers 5.24, AudioClassificationPipeline.postprocess), and the
+per-class thresholds chosen on valid as config.json's "thresholds" ({class: t}; also in
+audioconfit.json). The card gives the call that returns every class's probability,
+classify(..., top_k=None, function_to_apply="sigmoid"), and lists the thresholds.
+
 The folder is written as DIR.partial and loaded back the way the card tells a Hub user to load it,
 transformers' pipeline (with trust_remote_code=True for Whisper), which is compared with the run's
 own pipeline on up to --check-clips valid clips (cut to the chunk length, one at a time): the
@@ -117,6 +124,9 @@ def to_transformers(trained: dict):
     width = encoder.hidden_size
     config.update(dict(classifier_proj_size=width, use_weighted_layer_sum=False, num_labels=len(classes),
                        id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)}))
+    if trained["multilabel"]:  # a sigmoid per class in transformers' pipeline; the valid-chosen thresholds
+        config.update(dict(problem_type="multi_label_classification",
+                           thresholds=dict(zip(classes, trained["thresholds"]))))
     if encoder.whisper:  # our Whisper encoder is already a WhisperForAudioClassification: take its encoder
         config.auto_map = dict(WHISPER_AUTO_MAP)
         model = masked_whisper.MaskedWhisperClassifier(config)
@@ -257,14 +267,25 @@ classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_R
 wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
 classify({"raw": wave.mean(1), "sampling_rate": rate}, top_k=3)  # an array; a file path needs ffmpeg
 ```"""
-USE_WHISPER = f"""```python
+# A multi-label export: every class's own probability (sigmoid), then the classes at or above their thresholds
+USE_MULTILABEL = """```python
 import soundfile, transformers
-classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_REPO", trust_remote_code=True)
+classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_REPO"REMOTE_CODE)
 wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
-classify({{"raw": wave.mean(1), "sampling_rate": rate}}, top_k=3)  # an array; a file path needs ffmpeg
+scores = classify({"raw": wave.mean(1), "sampling_rate": rate}, top_k=None, function_to_apply="sigmoid")
+thresholds = classify.model.config.thresholds  # {class: threshold}, chosen on valid
+labels = [s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]
 ```
 
-**`trust_remote_code=True` is needed**: it runs `{WHISPER_CODE}` from this folder (torch and
+This model is **multi-label**: a clip may carry several classes, each scored on its own by a
+**sigmoid** of its logit (not a softmax over the classes). `config.json` has `problem_type:
+multi_label_classification`, for which transformers' audio-classification pipeline already applies a
+sigmoid (transformers 5.24), and a call without `top_k` returns every class; the call above says both
+explicitly, so it returns every class with its probability, sorted by score. A class is predicted
+where its probability is at or above its threshold (below; `thresholds` in `config.json`), chosen on
+the valid split to maximise that class's F1."""
+
+WHISPER_NOTE = f"""**`trust_remote_code=True` is needed**: it runs `{WHISPER_CODE}` from this folder (torch and
 transformers only: a config, a pooling function, one classifier; read it first), whose
 `MaskedWhisperClassifier` pools Whisper's encoder over the clip's own frames, as the run did (the
 check below). Without it, transformers refuses the folder, in `pipeline` and in
@@ -272,6 +293,14 @@ check below). Without it, transformers refuses the folder, in `pipeline` and in
 which must be executed to correctly load the model ... Please pass the argument
 `trust_remote_code=True`"; an interactive session asks first). In AudioConFit,
 `python predict.py THIS_FOLDER files...` computes the same without running the folder's code."""
+USE_WHISPER = """```python
+import soundfile, transformers
+classify = transformers.pipeline("audio-classification", model="THIS_FOLDER_OR_REPO", trust_remote_code=True)
+wave, rate = soundfile.read("clip.wav", dtype="float32", always_2d=True)
+classify({"raw": wave.mean(1), "sampling_rate": rate}, top_k=3)  # an array; a file path needs ffmpeg
+```
+
+""" + WHISPER_NOTE
 
 
 def model_card(trained: dict, check: dict | None) -> str:
@@ -293,9 +322,14 @@ def model_card(trained: dict, check: dict | None) -> str:
         commands = [command_of("probe.py", about["args"]["head"])]
     selection = ("no training of the encoder" if about["method"] == "frozen" else
                  f"the encoder's epoch ({about['selected_epoch']}) by {about['selected_by']}")
+    multi_label = trained["multilabel"]
+    valid_metric = "valid macro mAP" if multi_label else "valid accuracy"
     if about["method"] != "finetune":
-        selection += ("; the probe's learning rate, batch size and epoch by valid accuracy (ties: lower valid "
+        selection += (f"; the probe's learning rate, batch size and epoch by {valid_metric} (ties: lower valid "
                       "loss)")
+    if multi_label:
+        selection += "; the per-class thresholds on valid, at the selected weights"
+        method = method.replace("end-to-end cross-entropy", "end-to-end binary cross-entropy (a sigmoid per class)")
     whisper = trained["encoder"].whisper
     divergence = (
         "transformers' own `WhisperForAudioClassification` pads every input to 30 s and averages over all "
@@ -327,11 +361,14 @@ def model_card(trained: dict, check: dict | None) -> str:
     tags = ["audio-classification", "audioconfit"] + (
         ["supervised-contrastive-learning"] if about["method"] == "pairtune" else [])
     # The Hub's card metadata (model-index included) through huggingface_hub's own class
+    metric, value, metric_name = (("map", about["test_map"], "test macro mAP") if multi_label else
+                                  ("accuracy", about["test_acc"], "test accuracy"))
     front = ModelCardData(library_name="transformers", pipeline_tag="audio-classification", base_model=hub_base,
-                          metrics=["accuracy"], tags=tags, model_name=f"{about['dataset']}-{about['method']}",
+                          metrics=[metric], tags=tags + (["multi-label"] if multi_label else []),
+                          model_name=f"{about['dataset']}-{about['method']}",
                           eval_results=[EvalResult(task_type="audio-classification", dataset_type=about["dataset"],
-                                                   dataset_name=about["dataset"], metric_type="accuracy",
-                                                   metric_value=about["test_acc"], metric_name="test accuracy")])
+                                                   dataset_name=about["dataset"], metric_type=metric,
+                                                   metric_value=value, metric_name=metric_name)])
     random_note = " (RANDOMLY INITIALISED: a control, not a pre-trained model)" if about["backbone_random_init"] else ""
     local = (" (a local folder)" if hub_base is None and not about["backbone_random_init"] and base != backbone.TINY
              else "")
@@ -341,15 +378,14 @@ def model_card(trained: dict, check: dict | None) -> str:
 - **Dataset:** {about['dataset']}, {repeat}; {clips.get('train', 0)} train, {clips.get('valid', 0)} valid,
   {clips.get('test', 0)} test clips; {len(classes)} classes: {', '.join(classes)}
 - **Method:** {method}.
-- **Accuracy:** test {about['test_acc']:.4f} (n={clips.get('test', 0)} clips), valid {about['valid_acc']:.4f}
-  (n={clips.get('valid', 0)}), one run ({repeat}).
+{scored(about, clips, repeat)}
 - **Selection:** {selection}; test was read once, after it.
 - **Chunk length:** {trained['max_seconds']:g} s.
 
 ## Use
 
-{USE_WHISPER if whisper else USE_TRANSFORMERS}
-
+{use_text(whisper, multi_label)}
+{thresholds_table(classes, trained["thresholds"]) if multi_label else ""}
 ## Where transformers computes something else
 
 {divergence}
@@ -366,6 +402,33 @@ python export.py RUN --out THIS_FOLDER
 Runs (paths on the machine that made them): {', '.join(f'{k} `{v}`' for k, v in about['runs'].items())}.
 """
     return f"---\n{front.to_yaml()}\n---\n{body}"
+
+
+def scored(about: dict, clips: dict, repeat: str) -> str:
+    """The card's line of results: accuracy, or a multi-label run's macro mAP and F1s."""
+    test, valid = clips.get("test", 0), clips.get("valid", 0)
+    if not about.get("multilabel"):
+        return (f"- **Accuracy:** test {about['test_acc']:.4f} (n={test} clips), valid {about['valid_acc']:.4f}\n"
+                f"  (n={valid}), one run ({repeat}).")
+    results = about["results"]
+    return (f"- **Macro mAP** (multi-label): test {about['test_map']:.4f} (n={test} clips), valid "
+            f"{about['valid_map']:.4f}\n  (n={valid}), one run ({repeat}); at the thresholds chosen on valid, test "
+            f"micro F1 {results['test_micro_f1']:.4f}, macro F1 {results['test_macro_f1']:.4f}.")
+
+
+def use_text(whisper: bool, multi_label: bool) -> str:
+    """The card's Use section: the pipeline call (a multi-label one returns every class's sigmoid)."""
+    if not multi_label:
+        return USE_WHISPER if whisper else USE_TRANSFORMERS
+    text = USE_MULTILABEL.replace("REMOTE_CODE", ", trust_remote_code=True" if whisper else "")
+    return text + ("\n\n" + WHISPER_NOTE if whisper else "")
+
+
+def thresholds_table(classes: list, thresholds: list) -> str:
+    """The valid-chosen threshold of each class, as a Markdown table."""
+    rows = "".join(f"| {c} | {t:.6g} |\n" for c, t in zip(classes, thresholds))
+    return ("\nThresholds (chosen on valid; a class is predicted where its probability is at or above its own):"
+            f"\n\n| class | threshold |\n|---|---|\n{rows}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,7 +546,8 @@ def main(argv=None):
         check = compare_on_valid(trained, partial, args.check_clips, args.data_root)
         info = {"about": trained["about"], "max_seconds": trained["max_seconds"],
                 "eval_batch_size": trained["eval_batch_size"], "precision": trained["precision"],
-                "classes": trained["classes"], "export_check": check,
+                "classes": trained["classes"], "multilabel": trained["multilabel"],
+                "thresholds": trained["thresholds"], "export_check": check,
                 "pooling": (WHISPER_POOLING if trained["encoder"].whisper
                             else "the mean over the clip's frames, as the run")}
         runs.write_json(partial / EXPORT_INFO, info)
@@ -507,7 +571,9 @@ def main(argv=None):
         partial.rmdir()
     except OSError:  # not empty: another export.py to the same --out took it meanwhile
         pass
-    print(f"exported {run_dir} -> {out} ({trained['about']['method']}, test/acc {trained['about']['test_acc']:.4f})")
+    metric = "map" if trained["multilabel"] else "acc"
+    print(f"exported {run_dir} -> {out} ({trained['about']['method']}, test/{metric} "
+          f"{trained['about'][f'test_{metric}']:.4f})")
     if args.push_to_hub:
         push_to_hub(out, args.push_to_hub, args.private)
 

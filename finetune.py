@@ -5,6 +5,12 @@
 Held to the same rules as PairTune + probe: same data, seeds, epochs, batch size, crop length and
 optimiser; the epoch is chosen on valid accuracy and test is read once, at that epoch.
 
+Multi-label data (data.is_multilabel: some clip carries several labels) gets a sigmoid per class:
+the head's outputs are per-class logits trained with binary cross-entropy (mean over clips and
+classes), the epoch is chosen on valid macro mAP (multilabel.py; ties keep the earlier epoch, as for
+accuracy), and a threshold per class is chosen on valid at that epoch (the one maximising the class's
+F1) for the F1 scores on test and for predict.py.
+
     python finetune.py --dataset gtzan --backbone wav2vec2
     python finetune.py --dataset demo --backbone tiny --epochs 3 --max-seconds 2 --out out/demo-ft
     torchrun --nproc-per-node 4 finetune.py --dataset gtzan --backbone wav2vec2   # 4 GPUs (ddp.py)
@@ -24,6 +30,13 @@ knn_valid_acc, knn_k: the k-NN probe of probes.py on the encoder's pooled featur
 encoder/ and head.pt of the best-valid epoch, features/<dataset>[-fold<k>]/{train,valid,test}.pt
 (its pooled features, for the k-NN probe and eval.py),
 checkpoint.pt and best-e<epoch>.pt (to resume with --resume).
+
+A multi-label run writes instead: log.jsonl's valid_map (not valid_acc); results.json with
+"multilabel": true, "metric": "map", test_map and valid_map (macro mAP), test_micro_f1 and
+test_macro_f1 (at the valid-chosen thresholds), test_per_class_ap ({class: AP, null for a class with
+no positive test clip}; it replaces the confusion matrix), thresholds ({class: t}) and the k-NN probe's
+knn_test_map, knn_valid_map, ...; head.pt as {"head": the linear layer's weights, "classes",
+"multilabel": True, "thresholds": [t per class]}.
 """
 import argparse
 import contextlib
@@ -40,6 +53,7 @@ from tqdm.auto import tqdm
 import backbone
 import data
 import ddp
+import multilabel
 import outdir
 import probes
 import rundir
@@ -110,24 +124,52 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None, batches=None):
-    """Accuracy and predictions on whole clips (chunk features averaged, then the linear head).
+def evaluate(encoder, head, clips, classes, args, device, desc, cache_dir=None, batches=None, multi_label=False):
+    """(score, logits [N, C], labels) of whole clips (chunk features averaged, then the linear head):
+    score is the accuracy, or with multi_label the macro mAP of the sigmoid scores (the selection
+    metric); labels are class indices [N], or with multi_label multi-hot targets [N, C].
     With cache_dir, the pooled features are also kept there (as probe.py keeps a PairTune run's);
     `batches`: the clips' inputs from backbone.batches_in_memory, not decoded again."""
     if cache_dir is None:
         features, labels = backbone.extract_features(encoder, clips, classes, args.max_seconds, device,
                                                      args.eval_batch_size, args.num_workers, desc=desc,
-                                                     precision=args.precision, batches=batches)
+                                                     precision=args.precision, batches=batches,
+                                                     multilabel=multi_label)
     else:
         features, labels = runs.cached_features(encoder, {desc: clips}, classes, cache_dir, args.max_seconds,
                                                 device, (desc,), args.eval_batch_size, args.num_workers,
-                                                precision=args.precision)[desc]
+                                                precision=args.precision, multilabel=multi_label)[desc]
     runs.check_finite(features, f"the encoder's features of {desc}", f"training diverged; lower --lr (now {args.lr:g})")
+    logits = head_logits(head, features, device)
+    return (macro_map(logits, labels) if multi_label else accuracy(logits, labels)), logits, labels
+
+
+@torch.no_grad()
+def head_logits(head, features, device) -> torch.Tensor:
+    """The head's logits [N, C] (on the CPU) of pooled features, in eval mode."""
     head_was_training = head.training
     head.eval()
-    predictions = head(features.to(device)).argmax(1).cpu()
+    logits = head(features.to(device)).float().cpu()
     head.train(head_was_training)
-    return (predictions == labels).float().mean().item(), predictions, labels
+    return logits
+
+
+def accuracy(logits, labels) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def macro_map(logits, targets) -> float:
+    """Macro mAP (multilabel.py) of the sigmoid scores of logits [N, C] against multi-hot targets [N, C]."""
+    return multilabel.mean_average_precision(torch.sigmoid(logits.double()), targets)["map"]
+
+
+def loss_sum(logits, labels) -> torch.Tensor:
+    """The loss summed over the batch's clips: softmax cross-entropy of the class; for multi-label data
+    (multi-hot labels [B, C]), each clip's binary cross-entropy averaged over its C classes, so that
+    divided by the clips it is BCE's mean over clips and classes (BCEWithLogits' default)."""
+    if labels.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / labels.shape[1]
+    return F.cross_entropy(logits, labels, reduction="sum")
 
 
 class Classifier(nn.Module):
@@ -163,7 +205,7 @@ def train_one_epoch(classifier, loader, optimizer, args, device, epoch, progress
                 # Summed over clips and divided by the global batch's clips per process: summed over
                 # micro-batches and averaged over processes by DDP, it is the global batch's mean loss,
                 # whatever the shares' sizes.
-                loss = F.cross_entropy(logits, labels[part], reduction="sum") / (batch_clips / ddp.world_size())
+                loss = loss_sum(logits, labels[part]) / (batch_clips / ddp.world_size())
                 loss.backward()
             batch_loss += loss.detach()
         optimizer.step()  # a non-finite step is never saved: the run stops below, before its checkpoint
@@ -204,18 +246,21 @@ def main(argv=None):
 
 def train(args, out: Path, device, splits, classes, shots, encoder):
     # ---------------- building networks ----------------
+    multi_label = data.is_multilabel(splits)  # sigmoid per class, BCE, mAP (see the top of this file)
     head, classifier, optimizer = build_model(args, encoder, device, classes)
-    loader, loader_generator = build_loader(args, encoder, splits, classes, device)
+    loader, loader_generator = build_loader(args, encoder, splits, classes, device, multi_label)
     run = runs.new_run("finetune", args, data.dataset_name(args.dataset),
                        data.resolve_dataset(args.dataset, args.data_root), encoder, splits, classes)
     run["shots"] = shots  # None, or K, its seed and the classes short of K
+    run["multilabel"] = multi_label
 
     # ---------------- resuming ----------------
     modules = {"encoder": encoder.model, "head": head}
     start_epoch, history, best = start_or_resume(args, out, run, modules, optimizer, loader_generator)
 
     # ---------------- training, selecting on valid ----------------
-    valid_batches = decode_valid_once(args, encoder, splits, classes, start_epoch)
+    valid_batches = decode_valid_once(args, encoder, splits, classes, start_epoch, multi_label)
+    metric = "map" if multi_label else "acc"  # the selection metric, valid_map or valid_acc in log.jsonl
     progress = runs.Progress(args.epochs, args.log_every)  # lines in a log file; a terminal has tqdm's bar
     for epoch in range(start_epoch, args.epochs + 1):
         started = runs.start_epoch_clock(device)
@@ -226,16 +271,18 @@ def train(args, out: Path, device, splits, classes, shots, encoder):
                           f"training diverged; lower --lr (now {args.lr:g})")
         throughput = runs.throughput(started, clips, device)  # clips/s and peak memory of the training pass
         valid_started = time.time()
-        valid_acc = valid_accuracy(encoder, head, splits, classes, args, device, valid_batches)
-        line = {"epoch": epoch, "train_loss": round(train_loss, 6), "valid_acc": round(valid_acc, 6),
+        valid_score = selection_score(encoder, head, splits, classes, args, device, valid_batches, multi_label)
+        line = {"epoch": epoch, "train_loss": round(train_loss, 6), f"valid_{metric}": round(valid_score, 6),
                 "valid_metric": "classifier", "seconds": round(time.time() - started, 2),
                 "valid_seconds": round(time.time() - valid_started, 2), **throughput}
         runs.log_epoch(out, history, line)
         progress.end_epoch()
-        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/acc {valid_acc:.4f}  "
+        print(f"epoch {epoch}/{args.epochs}  train/loss {train_loss:.4f}  valid/{metric} {valid_score:.4f}  "
               f"{line['seconds']:.1f}s  {runs.describe_throughput(throughput)}  {progress.run_eta()}".rstrip(),
               flush=True)
-        best = runs.keep_if_best(out, best, epoch, valid_acc,
+        # The same rule for mAP as for accuracy: strictly better than every earlier epoch (ties keep the
+        # earlier one); runs.py's best["valid_acc"] then holds the valid mAP.
+        best = runs.keep_if_best(out, best, epoch, valid_score,
                                  {"encoder": encoder.model.state_dict(), "head": head.state_dict()})
         runs.save_checkpoint(out / rundir.CHECKPOINT, args, modules, optimizer, loader_generator, epoch, history, best)
         runs.drop_stale_best(out, best)
@@ -243,6 +290,10 @@ def train(args, out: Path, device, splits, classes, shots, encoder):
     # ---------------- testing the best-valid epoch, once ----------------
     if not ddp.is_main():  # the other processes are done: rank 0 tests and saves
         ddp.stop()
+        return
+    if multi_label:
+        scores, nearest = score_best_multilabel(args, out, run, encoder, head, best, splits, classes, device)
+        write_results_multilabel(args, out, run, encoder, head, history, best, scores, nearest)
         return
     test_acc, confusion, nearest = score_best(args, out, run, encoder, head, best, splits, classes, device)
 
@@ -290,7 +341,7 @@ def load_data(args):
     if args.shots is not None:  # the same K clips per class for every method with this K and seed
         splits, shots = data.keep_shots(splits, args.shots, args.seed if args.shot_seed is None else args.shot_seed)
     print(f"data: {data.dataset_name(args.dataset)}: " + ", ".join(f"{s} {len(c)}" for s, c in splits.items())
-          + f" clips, {len(classes)} classes")
+          + f" clips, {len(classes)} classes" + (", multi-label" if data.is_multilabel(splits) else ""))
     return splits, classes, shots
 
 
@@ -320,10 +371,11 @@ def build_model(args, encoder, device, classes):
     return head, classifier, optimizer
 
 
-def build_loader(args, encoder, splits, classes, device):
+def build_loader(args, encoder, splits, classes, device, multi_label=False):
     """(loader, its generator): random crops of the train clips in shuffled global batches, each
-    process taking its share; the generator seeds the shuffling and the workers' crops (resumable)."""
-    train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds)
+    process taking its share; the generator seeds the shuffling and the workers' crops (resumable).
+    The targets are class indices, or with multi_label multi-hot rows."""
+    train_set = data.TrainClips(splits["train"], classes, encoder.sample_rate, args.max_seconds, multi_label)
     loader_generator = torch.Generator().manual_seed(args.seed)
     # The global batches, shuffled as DataLoader(shuffle=True) would; each process takes its share.
     batches = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(train_set, generator=loader_generator),
@@ -346,21 +398,22 @@ def start_or_resume(args, out: Path, run: dict, modules: dict, optimizer, loader
     return start_epoch, history, best
 
 
-def decode_valid_once(args, encoder, splits, classes, start_epoch: int):
+def decode_valid_once(args, encoder, splits, classes, start_epoch: int, multi_label=False):
     """Valid's decoded inputs, kept in memory (rank 0, within --eval-cache-mb): valid is encoded every
     epoch, and decoding it once gives the same features (as in pairtune.py). None: decoded each time."""
     if ddp.is_main() and start_epoch <= args.epochs and args.eval_cache_mb > 0:
         return backbone.batches_in_memory(encoder, splits["valid"], classes, args.max_seconds, args.eval_cache_mb,
-                                          args.eval_batch_size, args.num_workers, desc="decoding valid")
+                                          args.eval_batch_size, args.num_workers, desc="decoding valid",
+                                          multilabel=multi_label)
     return None
 
 
-def valid_accuracy(encoder, head, splits, classes, args, device, valid_batches) -> float:
-    """The selection metric: the classifier's accuracy on valid, computed once, on rank 0, then shared,
-    so every process selects the same epoch."""
+def selection_score(encoder, head, splits, classes, args, device, valid_batches, multi_label=False) -> float:
+    """The selection metric: the classifier's accuracy on valid, or its macro mAP for multi-label data,
+    computed once, on rank 0, then shared, so every process selects the same epoch."""
     return ddp.broadcast_float(
-        evaluate(encoder, head, splits["valid"], classes, args, device, "valid", batches=valid_batches)[0]
-        if ddp.is_main() else None, device)
+        evaluate(encoder, head, splits["valid"], classes, args, device, "valid", batches=valid_batches,
+                 multi_label=multi_label)[0] if ddp.is_main() else None, device)
 
 
 def score_best(args, out: Path, run: dict, encoder, head, best: dict, splits, classes, device):
@@ -376,8 +429,9 @@ def score_best(args, out: Path, run: dict, encoder, head, best: dict, splits, cl
     features = runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device,
                                     ("train", "valid"), args.eval_batch_size, args.num_workers,
                                     precision=args.precision)
-    test_acc, predictions, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test",
-                                             cache_dir=feature_dir)
+    test_acc, logits, labels = evaluate(encoder, head, splits["test"], classes, args, device, "test",
+                                        cache_dir=feature_dir)
+    predictions = logits.argmax(1)
     features.update(runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device, ("test",),
                                          args.eval_batch_size, args.num_workers, precision=args.precision))  # cached
     nearest = probes.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
@@ -407,6 +461,66 @@ def write_results(args, out: Path, run: dict, encoder, head, history, best, test
     ddp.stop()
     print(f"test/acc {test_acc:.4f} at the best-valid epoch {best['epoch']} (valid/acc {best['valid_acc']:.4f}); "
           f"k-NN test/acc {nearest['knn_test_acc']:.4f} (k {nearest['knn_k']}); wrote {out / rundir.RESULTS}")
+
+
+def score_best_multilabel(args, out: Path, run: dict, encoder, head, best: dict, splits, classes, device):
+    """(scores, k-NN probe results) of a multi-label run's best-valid epoch, loaded into encoder and
+    head: thresholds chosen on valid's sigmoid scores, then test read once, after train and valid.
+    scores: thresholds [C], test mAP (multilabel.mean_average_precision's dict) and test F1s."""
+    state = runs.load_best(out, best, device)
+    encoder.model.load_state_dict(state["encoder"])
+    head.load_state_dict(state["head"])
+    feature_dir = rundir.feature_dir(out, run["dataset"], args.fold)
+    features = runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device,
+                                    ("train", "valid"), args.eval_batch_size, args.num_workers,
+                                    precision=args.precision, multilabel=True)
+    valid_x, valid_y = features["valid"]
+    runs.check_finite(valid_x, "the encoder's features of valid", f"training diverged; lower --lr (now {args.lr:g})")
+    valid_probabilities = torch.sigmoid(head_logits(head, valid_x, device).double())
+    thresholds = multilabel.choose_thresholds(valid_probabilities, valid_y)  # from valid only, never test
+    _, logits, test_y = evaluate(encoder, head, splits["test"], classes, args, device, "test", cache_dir=feature_dir,
+                                 multi_label=True)
+    test_probabilities = torch.sigmoid(logits.double())
+    features.update(runs.cached_features(encoder, splits, classes, feature_dir, args.max_seconds, device, ("test",),
+                                         args.eval_batch_size, args.num_workers, precision=args.precision,
+                                         multilabel=True))  # cached
+    nearest = probes.knn_results(features, len(classes), [int(k) for k in args.knn_ks.split(",")],
+                                 args.knn_temperature)
+    scores = {"thresholds": thresholds, "test": multilabel.mean_average_precision(test_probabilities, test_y),
+              "f1": multilabel.f1_scores(test_probabilities, test_y, thresholds), "positives": test_y.sum(0).tolist()}
+    return scores, nearest
+
+
+def write_results_multilabel(args, out: Path, run: dict, encoder, head, history, best, scores, nearest):
+    """encoder/, head.pt (with its thresholds) and results.json of a multi-label run's best-valid
+    epoch, then run.json marked finished. A class with no positive clip has no AP (null)."""
+    classes = run["classes"]
+    thresholds = [float(t) for t in scores["thresholds"]]  # unrounded: a valid clip's own score can be one
+    runs.save_encoder(encoder, out / rundir.ENCODER)
+    runs.atomic_save({"head": head.state_dict(), "classes": classes, "multilabel": True, "thresholds": thresholds},
+                     out / rundir.HEAD)
+    test_map, valid_map = scores["test"]["map"], best["valid_acc"]  # runs.keep_if_best's name for the metric
+    results = {"method": "finetune", "dataset": run["dataset"], "backbone": encoder.name,
+               "backbone_random_init": encoder.random_init, "seed": args.seed, "fold": args.fold,
+               "shots": args.shots, "multilabel": True, "metric": "map",
+               "test_map": round(test_map, 6), "valid_map": round(valid_map, 6),
+               "test_micro_f1": round(scores["f1"]["micro_f1"], 6), "test_macro_f1": round(scores["f1"]["macro_f1"], 6),
+               "selected_epoch": best["epoch"], "epochs": args.epochs, "classes": classes,
+               "test_per_class_ap": {c: None if ap is None else round(ap, 6)
+                                     for c, ap in zip(classes, scores["test"]["per_class"])},
+               "test_positives": {c: int(n) for c, n in zip(classes, scores["positives"])},
+               "thresholds": dict(zip(classes, thresholds)), **nearest}
+    runs.write_json(out / rundir.RESULTS, results)
+    run.update(finished=True, epochs_run=len(history), selected_epoch=best["epoch"],
+               selected_by="valid_map in log.jsonl: the classifier's macro mAP on valid",
+               selected_valid_map=round(valid_map, 6))
+    runs.write_json(out / rundir.RUN_JSON, run)
+    if not args.keep_checkpoint:
+        runs.remove_checkpoints(out)
+    ddp.stop()
+    print(f"test/mAP {test_map:.4f} at the best-valid epoch {best['epoch']} (valid/mAP {valid_map:.4f}); "
+          f"micro/macro F1 {scores['f1']['micro_f1']:.4f}/{scores['f1']['macro_f1']:.4f} at valid's thresholds; "
+          f"k-NN test/mAP {nearest['knn_test_map']:.4f} (k {nearest['knn_k']}); wrote {out / rundir.RESULTS}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ A clip's chunks all go into its batch, so a batch of long files holds many chunk
 the encoder in forward passes of at most --max-samples-per-pass samples (the same scores, in
 bounded memory).
 
-Prints, per file, the top classes with their probabilities (--json: one JSON object a line). A file
+Prints, per file, the top classes with their probabilities (--json: one JSON object a line). A
+multi-label classifier (a run on multi-label data, or its export) scores each class on its own, by a
+sigmoid, and prints instead the classes whose probability is at or above their thresholds (chosen on
+valid by the run), most probable first, or "none above threshold" with the most probable class. A file
 that cannot be used (missing, unreadable, empty, NaN samples) is reported by name and skipped; the
 exit status is then 1. A model that gives non-finite scores (a diverged run's) stops the script at
 the first file it does so for, with one line naming it.
@@ -98,16 +101,21 @@ def main(argv=None):
                                                 desc="predicting", precision=args.precision or trained["precision"],
                                                 max_samples_per_pass=args.max_samples_per_pass)
         with torch.no_grad():
-            probabilities = head(features.to(device)).float().softmax(1).cpu()
+            logits = head(features.to(device)).float()
+        # a softmax over the classes, or (multi-label) each class's own sigmoid, in float64 as the run
+        # compared them with its thresholds
+        probabilities = (torch.sigmoid(logits.double()) if trained["multilabel"] else logits.softmax(1)).cpu()
         finite = probabilities.isfinite().all(1)
         top = probabilities.topk(min(args.top_k, len(classes)), dim=1)
-        for clip, values, indices, ok in zip(usable, top.values, top.indices, finite):
+        for row, (clip, values, indices, ok) in enumerate(zip(usable, top.values, top.indices, finite)):
             if not ok:  # a diverged run's weights: printed, NaN would read as a probability (and is not JSON)
                 raise outdir.Refused(f"{clip.path}: the model gives non-finite scores (NaN or inf) for this file "
                                      f"({int((~finite).sum())} of {len(usable)} files in all); stopped here (a "
                                      "diverged run gives them: train it again with a lower --lr)")
             best = [(classes[i], round(float(v), 6)) for v, i in zip(values, indices)]
-            if args.json:
+            if trained["multilabel"]:
+                print_labels(clip.path, probabilities[row], classes, trained["thresholds"], best, args.json)
+            elif args.json:
                 print(json.dumps({"file": clip.path, "top": [{"label": c, "probability": p} for c, p in best]},
                                  allow_nan=False))
             else:
@@ -116,6 +124,22 @@ def main(argv=None):
         print(f"{len(unusable)} of {len(unusable) + len(usable)} file(s) could not be used (named above)",
               file=sys.stderr)
     return 1 if unusable or not usable else 0
+
+
+def print_labels(path: str, probabilities, classes: list, thresholds: list, best: list, as_json: bool):
+    """A multi-label prediction: the classes at or above their thresholds, most probable first, with
+    their probabilities; "none above threshold" and the most probable class where none is. `best`: the
+    top classes (label, probability), for --json's "top"."""
+    above = sorted(((classes[c], float(p), thresholds[c]) for c, p in enumerate(probabilities.tolist())
+                    if p >= thresholds[c]), key=lambda item: -item[1])
+    if as_json:
+        print(json.dumps({"file": path, "labels": [{"label": c, "probability": round(p, 6), "threshold": t}
+                                                   for c, p, t in above],
+                          "top": [{"label": c, "probability": p} for c, p in best]}, allow_nan=False))
+    elif above:
+        print(f"{path}\t" + "\t".join(f"{c} {p:.3f}" for c, p, _ in above))
+    else:
+        print(f"{path}\tnone above threshold (top: {best[0][0]} {best[0][1]:.3f})")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ classifier head as the run computed them, with the chunk length, precision and p
 scripts need. It refuses an unfinished run, non-finite weights, and an encoder other than the one
 the classifier was made with (`check_weights`); it warns when a Whisper run's features came from an
 older front end (backbone.FRONTEND_VERSION).
+
+A multi-label classifier (its head.pt has "multilabel": True; an export's config.json has problem_type
+"multi_label_classification") comes back with multilabel True and its thresholds: one per class, chosen
+on valid, for a sigmoid score (a class is predicted where its probability is at or above its threshold).
 """
 import json
 import sys
@@ -27,8 +31,9 @@ def load_trained(path) -> dict:
     """A finished classifier: a finetune run, a pairtune run with its probe (or that probe's folder),
     a frozen encoder's probe, or an export.py folder. Returns encoder (AudioEncoder), head (pooled
     features -> logits), classes, max_seconds (the chunk length evaluation used), precision and
-    eval_batch_size (how it encoded), and about (method, dataset, backbone, seed, fold, results, the
-    runs it came from)."""
+    eval_batch_size (how it encoded), multilabel and thresholds (a list per class, or None for a
+    single-label classifier), and about (method, dataset, backbone, seed, fold, results, the runs it
+    came from)."""
     path = Path(path)
     if (path / EXPORT_INFO).is_file():
         return load_export(path)
@@ -45,7 +50,10 @@ def load_trained(path) -> dict:
         encoder = load_encoder(str(path / "encoder"))
         linear = torch.nn.Linear(encoder.hidden_size, len(run["classes"]))
         # map_location (load_plain's default, CPU): a head saved on a GPU loads on a machine without one
-        linear.load_state_dict(load_plain(path / HEAD, "train the run again (finetune.py --overwrite)"))
+        saved = load_plain(path / HEAD, "train the run again (finetune.py --overwrite)")
+        # A single-label head.pt is the linear layer's state; a multi-label one holds it under "head",
+        # beside its thresholds.
+        linear.load_state_dict(saved["head"] if "head" in saved else saved)
         head, runs_used, model_run, model_dir = linear, {"finetune": str(path.resolve())}, run, path
     elif stage == "probe":
         run = read_finished(path)
@@ -82,9 +90,12 @@ def load_trained(path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise outdir.Refused(f"{path / RESULTS} cannot be read ({type(error).__name__}); run the stage again "
                              "with --overwrite") from None
+    multi_label, thresholds = saved_thresholds(saved, run["classes"], path / HEAD)
     about = {"method": run.get("method", stage), "dataset": run["dataset"], "backbone": run["backbone"],
              "backbone_random_init": run["backbone_random_init"], "seed": run["args"]["seed"],
-             "fold": run["args"].get("fold"), "test_acc": results["test_acc"], "valid_acc": results["valid_acc"],
+             "fold": run["args"].get("fold"), "multilabel": multi_label,
+             # accuracy, or a multi-label run's macro mAP (results.json's "metric": "map")
+             **{key: results[key] for key in (("test_map", "valid_map") if multi_label else ("test_acc", "valid_acc"))},
              "clips": run["clips"], "manifest": run["manifest"], "runs": runs_used,
              "args": {"model": model_run["args"], "head": run["args"]}, "stage": model_run["stage"],
              "selected_epoch": model_run.get("selected_epoch"), "selected_by": model_run.get("selected_by"),
@@ -93,7 +104,20 @@ def load_trained(path) -> dict:
     precision = run["args"].get("precision", "auto") if stage == "finetune" else "auto"
     return {"encoder": encoder.eval(), "head": head.eval(), "classes": run["classes"],
             "max_seconds": encoder.chunk_seconds(run["args"]["max_seconds"]), "precision": precision,
-            "eval_batch_size": run["args"].get("eval_batch_size", 16), "about": about}
+            "eval_batch_size": run["args"].get("eval_batch_size", 16), "multilabel": multi_label,
+            "thresholds": thresholds, "about": about}
+
+
+def saved_thresholds(saved, classes: list, where) -> tuple[bool, list | None]:
+    """(multilabel, thresholds) of a head.pt: (False, None) for a single-label classifier; a multi-label
+    one must carry a threshold per class (chosen on valid), or predictions could not be made."""
+    if not (isinstance(saved, dict) and saved.get("multilabel")):
+        return False, None
+    thresholds = saved.get("thresholds")
+    if thresholds is None or len(thresholds) != len(classes):
+        raise ValueError(f"{where}: a multi-label classifier without a threshold per class ({len(classes)}); "
+                         "train or probe the run again with --overwrite")
+    return True, [float(t) for t in thresholds]
 
 
 def check_weights(encoder: AudioEncoder, model_dir: Path, classifier_dir: Path, run: dict):
@@ -131,6 +155,13 @@ def load_export(path: Path) -> dict:
     check_finite(model, f"the export {path}", "the run it came from diverged: train it again with a lower --lr")
     head = torch.nn.Sequential(model.projector, model.classifier)
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    # A multi-label export: problem_type and the valid-chosen thresholds ({class: t}) in config.json
+    multi_label = model.config.problem_type == "multi_label_classification"
+    saved = getattr(model.config, "thresholds", None)
+    if multi_label and not (isinstance(saved, dict) and set(saved) == set(classes)):
+        raise ValueError(f"{path / 'config.json'}: a multi-label export without a threshold per class; "
+                         "export the run again")
+    thresholds = [float(saved[c]) for c in classes] if multi_label else None
     return {"encoder": encoder.eval(), "head": head.eval(), "classes": classes, "max_seconds": info["max_seconds"],
             "precision": info.get("precision", "auto"), "eval_batch_size": info["eval_batch_size"],
-            "about": info["about"]}
+            "multilabel": multi_label, "thresholds": thresholds, "about": info["about"]}
