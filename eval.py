@@ -7,6 +7,11 @@ contribution of test features (Table 3), confusion analysis, a 2-D map of the ha
 and convergence curves (Figure 2), drawn by figures.py. run_all.sh's questions about its grid (which
 runs are done, the batch-size search's choice, the device-hours left) are grid.py's.
 
+Multi-label runs (results.json "multilabel": true) are scored by macro mAP: Table 2 shows their test mAP
+(the dataset's column marked "(mAP)", the caption saying so) and Figure 2 their valid mAP; a clip has no
+one predicted class, so `confusion` gives each class's test AP instead (lowest first), and Figure 3's
+hardest classes are the lowest-AP ones. Table 3 and anisotropy need only the features, as for any run.
+
 Examples::
 
     # Table 2: print it and write runs/table.md, runs/table.csv, runs/table.json
@@ -25,6 +30,7 @@ Examples::
     # which classes a run confuses (several runs: summed), as text and a heatmap with the counts in its cells
     python eval.py confusion runs/esc50/wav2vec2/finetune/fold-* --out reports/esc50-finetune
     python eval.py confusion runs/fsdd-digit/tiny/finetune/seed-0 --format pdf,svg --class-order zero,one,two
+    python eval.py confusion runs/fsd50k/wav2vec2/finetune/seed-0   # multi-label: per-class AP, lowest first
 
     # every figure as PNG at --dpi (default 200), or as vectors for a paper: --format png,pdf,svg
     python eval.py report runs/ --format pdf,png --dpi 300
@@ -184,8 +190,9 @@ def repeat_name(run):
 
 
 def run_test_features(run_dir, device="auto", data_root=None):
-    """(features [N, d] float64, labels [N] int64, classes) of a finished run's test split, as
-    encoded by the run's encoder/ (its best-valid epoch) through backbone.extract_features.
+    """(features [N, d] float64, labels, classes) of a finished run's test split, as encoded by the run's
+    encoder/ (its best-valid epoch) through backbone.extract_features. labels: class indices [N] (int64), or
+    for multi-label data (data.is_multilabel) multi-hot targets [N, C] (float32).
 
     finetune.py and probe.py cache these in RUN/features/<dataset>[-fold<k>]/test.pt. The cache is
     used when it was made by these very weights (SHA-1 fingerprint), for the run's classes, chunk
@@ -217,7 +224,7 @@ def run_test_features(run_dir, device="auto", data_root=None):
     splits, classes = data.load_splits(str(manifest), None, args.get("fold"), args.get("skip_bad", False))
     device = runs.resolve_device(device)
     features, labels = runs.cached_features(encoder.to(device), splits, classes, cache_dir, max_seconds,
-                                                device, ("test",))["test"]
+                                            device, ("test",), multilabel=data.is_multilabel(splits))["test"]
     return features.double().numpy(), labels.numpy(), classes
 
 
@@ -367,6 +374,76 @@ def summed_confusion(results_list):
 
 
 # ----------------------------------------------------------------------------------------------
+# Multi-label runs: a clip carries several classes, so there is no confusion matrix (no one predicted class
+# per clip); the per-class test AP (results.json's test_per_class_ap) takes its place
+# ----------------------------------------------------------------------------------------------
+
+MULTILABEL_NOTE = ("multi-label run(s): a clip carries several classes, so there is no confusion matrix; "
+                   "instead each class's test average precision (results.json test_per_class_ap), lowest first")
+
+
+def is_multilabel_result(results) -> bool:
+    """A results.json of a run on multi-label data ("multilabel": true, scored by mAP)."""
+    return results.get("multilabel") is True
+
+
+def class_ap_rows(results_list):
+    """The per-class AP table of one arm's runs: one row per class, {"class", "ap" (the mean over the runs
+    of the class's test AP, a fraction; None where no run has a positive test clip of it, so no AP), "runs"
+    (how many runs gave it an AP), "positives" (its positive test clips summed over the runs, from
+    results.json's test_positives; None where a run does not record them)}. Lowest AP first (ties in class
+    order), classes without an AP last. All runs must have the same classes."""
+    first = results_list[0]
+    if "test_per_class_ap" not in first:
+        raise ValueError("a multi-label results.json without test_per_class_ap: no per-class AP to show")
+    classes = first.get("classes") or list(first["test_per_class_ap"])
+    values, positives = {c: [] for c in classes}, {c: 0 for c in classes}
+    counted = all(isinstance(r.get("test_positives"), dict) for r in results_list)
+    for results in results_list:
+        per_class = results.get("test_per_class_ap")
+        if not isinstance(per_class, dict) or list(per_class) != classes:
+            raise ValueError("runs with different class lists (or without test_per_class_ap) cannot be summed")
+        for c, ap in per_class.items():
+            if ap is None:
+                continue
+            if isinstance(ap, bool) or not isinstance(ap, (int, float)) or not 0.0 <= ap <= 1.0:
+                raise ValueError(f"test_per_class_ap of {c!r} must be a fraction in [0, 1] or null, got {ap!r}")
+            values[c].append(float(ap))
+        if counted:
+            for c in classes:
+                positives[c] += int(results["test_positives"].get(c, 0))
+    rows = [{"class": c, "ap": float(np.mean(values[c])) if values[c] else None, "runs": len(values[c]),
+             "positives": positives[c] if counted else None} for c in classes]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["ap"] is None, rows[i]["ap"] or 0.0, i))
+    return [rows[i] for i in order]
+
+
+def describe_class_ap(rows, n_runs):
+    """The per-class AP table as markdown (AP in %, as Table 2), then a line with the macro mean of the column
+    and the classes that have no AP."""
+    counted = all(row["positives"] is not None for row in rows)
+    header = ["class", "AP (%)" if n_runs == 1 else f"AP (%), mean of {n_runs} runs"]
+    header += ["test positives" if n_runs == 1 else f"test positives, summed over {n_runs} runs"] if counted else []
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        cells = [row["class"].replace("|", "\\|"), MISSING_CELL if row["ap"] is None else f"{100 * row['ap']:.2f}"]
+        lines.append("| " + " | ".join(cells + ([str(row["positives"])] if counted else [])) + " |")
+    scored = [row["ap"] for row in rows if row["ap"] is not None]
+    none = [row["class"] for row in rows if row["ap"] is None]
+    lines += ["", (f"macro mean of the column: {100 * np.mean(scored):.2f}% over {len(scored)} classes"
+                   if scored else "no class has a positive test clip")
+              + (f"; no AP (no positive test clip): {', '.join(none)}" if none else "")
+              + ("" if counted else "; test positives: not recorded in results.json (test_positives)")]
+    return "\n".join(lines)
+
+
+def lowest_ap_classes(rows, count):
+    """The `count` classes of lowest AP in class_ap_rows' rows (classes without an AP are never picked):
+    Figure 3's hardest classes of a multi-label run."""
+    return [row["class"] for row in rows if row["ap"] is not None][:count]
+
+
+# ----------------------------------------------------------------------------------------------
 # The order classes are shown in: runs number them alphabetically (data.load_splits), which puts FSDD's
 # "eight" before "five"; a figure shows them in their natural order, or the user's (--class-order)
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +575,8 @@ MAX_PROJECTED = 20  # classes in one Figure 3 where there is no confusion to pic
 
 
 def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3, method="auto", device="auto",
-                      confusion=None, data_root=None, *, outputs, order=None, style=figures.DEFAULT_STYLE):
+                      confusion=None, data_root=None, *, outputs, order=None, style=figures.DEFAULT_STYLE,
+                      class_ap=None):
     """Figure 3: the test features of the hardest classes, FINETUNE and PAIRTUNE side by side.
 
     The classes come from `classes` (names), else from the FINETUNE confusion (`confusion`, or the
@@ -506,7 +584,12 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
     there is nothing to rank by: all classes are shown, or the first MAX_PROJECTED of them in `order` (names,
     as --class-order; default: natural order). The title says which of these it is and how many of how many
     classes are shown. Each arm is projected on its own. Returns what was drawn (also added to `outputs`
-    next to the figure, as JSON), with the files written."""
+    next to the figure, as JSON), with the files written.
+
+    Multi-label runs have no confusion: the hardest classes are FINETUNE's 3 * `triplets` classes of lowest
+    test AP (`class_ap`: class_ap_rows of its runs, else its run's own results.json), and a point needs one
+    colour, so only the clips carrying exactly one of the classes shown are drawn; the title and the JSON
+    say how many clips carrying several of them were left out."""
     setups = [rundir.read_run_json(d) for d in (finetune_dir, pairtune_dir) if (Path(d) / rundir.RUN_JSON).is_file()]
     if len(setups) == 2 and ({s["dataset"] for s in setups} != {setups[0]["dataset"]}
                              or {s["args"].get("fold") for s in setups} != {setups[0]["args"].get("fold")}):
@@ -517,6 +600,9 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
     names = arms["finetune"][2]
     if arms["pairtune"][2] != names:
         raise ValueError(f"{finetune_dir} and {pairtune_dir} have different classes")
+    multilabel = np.ndim(arms["finetune"][1]) == 2  # multi-hot [N, C] test targets
+    if np.ndim(arms["pairtune"][1]) != np.ndim(arms["finetune"][1]):
+        raise ValueError(f"one of {finetune_dir} and {pairtune_dir} was tested as multi-label, the other not")
     total = len(names)
     if classes:
         unknown = [c for c in classes if c not in names]
@@ -525,6 +611,17 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
         chosen = [names.index(c) for c in classes]
         source = "--classes"
         what = f"the {len(chosen)} classes given (--classes), of {total}"
+    elif multilabel:  # no confusion: rank the classes by FINETUNE's test AP instead
+        rows = class_ap_rows([rundir.run_results(finetune_dir)]) if class_ap is None else class_ap
+        if total <= 3 * triplets:
+            chosen = display_order(names, order, strict=False)
+            source = f"all {total} classes ({triplets} triplets hold up to {3 * triplets})"
+            what = f"all {total} classes"
+        else:
+            chosen = [names.index(c) for c in lowest_ap_classes(rows, 3 * triplets)]
+            source = (f"the {len(chosen)} classes of lowest test AP of FINETUNE (multi-label: no confusion to pick "
+                      "triplets from)")
+            what = f"the {len(chosen)} classes FINETUNE scores worst on test (lowest AP), of {total}"
     else:
         if confusion is None:
             confusion = rundir.run_results(finetune_dir)["confusion"]
@@ -542,20 +639,32 @@ def projection_figure(finetune_dir, pairtune_dir, path, classes=None, triplets=3
         else:
             source = f"the {triplets} most confused disjoint triplets (or pairs) of FINETUNE's test confusion"
             what = f"the {len(chosen)} classes FINETUNE confuses most on test, of {total}"
-    panels, drawn = [], {}
+    panels, drawn, several = [], {}, {}
     run_dirs = {"finetune": finetune_dir, "pairtune": pairtune_dir}
     for arm, (features, labels, _) in arms.items():
-        keep = np.isin(labels, chosen)
-        relabel = np.array([chosen.index(int(y)) for y in labels[keep]], dtype=int)
+        if multilabel:
+            carried = np.asarray(labels)[:, chosen] > 0  # [N, shown classes]
+            keep = carried.sum(axis=1) == 1  # a clip carrying several shown classes has no one colour
+            relabel = carried[keep].argmax(axis=1)
+            several[arm] = int((carried.sum(axis=1) > 1).sum())
+        else:
+            keep = np.isin(labels, chosen)
+            relabel = np.array([chosen.index(int(y)) for y in labels[keep]], dtype=int)
         coords, used = project_2d(features[keep], method)
         panels.append((f"{arm.upper()} ({used})", coords, relabel))
         drawn[arm] = {"run": str(run_dirs[arm]), "method": used,
                       "points": [[float(x), float(y), names[chosen[c]]] for (x, y), c in zip(coords, relabel)]}
     chosen_names = [names[i] for i in chosen]
     title = f"Test features of {what}"
+    if multilabel:
+        # a second line: one would be cut off at the figure's edges
+        title += (f"\nmulti-label: the clips carrying exactly one of them ({several['finetune']} carrying several "
+                  "left out)")
     files = figures.plot_projection(panels, chosen_names, path, title, outputs, style)
     info = {"classes": chosen_names, "classes_from": source, "shown": f"{len(chosen)} of {total} classes",
             "title": title, **drawn}
+    if multilabel:
+        info["multilabel"] = {"clips_with_several_shown_classes_left_out": several["finetune"]}
     save(Path(path).with_suffix(".json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n", outputs)
     return {**info, "files": files}
 
@@ -585,11 +694,14 @@ def curve_data(groups, warn=print_warning):
             run, lines = first
             name = rundir.valid_metric(lines, "classifier" if arm == "finetune" else
                                 (run["run"].get("args") or {}).get("select_by", "centroid"))
-            metric = ("its classifier's accuracy" if name == "classifier" else
-                      f"{name} accuracy of encoder features")
+            # multi-label runs log macro mAP (valid_map, valid_metric_map) where others log accuracy
+            score = "mAP" if any(field in lines[-1] for field in ("valid_map", "valid_metric_map")) else "accuracy"
+            metric = (f"its classifier's {score}" if name == "classifier" else
+                      f"{name} {score} of encoder features")
             entry[arm] = {"epochs": epochs, "mean": [float(v.mean()) for v in values],
                           "std": [float(v.std(ddof=1)) if len(v) > 1 else None for v in values],
-                          "n": [int(len(v)) for v in values], "metric": metric}
+                          "n": [int(len(v)) for v in values], "metric": metric,
+                          **({"score": score} if score == "mAP" else {})}  # curves.json as before for accuracy
         if entry:
             curves[key] = entry
     return curves
@@ -658,6 +770,11 @@ def write_shot_curves(curves, out: Path, outputs, style=figures.DEFAULT_STYLE) -
     return pictures
 
 
+def curve_title(entry, name):
+    """Figure 2's title: 'Valid accuracy per epoch: esc50 · wav2vec2', or mAP for multi-label runs."""
+    return f"Valid {figures.curve_score(entry)} per epoch: {name}"
+
+
 def group_name(key):
     """'esc50 · wav2vec2': how a (dataset, backbone) group is titled and keyed in JSON files."""
     return f"{key[0]} · {key[1]}"
@@ -715,7 +832,8 @@ def cmd_table(args):
 
     summary = tables.summarise_probe(results, args.probe)
     if not summary["backbones"]:
-        print(f"error: no run under {runs_dir} has a k-NN probe result (knn_test_acc)", file=sys.stderr)
+        print(f"error: no run under {runs_dir} has a k-NN probe result (knn_test_acc, or a multi-label run's "
+              "knn_test_map)", file=sys.stderr)
         return 1
     table = tables.format_table(summary)
     print(table, end="")
@@ -779,28 +897,40 @@ def cmd_geometry_runs(args):
     return 0
 
 
+def summing_problem(results_list, args):
+    """Why the runs of `confusion` cannot be summed into one output (None where they can)."""
+    if len(results_list) == 1:
+        return None
+    kinds_list = [(r.get("method"), r.get("dataset"), r.get("backbone")) for r in results_list]
+    kinds = {kind + (r.get("backbone_random_init", False),) for kind, r in zip(kinds_list, results_list)}
+    if len(kinds) > 1:
+        return f"only runs of one method, dataset and backbone are summed; got {sorted(map(str, kinds))}"
+    if len({is_multilabel_result(r) for r in results_list}) > 1:
+        return "some of these runs are multi-label (scored by mAP) and some are not: they cannot be summed"
+    if not args.out:  # the sum is no single run's, so it does not go into one
+        return "give --out DIR for the figure of several runs summed"
+    return None
+
+
 def cmd_confusion(args):
     try:
         results_list = [rundir.run_results(run) for run in args.runs]
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    problem = summing_problem(results_list, args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    if is_multilabel_result(results_list[0]):
+        return class_ap_command(args, results_list)
+    try:
         confusion, classes = summed_confusion(results_list)
         order = display_order(classes, read_class_order(args.class_order))
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if len(results_list) > 1:
-        kinds_list = [(r.get("method"), r.get("dataset"), r.get("backbone")) for r in results_list]
-        kinds = {kind + (r.get("backbone_random_init", False),) for kind, r in zip(kinds_list, results_list)}
-        if len(kinds) > 1:
-            print(f"error: only runs of one method, dataset and backbone are summed; got {sorted(map(str, kinds))}",
-                  file=sys.stderr)
-            return 1
-        if not args.out:  # the sum is no single run's, so it does not go into one
-            print("error: give --out DIR for the figure of several runs summed", file=sys.stderr)
-            return 1
-    first = results_list[0]
-    label = f"{first.get('method', '?').upper()} {first.get('dataset', '?')} {first.get('backbone', '?')}"
-    if len(results_list) > 1:
-        label += f" (summed over {len(results_list)} runs)"
+    label = run_label(results_list)
     print(label)
     if len(classes) <= 20:
         width = max(len(c) for c in classes)
@@ -828,6 +958,36 @@ def cmd_confusion(args):
         return 1
     outputs.write()
     print(f"wrote {', '.join(map(str, [out / 'confusion.json', *pictures]))}", file=sys.stderr)
+    return 0
+
+
+def run_label(results_list, several="summed over"):
+    """'FINETUNE esc50 wav2vec2', and '(summed over 3 runs)' for several: the heading of `confusion`'s output."""
+    first = results_list[0]
+    label = f"{first.get('method', '?').upper()} {first.get('dataset', '?')} {first.get('backbone', '?')}"
+    return label + (f" ({several} {len(results_list)} runs)" if len(results_list) > 1 else "")
+
+
+def class_ap_command(args, results_list):
+    """`confusion` of multi-label runs: the per-class AP table (class_ap_rows) printed and written to
+    per-class-ap.json in --out (default: the first run's folder); no figure."""
+    try:
+        rows = class_ap_rows(results_list)
+    except (ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    first_run = Path(args.runs[0])
+    out = Path(args.out) if args.out else first_run if first_run.is_dir() else first_run.parent
+    outputs = Outputs()
+    outputs.check([out / "per-class-ap.json"])
+    print(run_label(results_list, "AP: the mean of"))
+    print(f"{MULTILABEL_NOTE}.")
+    print(describe_class_ap(rows, len(results_list)))
+    summary = {"multilabel": True, "runs": len(results_list), "note": MULTILABEL_NOTE,
+               "classes": rows}  # lowest AP first; ap: the mean over runs, a fraction
+    outputs.add(out / "per-class-ap.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    outputs.write()
+    print(f"wrote {out / 'per-class-ap.json'} (no confusion figure for multi-label runs)", file=sys.stderr)
     return 0
 
 
@@ -879,7 +1039,7 @@ def cmd_curves(args):
     out, outputs, pictures = Path(args.out), Outputs(), []
     for key, entry in curves.items():
         pictures += figures.plot_curves(entry, out / f"curves-{group_stem(key)}.png",
-                                        f"Valid accuracy per epoch: {group_name(key)}", outputs, figure_style(args))
+                                        curve_title(entry, group_name(key)), outputs, figure_style(args))
     outputs.add(out / "curves.json", json.dumps(by_name(curves), indent=2, ensure_ascii=False) + "\n")
     outputs.write()
     for path in pictures:
@@ -904,7 +1064,7 @@ def cmd_report(args):
 
     # Table 2
     results = tables.collect_results(runs_dir)
-    knn = any(r.get("knn_test_acc") is not None for r in results)
+    knn = any(r.get(tables.SCORE_FIELDS[r["metric"]][1]) is not None for r in results)
     # The user's own report.md or table is refused now, before the long part (every run's test features).
     stems = (["table"] if results else []) + (["table-both"] if knn else [])  # as `eval.py table` names them
     outputs.check([out / "report.md"] + [out / (stem + ext) for stem in stems for ext in (".md", ".csv", ".json")])
@@ -915,7 +1075,9 @@ def cmd_report(args):
         outputs.add(out / "table.md", table)
         outputs.add(out / "table.csv", tables.table_csv(summary))
         outputs.add(out / "table.json", tables.table_json(summary))
-        md += ["## Table 2: test accuracy", "", table, "Also as [CSV](table.csv) and [JSON](table.json).", ""]
+        scores = set(summary.get("metrics", {"": "acc"}).values())  # "metrics": only where a dataset is multi-label
+        md += [f"## Table 2: test {' and '.join({'acc': 'accuracy', 'map': 'mAP'}[m] for m in sorted(scores))}", "",
+               table, "Also as [CSV](table.csv) and [JSON](table.json).", ""]
         if knn:
             both = tables.summarise_probe(results, "both")
             table = tables.format_table(both)
@@ -967,13 +1129,37 @@ def cmd_report(args):
             md += [tables.format_geometry_table(paired), tables.GEOMETRY_LEGEND, ""]
         md += [note, ""] if note else []
 
-        md += ["### Confusion", ""]
-        confusions = {}
+        results_of = {}  # arm: its runs' results.json, or why they cannot be read
+        for arm, runs in arms.items():
+            try:
+                results_of[arm] = [rundir.run_results(run["dir"]) for run in runs]
+            except (OSError, ValueError) as error:
+                results_of[arm] = error
+        multilabel = any(isinstance(found, list) and any(map(is_multilabel_result, found))
+                         for found in results_of.values())
+        md += ["### Per-class AP (multi-label: in place of the confusion)" if multilabel else "### Confusion", ""]
+        confusions, class_aps = {}, {}
         for arm, runs in arms.items():
             if not runs:
                 continue
+            if multilabel:  # no one predicted class per clip: each class's test AP instead
+                try:
+                    if isinstance(results_of[arm], Exception):
+                        raise results_of[arm]
+                    class_aps[arm] = class_ap_rows(results_of[arm])
+                except (ValueError, KeyError) as error:
+                    md += [f"{arm.upper()}: no per-class AP ({error})", ""]
+                    continue
+                md += [f"**{arm.upper()}**, {len(runs)} run(s): {MULTILABEL_NOTE}.", "",
+                       describe_class_ap(class_aps[arm], len(runs)), ""]
+                outputs.add(out / f"per-class-ap-{stem}-{arm}.json", json.dumps(
+                    {"multilabel": True, "runs": len(runs), "note": MULTILABEL_NOTE, "classes": class_aps[arm]},
+                    indent=2, ensure_ascii=False) + "\n")
+                continue
             try:
-                confusion, classes = summed_confusion([rundir.run_results(run["dir"]) for run in runs])
+                if isinstance(results_of[arm], Exception):
+                    raise results_of[arm]
+                confusion, classes = summed_confusion(results_of[arm])
             except (OSError, ValueError, KeyError) as error:
                 md += [f"{arm.upper()}: no confusion ({error})", ""]
                 continue
@@ -987,11 +1173,11 @@ def cmd_report(args):
                 md += [figure_link(files, f"{arm} confusion"), ""]
 
         if drawing and (dataset, backbone_name) in curves:
-            files = figures.plot_curves(curves[(dataset, backbone_name)], out / f"curves-{stem}.png",
-                                        f"Valid accuracy per epoch: {name}", outputs, style)
+            entry = curves[(dataset, backbone_name)]
+            files = figures.plot_curves(entry, out / f"curves-{stem}.png", curve_title(entry, name), outputs, style)
             md += ["### Convergence (Figure 2)", "", figure_link(files, "curves"),
-                   "FINETUNE's valid accuracy is its classifier's; PAIRTUNE's is its selection metric on "
-                   "encoder features (see log.jsonl). Numbers in [curves.json](curves.json).", ""]
+                   f"FINETUNE's valid {figures.curve_score(entry)} is its classifier's; PAIRTUNE's is its selection "
+                   "metric on encoder features (see log.jsonl). Numbers in [curves.json](curves.json).", ""]
 
         shared = sorted({repeat_name(r) for r in arms["finetune"]} & {repeat_name(r) for r in arms["pairtune"]})
         if drawing and shared:
@@ -1001,11 +1187,15 @@ def cmd_report(args):
                 info = projection_figure(run_of("finetune")["dir"], run_of("pairtune")["dir"], out / f"umap-{stem}.png",
                                          triplets=args.triplets, device=args.device,
                                          confusion=confusions.get("finetune"), data_root=args.data_root,
-                                         outputs=outputs, order=order, style=style)
-                md += [f"### Figure 3: {info['title']}", "",  # the hardest classes, or all where none is harder
+                                         outputs=outputs, order=order, style=style,
+                                         class_ap=class_aps.get("finetune"))
+                ranked_by = ("FINETUNE's per-class AP averaged over its runs" if multilabel
+                             else "FINETUNE's confusion summed over its runs")
+                # the hardest classes, or all where none is harder; the figure's two title lines as one
+                md += [f"### Figure 3: {info['title']}".replace("\n", "; "), "",
                        figure_link(info["files"], "projection"),
                        f"{pick}; classes ({info['shown']}): {', '.join(info['classes'])}; chosen as "
-                       f"{info['classes_from']}, FINETUNE's confusion summed over its runs; projection: "
+                       f"{info['classes_from']}, {ranked_by}; projection: "
                        f"{info['finetune']['method']}.", ""]
             except Exception as error:  # keep the rest of the report
                 print(f"warning: no projection figure for {name}: {error}", file=sys.stderr)
@@ -1068,7 +1258,8 @@ def build_parser():
 
     table = subcommands.add_parser(
         "table",
-        help="results table (mean ± std test accuracy) from every results.json under RUNS_DIR",
+        help="results table (mean ± std test accuracy; macro mAP for multi-label datasets) from every results.json "
+             "under RUNS_DIR",
     )
     table.add_argument("runs_dir", metavar="RUNS_DIR", help="directory searched recursively for results.json")
     table.add_argument(
@@ -1095,7 +1286,8 @@ def build_parser():
         geometry.set_defaults(func=cmd_geometry)
 
     confusion = subcommands.add_parser(
-        "confusion", help="test confusion matrix of a run (or summed over runs): most confused pairs and triplets, PNG")
+        "confusion", help="test confusion matrix of a run (or summed over runs): most confused pairs and triplets, "
+                          "PNG; of multi-label runs: each class's test AP, lowest first (per-class-ap.json)")
     confusion.add_argument("runs", nargs="+", metavar="RUN",
                            help="a finetune run, a pairtune run (its probe/), or a results.json; several are summed")
     confusion.add_argument("--top", type=positive_int, default=10, help="how many pairs and triplets to list")
@@ -1109,7 +1301,8 @@ def build_parser():
              "side by side (`umap`: its old name)")
     projection.add_argument("--finetune", required=True, metavar="RUN", help="a finetune.py run folder")
     projection.add_argument("--pairtune", required=True, metavar="RUN", help="a pairtune.py run folder")
-    projection.add_argument("--classes", help="comma-separated class names (default: from FINETUNE's confusion)")
+    projection.add_argument("--classes", help="comma-separated class names (default: from FINETUNE's confusion; "
+                                              "multi-label runs: its 3 x --triplets classes of lowest test AP)")
     projection.add_argument("--triplets", type=int, default=3,
                             help="how many disjoint most-confused triplets of FINETUNE to show (3, as in the paper)")
     projection.add_argument("--method", choices=["auto", "umap", "tsne", "pca"], default="auto",
@@ -1123,7 +1316,8 @@ def build_parser():
     projection.set_defaults(func=cmd_projection)
 
     curves = subcommands.add_parser("curves",
-                                    help="Figure 2: valid accuracy per epoch, FINETUNE vs PAIRTUNE, mean ± std")
+                                    help="Figure 2: valid accuracy (multi-label: mAP) per epoch, FINETUNE vs "
+                                         "PAIRTUNE, mean ± std")
     curves.add_argument("runs_dir", metavar="RUNS_DIR", help="directory searched recursively for run folders")
     curves.add_argument("--out", required=True, metavar="DIR", help="folder for curves-*.png and curves.json")
     curves.add_argument("--shots", action="store_true",
@@ -1148,7 +1342,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except outdir.Refused as error:  # a file eval.py would write over is not its own
+    # Refused: a file eval.py would write over is not its own; MixedMetrics: a dataset has runs scored by
+    # accuracy and runs scored by mAP, which no cell of Table 2 can average
+    except (outdir.Refused, tables.MixedMetrics) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

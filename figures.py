@@ -120,8 +120,15 @@ def plot_projection(panels, class_names, path, title, outputs, style=DEFAULT_STY
     return save_figure(plt, fig, path, outputs, style)
 
 
+def curve_score(entry):
+    """What Figure 2's curves measure: "accuracy", or "mAP" where the runs are multi-label (eval.curve_data marks
+    such a curve "score": "mAP")."""
+    return "mAP" if any(curve.get("score") == "mAP" for curve in entry.values()) else "accuracy"
+
+
 def plot_curves(entry, path, title, outputs, style=DEFAULT_STYLE):
-    """Figure 2: valid accuracy per epoch, mean line with a ± std band over runs, one line per arm."""
+    """Figure 2: valid accuracy (multi-label runs: valid mAP) per epoch, mean line with a ± std band over runs,
+    one line per arm."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for arm, colour in ARM_COLOURS.items():
@@ -134,7 +141,7 @@ def plot_curves(entry, path, title, outputs, style=DEFAULT_STYLE):
                 label=f"{arm.upper()} ({curve['metric']}; n={max(curve['n'])})")
         ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-    return save_line_figure(plt, fig, ax, path, "epoch", "valid accuracy (%)", title, outputs, style)
+    return save_line_figure(plt, fig, ax, path, "epoch", f"valid {curve_score(entry)} (%)", title, outputs, style)
 
 
 def save_line_figure(plt, fig, ax, path, xlabel, ylabel, title, outputs, style):

@@ -1,5 +1,6 @@
-"""The paper's tables as text. Table 2: the test accuracy of every finished run, as mean ± sample std per
-backbone, method and dataset; Table 3: the geometry of the two arms' test features, side by side.
+"""The paper's tables as text. Table 2: the test accuracy of every finished run (a multi-label dataset's: its
+macro mAP), as mean ± sample std per backbone, method and dataset; Table 3: the geometry of the two arms' test
+features, side by side.
 
 Table 2: collect_results finds the runs (rundir.find_runs) and checks each results.json (parse_result);
 summarise groups them into cells (summarise_probe: the linear probe's, the k-NN probe's, or both);
@@ -27,6 +28,10 @@ ARMS = ("finetune", "pairtune")  # the two arms the paper compares
 # Fields a results.json must carry.  ``seed``/``fold`` are checked separately
 # because a run may give either one (ESC-50 runs are told apart by fold).
 REQUIRED_FIELDS = ("method", "dataset", "backbone", "test_acc")
+# A run on multi-label data ("multilabel": true, "metric": "map") is scored by macro mAP: test_map, not test_acc.
+MULTILABEL_REQUIRED_FIELDS = ("method", "dataset", "backbone", "test_map")
+# The results.json fields of each metric: (the linear probe's, the k-NN probe's); a parsed result keeps these names.
+SCORE_FIELDS = {"acc": ("test_acc", "knn_test_acc"), "map": ("test_map", "knn_test_map")}
 
 MISSING_CELL = "–"
 DECIMALS = 2
@@ -45,16 +50,28 @@ KNN_LEGEND = (  # --probe knn: k-NN rows only
 )
 KNN_ROWS = (" k-NN rows: the k-NN probe on the same features (FINETUNE: its encoder's, before its head), "
             "the better arm marked among them.")  # added to LEGEND where a table has both kinds of rows
+MAP_MARK = " (mAP)"  # after the name of a multi-label dataset in a table's header
+MAP_NOTE = (" Multi-label datasets, marked (mAP), are scored by macro mAP (%): the average precision of each class's "
+            "ranking of the test clips, averaged over the classes with at least one positive test clip.")
 
 
 def legend(summary):
     """The caption that matches the table's rows: LEGEND for linear rows only, KNN_LEGEND for k-NN rows only,
-    LEGEND + KNN_ROWS for both."""
+    LEGEND + KNN_ROWS for both; where a dataset is multi-label, it names mAP beside (or instead of) accuracy
+    and says how mAP is computed."""
     methods = [method for methods in summary["backbones"].values() for method in methods]
     knn = [method.endswith(KNN_SUFFIX) for method in methods]
-    if knn and all(knn):
-        return KNN_LEGEND
-    return LEGEND + (KNN_ROWS if any(knn) else "")
+    text = KNN_LEGEND if knn and all(knn) else LEGEND + (KNN_ROWS if any(knn) else "")
+    metrics = set(summary.get("metrics", {}).values())  # absent for single-label data: the caption as before
+    if "map" not in metrics:
+        return text
+    score = "Test macro mAP (%)" if metrics == {"map"} else "Test accuracy (%) or macro mAP (%)"
+    return text.replace("Test accuracy (%)", score, 1) + MAP_NOTE
+
+
+def dataset_header(summary, dataset):
+    """A dataset's name in a table's header: 'fsd50k (mAP)' for a multi-label dataset, the plain name otherwise."""
+    return dataset + (MAP_MARK if summary.get("metrics", {}).get(dataset) == "map" else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,8 +84,46 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _fraction_problem(data, field, required=True):
+    """Why data[field] is not a score (a fraction in [0, 1]; where not `required`, it may be absent or null),
+    or None when it is one."""
+    value = data.get(field)
+    # Scores are stored as fractions; a value like 81.2 is almost certainly a percentage written by mistake
+    # and would silently wreck the mean.
+    if (value is None and not required) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                            and math.isfinite(value) and 0.0 <= value <= 1.0):
+        return None
+    return f"{field} must be a fraction in [0, 1], got {value!r}"
+
+
+def _metric_problem(data):
+    """(metric, problem): "acc" for a single-label run, "map" for a multi-label one ("multilabel": true,
+    "metric": "map", scored by test_map), and why the file is neither (None where it is one)."""
+    multilabel = data.get("multilabel", False)
+    if not isinstance(multilabel, bool):
+        return None, f"multilabel must be true or false, got {multilabel!r}"
+    if not multilabel:
+        # A score of the other metric here would be silently ignored, or averaged with accuracies.
+        stray = [field for field in ("test_map", "knn_test_map") if data.get(field) is not None]
+        stray += [f"metric {data['metric']!r}"] if data.get("metric", "acc") != "acc" else []
+        if stray:
+            return None, (f"has {', '.join(stray)} but not \"multilabel\": true "
+                          "(a multi-label run's results.json says \"multilabel\": true, \"metric\": \"map\")")
+        return "acc", None
+    if data.get("metric") != "map":
+        return None, f"a multi-label result must say \"metric\": \"map\", got {data.get('metric')!r}"
+    stray = [field for field in ("test_acc", "knn_test_acc") if data.get(field) is not None]
+    if stray:  # which one would the table show? The contract: mAP only.
+        return None, f"a multi-label result is scored by test_map, but it also has {', '.join(stray)}"
+    return "map", None
+
+
 def parse_result(data):
     """Check one decoded results.json and return the fields the table needs.
+
+    A single-label run is scored by test_acc (and knn_test_acc); a multi-label one ("multilabel": true,
+    "metric": "map") by test_map (and knn_test_map), with no test_acc. The result's "metric" ("acc" or
+    "map") says which; its score fields keep their results.json names (SCORE_FIELDS).
 
     Returns ``(result, None)`` on success or ``(None, problem)`` where
     ``problem`` is a short human-readable reason the file cannot be used.
@@ -76,7 +131,11 @@ def parse_result(data):
     if not isinstance(data, dict):
         return None, f"expected a JSON object, got {type(data).__name__}"
 
-    missing = [field for field in REQUIRED_FIELDS if field not in data]
+    metric, problem = _metric_problem(data)
+    if problem is not None:
+        return None, problem
+    required = REQUIRED_FIELDS if metric == "acc" else MULTILABEL_REQUIRED_FIELDS
+    missing = [field for field in required if field not in data]
     if missing:
         return None, "missing required field(s): " + ", ".join(missing)
 
@@ -89,16 +148,10 @@ def parse_result(data):
         if not isinstance(data[field], str) or not data[field].strip():
             return None, f"field {field!r} must be a non-empty string, got {data[field]!r}"
 
-    test_acc = data["test_acc"]
-    # Accuracies are stored as fractions; a value like 81.2 is almost certainly
-    # a percentage written by mistake and would silently wreck the mean.
-    if (
-        not isinstance(test_acc, (int, float))
-        or isinstance(test_acc, bool)
-        or not math.isfinite(test_acc)
-        or not 0.0 <= test_acc <= 1.0
-    ):
-        return None, f"test_acc must be a fraction in [0, 1], got {test_acc!r}"
+    test_field, knn_field = SCORE_FIELDS[metric]
+    problem = _fraction_problem(data, test_field)
+    if problem is not None:
+        return None, problem
 
     seed = data.get("seed")
     fold = data.get("fold")
@@ -114,11 +167,11 @@ def parse_result(data):
     if not isinstance(random_init, bool):
         return None, f"backbone_random_init must be true or false, got {random_init!r}"
 
-    knn_test_acc = data.get("knn_test_acc")  # the k-NN probe's (probes.py); absent in older runs
-    if knn_test_acc is not None and (not isinstance(knn_test_acc, (int, float)) or isinstance(knn_test_acc, bool)
-                                     or not 0.0 <= knn_test_acc <= 1.0):
-        return None, f"knn_test_acc must be a fraction in [0, 1], got {knn_test_acc!r}"
+    problem = _fraction_problem(data, knn_field, required=False)  # the k-NN probe's (probes.py); absent in older runs
+    if problem is not None:
+        return None, problem
 
+    knn_score = data.get(knn_field)
     result = {
         "method": method,
         "dataset": data["dataset"],
@@ -126,9 +179,10 @@ def parse_result(data):
         "backbone_random_init": random_init,
         "seed": seed,
         "fold": fold,
-        "test_acc": float(test_acc),
-        "valid_acc": data.get("valid_acc"),
-        "knn_test_acc": None if knn_test_acc is None else float(knn_test_acc),
+        "metric": metric,
+        test_field: float(data[test_field]),
+        "valid_" + metric: data.get("valid_" + metric),
+        knn_field: None if knn_score is None else float(knn_score),
     }
     return result, None
 
@@ -202,6 +256,26 @@ def none_first(value):
     return (value is not None, value if value is not None else 0)
 
 
+class MixedMetrics(ValueError):
+    """Runs of one dataset scored by different metrics (accuracy and mAP): no cell or best-marking can mix them."""
+
+
+def dataset_metrics(results):
+    """{dataset: "acc" | "map"} of parsed results; MixedMetrics, naming a file of each kind, where one dataset
+    has both single-label runs (accuracy) and multi-label ones (mAP): e.g. runs made before its manifest gave
+    several labels per clip, which are another task and belong in another runs tree."""
+    metrics, example = {}, {}
+    for r in results:
+        metric = r.get("metric", "acc")
+        example.setdefault((r["dataset"], metric), r.get("path", "?"))
+        if metrics.setdefault(r["dataset"], metric) != metric:
+            acc, mean_ap = example.get((r["dataset"], "acc")), example.get((r["dataset"], "map"))
+            raise MixedMetrics(f"dataset {r['dataset']!r} has runs scored by accuracy (e.g. {acc}) and multi-label "
+                               f"runs scored by mAP (e.g. {mean_ap}); one dataset must have one metric: move "
+                               "the runs of the other kind to another runs folder")
+    return metrics
+
+
 def summarise(results):
     """Group runs into cells of the table.
 
@@ -220,7 +294,12 @@ def summarise(results):
     ``mean``/``std`` are percentages.  A (backbone, method, dataset) cell with
     no runs is simply absent.  ``best`` marks the better of FINETUNE and
     PAIRTUNE in its (backbone, dataset) pair.
+
+    A multi-label dataset's cells are its test mAP (a run's test_map): then the summary also has
+    ``"metrics": {dataset: "acc" or "map"}`` (absent where every dataset is single-label, so that
+    those tables stay as they were), and its runs list test_map. MixedMetrics where one dataset has both.
     """
+    metrics = dataset_metrics(results)
     datasets = sorted({r["dataset"] for r in results})
 
     # Sort backbones by name first so "tiny" and "tiny (random init)" sit
@@ -243,11 +322,12 @@ def summarise(results):
                     continue
                 # List runs by seed then fold (None first) so the JSON is stable.
                 runs.sort(key=lambda r: (none_first(r["seed"]), none_first(r["fold"])))
-                cell = cell_stats([r["test_acc"] for r in runs])
+                field = SCORE_FIELDS[metrics[dataset]][0]
+                cell = cell_stats([r[field] for r in runs])
                 cell["batch_sizes"] = sorted({r.get("train_batch_size") for r in runs} - {None})
                 cell["best"] = False
                 cell["runs"] = [
-                    {"seed": r["seed"], "fold": r["fold"], "test_acc": r["test_acc"], "path": r["path"]}
+                    {"seed": r["seed"], "fold": r["fold"], field: r[field], "path": r["path"]}
                     for r in runs
                 ]
                 cells[dataset] = cell
@@ -258,7 +338,10 @@ def summarise(results):
         for dataset in datasets:
             _mark_best(methods, dataset)
 
-    return {"datasets": datasets, "backbones": backbones}
+    summary = {"datasets": datasets, "backbones": backbones}
+    if "map" in metrics.values():
+        summary["metrics"] = {dataset: metrics[dataset] for dataset in datasets}
+    return summary
 
 
 PROBES = ("linear", "knn", "both")
@@ -267,16 +350,19 @@ KNN_SUFFIX = " k-NN"  # a method's row of k-NN probe accuracies, in --probe knn 
 
 def summarise_probe(results, probe="linear"):
     """summarise() of the linear probe's accuracy (FineTune: its own linear head), of the k-NN probe's
-    (`knn_test_acc`; runs without one are left out), or both: each method's k-NN row after its linear
-    row, the better arm marked within each probe."""
-    nearest = [{**r, "test_acc": r["knn_test_acc"]} for r in results if r.get("knn_test_acc") is not None]
+    (`knn_test_acc`, a multi-label run's `knn_test_map`; runs without one are left out), or both: each
+    method's k-NN row after its linear row, the better arm marked within each probe."""
+    dataset_metrics(results)  # MixedMetrics whatever the probe: one of the runs of mixed metrics is a mistake
+    scored = lambda r: SCORE_FIELDS[r.get("metric", "acc")]  # (the linear probe's field, the k-NN probe's)
+    nearest = [{**r, scored(r)[0]: r[scored(r)[1]]} for r in results if r.get(scored(r)[1]) is not None]
     if probe == "linear":
         return summarise(results)
     renamed = lambda summary: {label: {method + KNN_SUFFIX: cells for method, cells in methods.items()}
                                for label, methods in summary["backbones"].items()}
+    metrics = lambda summary: {"metrics": summary["metrics"]} if "metrics" in summary else {}
     if probe == "knn":
         summary = summarise(nearest)
-        return {"datasets": summary["datasets"], "backbones": renamed(summary)}
+        return {"datasets": summary["datasets"], "backbones": renamed(summary), **metrics(summary)}
     linear, knn_rows = summarise(results), renamed(summarise(nearest)) if nearest else {}
     backbones = {}
     for label, methods in linear["backbones"].items():
@@ -285,7 +371,7 @@ def summarise_probe(results, probe="linear"):
             backbones[label][method] = cells
             if method + KNN_SUFFIX in knn_rows.get(label, {}):
                 backbones[label][method + KNN_SUFFIX] = knn_rows[label][method + KNN_SUFFIX]
-    return {"datasets": linear["datasets"], "backbones": backbones}
+    return {"datasets": linear["datasets"], "backbones": backbones, **metrics(linear)}
 
 
 def _mark_best(methods, dataset):
@@ -323,7 +409,7 @@ def _md_escape(text):
 def format_table(summary):
     """Markdown table of ``summary`` followed by the one-line legend."""
     datasets = summary["datasets"]
-    header = ["Backbone", "Method"] + [_md_escape(d) for d in datasets]
+    header = ["Backbone", "Method"] + [_md_escape(dataset_header(summary, d)) for d in datasets]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---", "---"] + ["---:"] * len(datasets)) + "|",
@@ -350,10 +436,13 @@ def format_table(summary):
 
 
 CSV_COLUMNS = ("backbone", "method", "dataset", "n", "mean_pct", "std_pct", "best", "cell")
+METRIC_COLUMN = "metric"  # added after CSV_COLUMNS where a dataset is multi-label: each row's "acc" or "map"
 
 
 def table_rows(summary):
-    """One flat record per non-empty cell, in table order (for CSV)."""
+    """One flat record per non-empty cell, in table order (for CSV); where a dataset is multi-label, each
+    record also says its cell's metric ("acc" or "map")."""
+    metrics = summary.get("metrics")
     rows = []
     for label, methods in summary["backbones"].items():
         for method, cells in methods.items():
@@ -370,14 +459,16 @@ def table_rows(summary):
                     "std_pct": cell["std"],
                     "best": cell["best"],
                     "cell": format_cell(cell),
+                    **({METRIC_COLUMN: metrics[dataset]} if metrics else {}),
                 })
     return rows
 
 
 def table_csv(summary) -> str:
-    """The table as CSV text: table_rows under a header of CSV_COLUMNS."""
+    """The table as CSV text: table_rows under a header of CSV_COLUMNS (and METRIC_COLUMN where a dataset is
+    multi-label)."""
     handle = io.StringIO(newline="")
-    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS + ((METRIC_COLUMN,) if summary.get("metrics") else ()))
     writer.writeheader()
     for row in table_rows(summary):
         # Empty std for n=1 rather than "None", so spreadsheets read it
