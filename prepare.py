@@ -8,6 +8,7 @@ published splits.
     python prepare.py mswc --lang es --root RAW/mswc                            # -> data/mswc-s
     python prepare.py mswc --lang id --keywords paper --root RAW/mswc           # -> data/mswc-i
     python prepare.py fsdd --root ../shared/data/fsdd --task digit              # -> data/fsdd-digit
+    python prepare.py fsd50k --root RAW/FSD50K                                  # -> data/fsd50k (multi-label)
     python prepare.py demo                                                      # synthetic, < 20 s
     python prepare.py hf --path DIR_OR_PARQUET_OR_HUB_ID --out data/NAME        # a Hugging Face dataset
     python prepare.py folder --root mydata                                      # your own: mydata/<class>/*.wav
@@ -43,7 +44,8 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 import outdir
-from data import PREPARE_COMMANDS, SPLITS, UNSUPPORTED_SUFFIXES, Clip, DataError, carve_valid, check_audio
+from data import (LABEL_SEPARATOR, PREPARE_COMMANDS, SPLITS, UNSUPPORTED_SUFFIXES, Clip, DataError, carve_valid,
+                  check_audio)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,9 +69,10 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
                    skip_bad: bool = False, extra_columns=()) -> dict:
     """Check the audio of `rows`, write manifest.csv and summary.json, print the summary.
 
-    rows: dicts with an absolute "path", "label", "split", a "where" (what listed the file, for
-    messages) and any of `extra_columns`. expected: {check name: expected value}; the found values
-    come from `dataset_facts`, and every mismatch is printed as a loud warning and recorded.
+    rows: dicts with an absolute "path", "label" (several labels joined by LABEL_SEPARATOR for
+    multi-label data), "split", a "where" (what listed the file, for messages) and any of
+    `extra_columns`. expected: {check name: expected value}; the found values come from
+    `dataset_facts`, and every mismatch is printed as a loud warning and recorded.
     """
     check_out(out_dir)
     start = time.time()
@@ -105,6 +108,7 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
         "clips": {split: facts[split] for split in SPLITS},
         "total_clips": facts["clips"],
         "classes": facts["classes"],
+        "mean_labels_per_clip": facts["labels per clip (mean)"],  # 1.0 unless multi-label
         "hours": round(sum(seconds_per_split.values()) / 3600, 3),
         "hours_per_split": {s: round(seconds_per_split[s] / 3600, 3) for s in SPLITS},
         "sample_rates": {str(rate): count for rate, count in sorted(sample_rates.items())},
@@ -120,6 +124,9 @@ def finish_prepare(name: str, out_dir: Path, rows: list[dict], expected: dict, n
     print(f"{name}: wrote {out_dir / 'manifest.csv'} and summary.json")
     print(f"  clips     train {facts['train']} / valid {facts['valid']} / test {facts['test']}"
           f" ({facts['clips']} in all), {facts['classes']} classes")
+    if facts["labels"] > facts["clips"]:
+        print(f"  labels    multi-label: {facts['labels per clip (mean)']['all']} per clip on average "
+              f"({facts['labels']} in all)")
     print(f"  audio     {summary['hours']:.2f} h; sample rates: {rates}")
     print(f"  skipped   {len(skipped)} file(s)" + (" (listed in summary.json)" if skipped else ""))
     print(f"  silent    {len(silent)} clip(s)" + (" (every sample 0; kept, listed in summary.json: often a "
@@ -145,8 +152,17 @@ def dataset_facts(rows: list[dict]) -> dict:
     facts = {split: sum(r["split"] == split for r in rows) for split in SPLITS}
     facts["clips"] = len(rows)
     facts["train+valid"] = facts["train"] + facts["valid"]
-    facts["classes"] = len({r["label"] for r in rows})
-    per_class = Counter(r["label"] for r in rows)
+    # A multi-label clip counts once for each of its labels: classes are labels, not label sets.
+    labels = [r["label"].split(LABEL_SEPARATOR) for r in rows]
+    per_class = Counter(label for clip_labels in labels for label in clip_labels)
+    facts["classes"] = len(per_class)
+    facts["labels"] = sum(map(len, labels))
+    for part, splits in (("train+valid", ("train", "valid")), ("test", ("test",))):
+        facts[f"labels ({part})"] = sum(len(ls) for r, ls in zip(rows, labels) if r["split"] in splits)
+    facts["labels per clip (mean)"] = {
+        split: round(sum(len(ls) for r, ls in zip(rows, labels) if r["split"] == split) / facts[split], 3)
+        if facts[split] else None for split in SPLITS}
+    facts["labels per clip (mean)"]["all"] = round(facts["labels"] / len(rows), 3)
     facts["clips per class (min)"] = min(per_class.values())
     facts["clips per class (max)"] = max(per_class.values())
     folds = Counter(r["fold"] for r in rows if r.get("fold") is not None)
@@ -645,6 +661,146 @@ def prepare_mswc(root: Path, out_dir: Path, lang: str, keywords: str | None, min
     return finish_prepare(name, out_dir, rows, expected, notes, skip_bad, ("speaker",))
 
 
+# --- FSD50K -----------------------------------------------------------------------------------
+# Multi-label sound event tagging (Fonseca et al., TASLP 2022; zenodo.org/record/4060432), as unzipped:
+# FSD50K.dev_audio/<fname>.wav, FSD50K.eval_audio/<fname>.wav and FSD50K.ground_truth/ with dev.csv
+# (fname,labels,mids,split: train or val), eval.csv (fname,labels,mids) and vocabulary.csv (index,label,mid,
+# no header). `labels` is one quoted field of comma-separated class names ("Electric_guitar,Guitar,Music");
+# the labels are smeared (every ancestor in the AudioSet ontology is a label too). Counts from the official
+# README, train/val from the split column's published sizes.
+FSD50K_CLASSES = 200
+FSD50K_COUNTS = {"train": 36796, "valid": 4170, "test": 10231, "train+valid": 40966, "clips": 51197,
+                 "classes": FSD50K_CLASSES, "labels (train+valid)": 114271, "labels (test)": 38596}
+FSD50K_SPLITS = {"train": "train", "val": "valid"}  # dev.csv's split column; every eval.csv clip is test
+FSD50K_AUDIO = {"dev": "FSD50K.dev_audio", "eval": "FSD50K.eval_audio"}
+
+
+def read_fsd50k_vocabulary(path: Path) -> set[str]:
+    """The class names of vocabulary.csv (rows index,label,mid, no header), which must be FSD50K's 200."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: --root must hold FSD50K.ground_truth/ (unzip FSD50K.ground_truth.zip).")
+    names, where_of = set(), {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            for fields in reader:
+                where = f"{path} line {reader.line_num}"
+                if not fields:
+                    continue
+                if len(fields) != 3 or not fields[0].strip().isdigit():
+                    raise DataError(f"{where}: '{','.join(fields)}' is not index,label,mid (vocabulary.csv has no "
+                                    "header; its first row is 0,Accelerating_and_revving_and_vroom,/m/07q2z82).")
+                label = fields[1].strip()
+                if not label or LABEL_SEPARATOR in label:
+                    raise DataError(f"{where}: class name '{label}' is empty or holds '{LABEL_SEPARATOR}', which "
+                                    "joins a clip's labels in the manifest.")
+                if label in names:
+                    raise DataError(f"{where}: class '{label}' is listed again (first at {where_of[label]}).")
+                names.add(label)
+                where_of[label] = where
+        except csv.Error as error:
+            raise DataError(f"{path} line {reader.line_num}: not valid CSV ({error}).") from None
+    if len(names) != FSD50K_CLASSES:
+        raise DataError(f"{path}: {len(names)} classes, but FSD50K's vocabulary has {FSD50K_CLASSES} "
+                        "(rows index,label,mid, no header): is this FSD50K's FSD50K.ground_truth/?")
+    return names
+
+
+def read_fsd50k_ground_truth(path: Path, vocabulary: set[str], audio_dir: Path, split_column: bool) -> list[dict]:
+    """Rows of dev.csv (split_column: train or val, as train/valid) or eval.csv (all test); every label must
+    be in the vocabulary, and every problem is named by file and line."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: --root must hold FSD50K.ground_truth/ (unzip FSD50K.ground_truth.zip).")
+    header = "fname,labels,mids" + (",split" if split_column else "")
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, strict=True)
+        if not set(header.split(",")) <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: header '{','.join(reader.fieldnames or [])}' is not FSD50K's {header}.")
+        try:
+            for row in reader:
+                where = f"{path} line {reader.line_num}"
+                if None in row:  # more fields than the header: a labels field without its quotes
+                    raise DataError(f"{where}: more fields than the header names; labels and mids are each one "
+                                    "double-quoted field (\"Bark,Dog,Animal\").")
+                fname = (row["fname"] or "").strip()
+                if not fname.isdigit():
+                    raise DataError(f"{where}: fname '{fname}' is not a Freesound id (an integer).")
+                if not (row["labels"] or "").strip():
+                    raise DataError(f"{where}: no labels.")
+                labels = [label.strip() for label in row["labels"].split(",")]
+                for label in labels:
+                    if LABEL_SEPARATOR in label:
+                        raise DataError(f"{where}: label '{label}' holds '{LABEL_SEPARATOR}', which joins a clip's "
+                                        "labels in the manifest.")
+                    if label not in vocabulary:
+                        raise DataError(f"{where}: label '{label}' is not in vocabulary.csv"
+                                        + (" (an empty label: a stray comma?)." if not label else "."))
+                repeated = next((label for label in labels if labels.count(label) > 1), None)
+                if repeated:
+                    raise DataError(f"{where}: label '{repeated}' is given twice.")
+                if split_column:
+                    split = (row["split"] or "").strip()
+                    if split not in FSD50K_SPLITS:
+                        raise DataError(f"{where}: split '{split}' is not train or val.")
+                    split = FSD50K_SPLITS[split]
+                else:
+                    split = "test"
+                rows.append({"path": absolute(audio_dir / f"{fname}.wav"), "label": LABEL_SEPARATOR.join(labels),
+                             "split": split, "fname": fname, "where": where})
+        except csv.Error as error:
+            raise DataError(f"{path} line {reader.line_num}: not valid CSV ({error}).") from None
+    if not rows:
+        raise DataError(f"{path}: no rows after the header.")
+    return rows
+
+
+def prepare_fsd50k(root: Path, out_dir: Path, skip_bad: bool = False) -> dict:
+    """FSD50K, multi-label: dev.csv's train and val rows are train and valid, eval.csv's rows test; a clip's
+    labels (as listed, smeared) joined by LABEL_SEPARATOR. Ground truth is read and checked whole before
+    any audio, and missing files are counted before the (long: ~108 h of audio) decoding check."""
+    truth = find_folder(root, ["FSD50K.ground_truth"], "FSD50K's FSD50K.ground_truth/ folder (unzip "
+                        "FSD50K.ground_truth.zip into --root)")
+    audio = {}
+    for part, folder in FSD50K_AUDIO.items():
+        audio[part] = root / folder
+        if not audio[part].is_dir():
+            # Zenodo serves the audio as split zips, which unzip alone cannot open.
+            raise DataError(f"{audio[part]} not found: FSD50K's audio comes as a split zip ({folder}.zip with "
+                            f"its .z01, .z02, ... parts); in {root} run `zip -s 0 {folder}.zip --out unsplit.zip "
+                            "&& unzip unsplit.zip` to rebuild and unpack it.")
+    vocabulary = read_fsd50k_vocabulary(truth / "vocabulary.csv")
+    rows = (read_fsd50k_ground_truth(truth / "dev.csv", vocabulary, audio["dev"], split_column=True)
+            + read_fsd50k_ground_truth(truth / "eval.csv", vocabulary, audio["eval"], split_column=False))
+    first = {}
+    for row in rows:  # a Freesound id is one clip; dev and eval share none (no uploader is in both)
+        if row["fname"] in first:
+            raise DataError(f"{row['where']}: fname {row['fname']} is listed again (first at "
+                            f"{first[row['fname']]}).")
+        first[row["fname"]] = row["where"]
+    missing = [row for row in rows if not os.path.isfile(row["path"])]
+    if missing and not skip_bad:
+        raise DataError(f"{len(missing)} of {len(rows)} clips have no audio file, the first {missing[0]['path']} "
+                        f"({missing[0]['where']}): unzip the whole archive, or rerun with --skip-bad to leave them "
+                        "out (listed in summary.json).")
+    listed, unlisted = {row["path"] for row in rows}, 0
+    for folder in audio.values():
+        base = folder.resolve()  # as `absolute` wrote the rows' paths
+        unlisted += sum(1 for entry in os.scandir(folder)
+                        if entry.name.endswith(".wav") and str(base / entry.name) not in listed)
+    counts = Counter(row["split"] for row in rows)
+    print(f"fsd50k: {counts['train']} train / {counts['valid']} valid clips in dev.csv, {counts['test']} test in "
+          f"eval.csv, {len(vocabulary)} classes; every file is decoded once to check it")
+    notes = {"source": str(root), "split": "official: dev.csv split train / val -> train / valid, eval.csv -> test",
+             "labels": f"several per clip, joined by '{LABEL_SEPARATOR}', as listed (smeared: AudioSet ancestors "
+                       "included); multi-label, scored by macro mAP",
+             "vocabulary": str(truth / "vocabulary.csv"), "missing_audio": len(missing),
+             "files_on_disk_not_listed": unlisted,
+             "licence": "CC-BY 4.0 as a whole; each clip has its own Freesound licence (CC0, CC-BY, CC-BY-NC or "
+                        "Sampling+), listed in FSD50K.metadata/"}
+    return finish_prepare("fsd50k", out_dir, rows, FSD50K_COUNTS, notes, skip_bad)
+
+
 # --- FSDD and the demo ------------------------------------------------------------------------
 
 def prepare_fsdd(root: Path, out_dir: Path, task: str, skip_bad: bool = False) -> dict:
@@ -895,13 +1051,26 @@ def write_hf_clip(audio: dict, kind, stem: Path, folder: Path | None, where: str
 
 
 def hf_label(value, names, where: str) -> str:
-    """A label as text: a ClassLabel's name (`names` is its int2str; -1 means no label), else the value."""
+    """A label as text: a ClassLabel's name (`names` is its int2str; -1 means no label), else the value. A
+    list (a multi-label column: a List of ClassLabel, of text or of integers) gives its labels joined by
+    LABEL_SEPARATOR, in the list's order."""
+    if isinstance(value, (list, tuple)):
+        labels = [hf_label(item, names, where) for item in value]
+        if not labels:
+            raise DataError(f"{where}: no label (an empty list). Leave an unlabelled split out with --split-map.")
+        repeated = next((label for label in labels if labels.count(label) > 1), None)
+        if repeated:
+            raise DataError(f"{where}: label '{repeated}' is given twice in {value!r}.")
+        return LABEL_SEPARATOR.join(labels)
     if names is not None:
         value = names(value) if value is not None and value >= 0 else None
     label = "" if value is None else str(value).strip()
     if not label:
         raise DataError(f"{where}: no label. Leave an unlabelled split out with --split-map, or name the label "
                         "column with --label-column.")
+    if LABEL_SEPARATOR in label:  # the manifest would read it as several labels
+        raise DataError(f"{where}: label '{label}' holds '{LABEL_SEPARATOR}', which joins a clip's labels in the "
+                        "manifest; rename the class, or give a clip's labels as a list (a List column).")
     return label
 
 
@@ -912,6 +1081,7 @@ def prepare_hf(path: str, out_dir: Path, audio_column: str = "audio", label_colu
 
     `split_map` renames the dataset's splits to train, valid and test; a split it does not name is left
     out, with a note. With `fold_column`, that integer column becomes the manifest's fold (`--fold k`).
+    A label column that holds a list of labels a clip makes a multi-label manifest (labels joined by ';').
     """
     hf = import_datasets()
     mapping = parse_split_map(split_map)
@@ -938,7 +1108,9 @@ def prepare_hf(path: str, out_dir: Path, audio_column: str = "audio", label_colu
         kind = hf_audio_kind(hf, features[audio_column], f"{where}: column '{audio_column}'")
         if isinstance(features[audio_column], hf.Audio):
             dataset = dataset.cast_column(audio_column, hf.Audio(decode=False))  # the stored bytes, undecoded
-        readers[name] = (dataset, count, kind, getattr(features[label_column], "int2str", None))
+        # A List (or Sequence) column holds several labels a clip; its items are ClassLabel, text or integers.
+        label_item = getattr(features[label_column], "feature", features[label_column])
+        readers[name] = (dataset, count, kind, getattr(label_item, "int2str", None))
     # An earlier manifest must not outlive the audio files this run rewrites: until the new one is
     # written (last, as a whole), OUT has none. Only prepare.py's own are removed; a user's stops us here.
     check_out(out_dir)
@@ -1276,7 +1448,8 @@ def main(argv=None):
     prepare.add_argument("--audio-column", default="audio", help="hf: the column holding the audio (an Audio "
                          "feature, or records of bytes and path, or of array and sampling_rate)")
     prepare.add_argument("--label-column", default="label",
-                         help="hf: the column holding the class (ClassLabel names, text, or integers)")
+                         help="hf: the column holding the class (ClassLabel names, text, or integers), or a "
+                              "clip's classes as a list (a List of those: multi-label, joined by ';')")
     prepare.add_argument("--split-map", default=HF_SPLIT_MAP, help="hf: the dataset's split names, each as "
                          "NAME=train|valid|test; splits not named are left out")
     prepare.add_argument("--fold-column", help="hf: an integer column to write as the manifest's fold (then "
@@ -1330,6 +1503,8 @@ def main(argv=None):
             prepare_mswc(root, out_dir, args.lang, args.keywords, args.min_count, args.skip_bad)
         elif args.name == "fsdd":
             prepare_fsdd(root, out_dir, args.task, args.skip_bad)
+        elif args.name == "fsd50k":
+            prepare_fsd50k(root, out_dir, args.skip_bad)
         elif args.name == "hf":
             prepare_hf(args.path, out_dir, args.audio_column, args.label_column, args.split_map, args.fold_column,
                        args.skip_bad)
