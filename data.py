@@ -29,6 +29,7 @@ import os
 import random
 import re
 import sys
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -231,6 +232,9 @@ def check_audio_files(clips: list[Clip], skip_bad: bool = False, record: Path | 
     minute to decode; a second run then starts in seconds); a changed, new or replaced file is."""
     known = read_check_record(record) if record is not None else {}
     entries, decoded = {}, 0
+    # A file modified in the last 2 s may change again within its mtime's resolution without its size or
+    # mtime changing (as git's index handles it): such a file is checked but not recorded.
+    recent = time.time_ns() - 2_000_000_000
     good, bad, silent = [], [], []
     for clip in tqdm(clips, desc="checking audio", unit="file", disable=None, leave=False):
         try:
@@ -243,7 +247,7 @@ def check_audio_files(clips: list[Clip], skip_bad: bool = False, record: Path | 
         else:
             check = check_audio(clip.path)
             decoded += 1
-        if stat:
+        if stat and stat.st_mtime_ns < recent:
             entries[clip.path] = [stat.st_size, stat.st_mtime_ns, check.problem, check.frames, check.sample_rate,
                                   check.silent]
         if check.problem is None:
@@ -647,7 +651,7 @@ class CollateTrain:
 
     def __call__(self, batch):
         waves, labels = zip(*batch)
-        return self.preprocess(list(waves)), torch.stack(labels)
+        return self.preprocess(list(waves)), torch.stack([torch.as_tensor(label) for label in labels])
 
 
 class CollateEval:
@@ -663,7 +667,8 @@ class CollateEval:
             owner += [position] * len(clip_chunks)
             labels.append(label)
             indices.append(index)
-        return self.preprocess(chunks), torch.tensor(owner), torch.stack(labels), torch.tensor(indices)
+        labels = torch.stack([torch.as_tensor(label) for label in labels])  # class indices, or multi-hot rows
+        return self.preprocess(chunks), torch.tensor(owner), labels, torch.tensor(indices)
 
 
 def length_sorted_order(clips: list[Clip]) -> list[int]:

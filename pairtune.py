@@ -28,11 +28,11 @@ checked before anything is written. When stdout is a log file, a progress line c
 seconds: epoch, step, loss, clips/s and the ETA of the epoch and of the run.
 
 Writes to --out: run.json (arguments, data, versions, the selected epoch), log.jsonl (one line per
-epoch: epoch, train_loss, valid_metric_acc (the --select-by metric's accuracy on valid), valid_metric
-(its name), seconds, valid_seconds, clips_per_s; peak_memory_mb on CUDA), checkpoint.pt and
-best-e<epoch>.pt (the best-valid weights so far; both to resume with --resume), encoder/ (the encoder of
-the selected epoch, with its feature extractor, loadable with transformers alone) and encoder-last/ (the
-last epoch's, unless --only-best).
+epoch: epoch, train_loss, valid_metric_acc (the --select-by metric's accuracy on valid; valid_metric_map,
+its macro mAP, on multi-label data), valid_metric (its name), seconds, valid_seconds, clips_per_s;
+peak_memory_mb on CUDA), checkpoint.pt and best-e<epoch>.pt (the best-valid weights so far; both to resume
+with --resume), encoder/ (the encoder of the selected epoch, with its feature extractor, loadable with
+transformers alone) and encoder-last/ (the last epoch's, unless --only-best).
 """
 import argparse
 import contextlib
@@ -689,7 +689,7 @@ def write_results(args, out: Path, run, history, best, metric_name="acc"):
                selected_by=f"valid_metric_{metric_name} in log.jsonl: the "
                            + ("macro mAP" if metric_name == "map" else "accuracy")
                            + f" on valid of {args.select_by}, {about}",
-               selected_valid_acc=round(best["valid_acc"], 6))
+               **{f"selected_valid_{metric_name}": round(best["valid_acc"], 6)})  # keep_if_best's name for either
     runs.write_json(out / rundir.RUN_JSON, run)
     if not args.keep_checkpoint:  # only needed to resume; encoder/ holds the result
         runs.remove_checkpoints(out)

@@ -105,7 +105,7 @@ def main(argv=None):
         # a softmax over the classes, or (multi-label) each class's own sigmoid, in float64 as the run
         # compared them with its thresholds
         probabilities = (torch.sigmoid(logits.double()) if trained["multilabel"] else logits.softmax(1)).cpu()
-        finite = probabilities.isfinite().all(1)
+        finite = logits.isfinite().all(1).cpu()  # the logits: a sigmoid turns an infinite one into 0 or 1
         top = probabilities.topk(min(args.top_k, len(classes)), dim=1)
         for row, (clip, values, indices, ok) in enumerate(zip(usable, top.values, top.indices, finite)):
             if not ok:  # a diverged run's weights: printed, NaN would read as a probability (and is not JSON)

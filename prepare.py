@@ -1199,6 +1199,10 @@ def folder_rows(root: Path) -> tuple[list[dict], str]:
             other += not_audio
             if not audio:
                 empty.append(str(class_dir))
+            if LABEL_SEPARATOR in class_dir.name:  # the manifest would read the folder's name as several labels
+                raise DataError(f"{class_dir}: a class folder's name holds '{LABEL_SEPARATOR}', which joins a "
+                                "clip's labels in a manifest; rename the folder (multi-label data: write the "
+                                "manifest directly, see docs/data.md#multi-label-data).")
             rows += [{"path": absolute(path), "label": class_dir.name, "split": split, "where": str(path)}
                      for path in audio]
     if not rows:
@@ -1253,6 +1257,9 @@ def list_rows(list_file: Path) -> list[dict]:
         path, label = values.get("path", ""), values.get("label", "")
         if not path or not label:
             raise DataError(f"{where}: empty path or label.")
+        if LABEL_SEPARATOR in label:  # folder carves by class: one label a file
+            raise DataError(f"{where}: label '{label}' holds '{LABEL_SEPARATOR}': a list gives one label a file. "
+                            "For multi-label data write the manifest directly (docs/data.md#multi-label-data).")
         split = values.get("split", "") if "split" in columns else "train"
         if split not in SPLITS:
             raise DataError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)} (a split column, where "

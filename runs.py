@@ -420,13 +420,13 @@ def save_checkpoint(path, args, modules: dict, optimizer, loader_generator, epoc
 
 
 # Settings added since checkpoints were first written, with the value a run from before them used, so
-# that such a run still resumes.
-ADDED_SINCE = {"valid_fraction": VALID_FRACTION}
+# that such a run still resumes (where the stage has the setting: multilabel_loss is pairtune.py's).
+ADDED_SINCE = {"valid_fraction": VALID_FRACTION, "multilabel_loss": "jaccard"}
 
 
 def settings_differences(saved: dict, now: dict) -> list[str]:
     """'--flag saved (now new)' for each argument outside MAY_CHANGE_ON_RESUME that differs."""
-    saved = {**ADDED_SINCE, **saved}
+    saved = {**{name: value for name, value in ADDED_SINCE.items() if name in now}, **saved}
     return [f"--{name.replace('_', '-')} {saved.get(name)!r} (now {now.get(name)!r})"
             for name in sorted(set(saved) | set(now))
             if name not in MAY_CHANGE_ON_RESUME and saved.get(name) != now.get(name)]

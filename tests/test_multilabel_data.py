@@ -127,6 +127,8 @@ def test_checked_files_are_recorded_and_a_changed_file_is_checked_again(tmp_path
     manifest = write_manifest(tmp_path / "d", [("a.wav", "x", "train"), ("b.wav", "y", "train"),
                                                ("c.wav", "x", "test")])
     monkeypatch.setenv("CONFIT_CACHE", str(tmp_path / "cache"))
+    for name in ("a.wav", "b.wav", "c.wav"):  # written a while ago: a file changed in the last 2 s is not recorded
+        os.utime(tmp_path / "d" / name, (1e9, 1e9))
     decoded = []
     real_check = data.check_audio
     monkeypatch.setattr(data, "check_audio", lambda path: decoded.append(os.path.basename(path)) or real_check(path))
@@ -140,6 +142,7 @@ def test_checked_files_are_recorded_and_a_changed_file_is_checked_again(tmp_path
     assert decoded == []  # unchanged: nothing decoded again
     # b.wav replaced by a damaged file (other size and mtime): checked again, and refused
     (tmp_path / "d" / "b.wav").write_bytes(b"RIFF not audio")
+    os.utime(tmp_path / "d" / "b.wav", (1.5e9, 1.5e9))
     with pytest.raises(data.DataError, match="b.wav"):
         data.check_audio_files(clips, record=record)
     assert decoded == ["b.wav"]
@@ -170,3 +173,19 @@ def test_a_damaged_record_is_ignored_not_trusted(tmp_path, monkeypatch):
         data.check_audio_files(data.read_manifest(manifest), record=record)
         assert decoded == [path]
         monkeypatch.setattr(data, "check_audio", real_check)
+
+
+def test_a_file_changed_in_the_last_seconds_is_checked_again(tmp_path, monkeypatch):
+    # Its modification time could stay the same through another write within the clock's resolution.
+    manifest = write_manifest(tmp_path / "d", [("a.wav", "x", "train")])
+    decoded = []
+    real_check = data.check_audio
+    monkeypatch.setattr(data, "check_audio", lambda p: decoded.append(p) or real_check(p))
+    clips, record = data.read_manifest(manifest), tmp_path / "record.json"
+    data.check_audio_files(clips, record=record)
+    data.check_audio_files(clips, record=record)
+    assert len(decoded) == 2
+    os.utime(tmp_path / "d" / "a.wav", (1e9, 1e9))
+    data.check_audio_files(clips, record=record)
+    data.check_audio_files(clips, record=record)
+    assert len(decoded) == 3

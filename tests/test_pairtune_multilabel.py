@@ -11,6 +11,7 @@ import backbone
 import data
 import multilabel
 import pairtune
+import runs
 
 COMMON = ["--backbone", "tiny", "--max-seconds", "1", "--lr", "1e-3", "--loss", "eager", "--device", "cpu",
           "--num-workers", "0", "--batch-size", "16", "--clips-per-class", "4"]
@@ -73,3 +74,11 @@ def test_epoch_centroids_sum_each_clip_into_every_class_it_carries():
     means, counts = centroids.add(r, targets) or centroids.result()
     assert counts.tolist() == [2, 2, 0]
     torch.testing.assert_close(means, torch.tensor([[1.0, 0.5], [0.5, 0.5], [0.0, 0.0]]))
+
+
+def test_a_checkpoint_from_before_multilabel_loss_still_resumes():
+    # A pairtune checkpoint written before --multilabel-loss has no such argument: it ran as jaccard would
+    assert runs.settings_differences({"epochs": 2}, {"epochs": 4, "multilabel_loss": "jaccard"}) == []
+    assert runs.settings_differences({"epochs": 2}, {"epochs": 4, "multilabel_loss": "mulsupcon"}) == [
+        "--multilabel-loss 'jaccard' (now 'mulsupcon')"]
+    assert runs.settings_differences({"epochs": 2}, {"epochs": 4}) == []  # finetune.py has no such setting

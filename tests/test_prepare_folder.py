@@ -9,6 +9,7 @@ class's train clips left); whole speakers with --group-by), never taken from pre
 import csv
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 import data
 import prepare
+from conftest import run_script
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
@@ -266,3 +268,20 @@ def test_folder_arguments_are_checked_first(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--test-fraction: only for folder" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"^error: --root \S+: no audio files in class subfolders"):
         prepare.main(["folder", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_a_semicolon_in_a_class_name_is_refused(tmp_path, fsdd_root):
+    # ';' joins a clip's labels in a manifest: a folder or list label holding one would turn into several labels
+    recordings = sorted((fsdd_root / "recordings").glob("*.wav"))[:4]
+    for index, path in enumerate(recordings):
+        target = tmp_path / "mydata" / ("car;dog" if index % 2 else "cat") / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    result = run_script("prepare.py", "folder", "--root", tmp_path / "mydata", "--out", tmp_path / "out",
+                        check=False)
+    assert result.returncode == 1 and "car;dog" in result.stderr and "holds ';'" in result.stderr
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\n" + "".join(f"{p},{'car;dog' if i % 2 else 'cat'}\n"
+                                                for i, p in enumerate(recordings)))
+    result = run_script("prepare.py", "folder", "--root", listing, "--out", tmp_path / "out2", check=False)
+    assert result.returncode == 1 and "list.csv" in result.stderr and "label 'car;dog' holds ';'" in result.stderr
