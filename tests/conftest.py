@@ -58,3 +58,17 @@ def mixture_manifest(tmp_path_factory, fsdd_root) -> Path:
     from mixtures import make_mixtures
     return make_mixtures(tmp_path_factory.mktemp("mixture"), {"train": 60, "valid": 20, "test": 30}, seed=0,
                          recordings=fsdd_root / "recordings")
+
+
+@pytest.fixture(scope="session")
+def multilabel_export(tmp_path_factory, fsdd_root):
+    """(manifest, run, export) of a 1-epoch FineTune on small FSDD mixtures (the `tiny` backbone: random
+    weights) and its export: shared by the export and predict tests of multi-label runs."""
+    from mixtures import make_mixtures
+    root = tmp_path_factory.mktemp("multilabel-export")
+    manifest = make_mixtures(root / "mix", {"train": 40, "valid": 15, "test": 15}, seed=1, seconds=1.0,
+                             recordings=fsdd_root / "recordings")
+    run_script("finetune.py", "--dataset", manifest, "--backbone", "tiny", "--epochs", 1, "--max-seconds", 1,
+               "--batch-size", 16, "--lr", "1e-3", "--device", "cpu", "--out", root / "run")
+    run_script("export.py", root / "run", "--out", root / "export")
+    return manifest, root / "run", root / "export"

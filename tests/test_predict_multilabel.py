@@ -14,20 +14,10 @@ import torch
 import backbone
 import data
 from conftest import run_script
-from mixtures import make_mixtures
-
-FAST = ["--backbone", "tiny", "--epochs", 1, "--max-seconds", 1, "--batch-size", 16, "--lr", "1e-3",
-        "--device", "cpu"]
-
 
 @pytest.fixture(scope="module")
-def mixture_run(fsdd_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict-multilabel")
-    manifest = make_mixtures(root / "mix", {"train": 40, "valid": 15, "test": 15}, seed=2, seconds=1.0,
-                             recordings=fsdd_root / "recordings")
-    run_script("finetune.py", "--dataset", manifest, *FAST, "--out", root / "run")
-    run_script("export.py", root / "run", "--out", root / "export")
-    return manifest, root / "run", root / "export"
+def mixture_run(multilabel_export):
+    return multilabel_export
 
 
 def expected_labels(run, paths):
